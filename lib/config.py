@@ -1,0 +1,256 @@
+"""The typed configuration of one run of the book.
+
+A run is described by one YAML file in ``configs/`` (``organism.yaml`` for the embedded default,
+``tinyllama.yaml`` for the real study). Every notebook's papermill parameters name a config and
+may override single fields with dotted keys (``{"sae.epochs": 5}``). Unknown keys and wrong types
+are rejected before any work starts, with the offending key and the allowed values in the message.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_SCENARIO_FILE = "data/scenarios.yaml"
+
+Architecture = Literal["topk", "jumprelu", "jumprelu_ste"]
+Condition = Literal["mixed", "deceptive_only", "honest_only"]
+ARCHITECTURES: tuple[str, ...] = ("topk", "jumprelu", "jumprelu_ste")
+CONDITIONS: tuple[str, ...] = ("mixed", "deceptive_only", "honest_only")
+
+
+class ConfigError(ValueError):
+    """A config that cannot describe a run. The message names the key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SamplingConfig(_Strict):
+    samples_per_scenario: int = Field(32, ge=1, description="completions drawn per scenario prompt")
+    max_new_tokens: int = Field(48, ge=1, description="length cap of each completion")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (the study: 1.0)")
+    top_k: int = Field(0, ge=0, description="0 disables top-k; transformers otherwise uses 50")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="1.0 disables nucleus sampling")
+    batch_size: int = Field(16, ge=1, description="completions generated together")
+
+
+class JudgeConfig(_Strict):
+    judges: list[Literal["keyword", "gemini"]] = Field(
+        default_factory=lambda: ["keyword"], min_length=1, description="judges that label the run"
+    )
+    primary: Literal["keyword", "gemini"] = Field(
+        "keyword", description="the judge whose labels later stages use"
+    )
+    gemini_model: str = Field("gemini-2.5-flash", description="model id for the gemini judge")
+    concurrency: int = Field(4, ge=1, description="parallel gemini calls")
+    max_retries: int = Field(5, ge=0, description="retries on 429/5xx/timeouts/unparseable answers")
+    timeout_s: float = Field(60.0, gt=0, description="per-request timeout of the gemini judge")
+    keyword_window: int = Field(60, ge=1, description="characters the keyword judge reads first")
+
+    @model_validator(mode="after")
+    def _primary_is_run(self) -> JudgeConfig:
+        if self.primary not in self.judges:
+            raise ValueError(f"judge.primary={self.primary!r} must be one of judge.judges={self.judges}")
+        return self
+
+
+class CaptureConfig(_Strict):
+    layers: list[int] | Literal["all"] = Field("all", description="decoder layers to capture")
+    batch_size: int = Field(16, ge=1, description="completions per teacher-forced forward pass")
+
+
+class SteConfig(_Strict):
+    kernel: Literal["rectangle", "gaussian"] = Field("rectangle", description="STE pseudo-derivative")
+    bandwidth: float = Field(0.001, gt=0, description="kernel width (inputs at unit mean norm)")
+    threshold_init: float = Field(0.001, gt=0, description="initial per-latent threshold")
+    l0_coefficient: float = Field(1e-3, ge=0, description="weight of the L0 penalty")
+
+
+class SAEConfig(_Strict):
+    layers: list[int] = Field(default_factory=list, description="layers with topk/jumprelu SAEs")
+    architectures: list[Architecture] = Field(
+        default_factory=lambda: ["topk", "jumprelu"], description="architectures at `layers`"
+    )
+    conditions: list[Condition] = Field(
+        default_factory=lambda: list(CONDITIONS), min_length=1, description="training conditions"
+    )
+    ste_layers: list[int] = Field(default_factory=list, description="layers with jumprelu_ste SAEs")
+    expansion_factor: int = Field(4, ge=1)
+    k: int = Field(64, ge=1, description="active latents of a TopK SAE")
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    l1_coefficient: float = Field(1e-3, ge=0, description="L1 penalty of threshold-0 JumpReLU")
+    aux_k_coefficient: float = Field(1 / 32, ge=0, description="TopK dead-latent auxiliary loss")
+    train_on: Literal["tokens", "last", "mean"] = Field("tokens", description="training vectors")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="completions kept for metrics")
+    ste: SteConfig = Field(default_factory=SteConfig)
+
+
+class ProbeConfig(_Strict):
+    features: list[Literal["last", "mean"]] = Field(default_factory=lambda: ["last", "mean"])
+    n_bootstrap: int = Field(1000, ge=0)
+    n_permutations: int = Field(200, ge=0)
+    leakage_free: bool = Field(True, description="train SAEs inside each probe fold")
+    sae_feature: Literal["last", "mean"] = Field("mean", description="pooling for SAE probes")
+
+
+class RunConfig(_Strict):
+    """Everything that defines one run; written resolved into ``<run>/config.yaml``."""
+
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="run directory name")
+    model: str = Field(..., description="Hugging Face id, local path, or 'organism'")
+    model_tag: str = Field(..., pattern=r"^[a-z0-9-]+$", description="prefix of SAE ids")
+    model_label: str = Field("", description="name printed on figures (defaults to model)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("auto", description="'auto' picks cuda when present, else cpu")
+    scenario_file: str = DEFAULT_SCENARIO_FILE
+    scenarios: list[str] | Literal["all"] = Field("all", description="scenario ids to sample")
+    seed: int = 0
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    sae: SAEConfig = Field(default_factory=SAEConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "mps") and not (v == "cuda" or v.startswith("cuda:")):
+            raise ValueError(f"device={v!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+        return v
+
+    @field_validator("scenarios")
+    @classmethod
+    def _scenarios_nonempty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("scenarios is empty; list scenario ids or write 'all'")
+        return v
+
+    # ----- derived values -------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return self.model_label or self.model
+
+    def scenario_path(self) -> Path:
+        p = Path(self.scenario_file)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+    def capture_layers(self, n_layers: int) -> list[int]:
+        return list(range(n_layers)) if self.capture.layers == "all" else list(self.capture.layers)
+
+    def sae_grid(self) -> list[tuple[int, str, str]]:
+        """Every (layer, architecture, condition) SAE of the grid, in a stable order."""
+        cells = [
+            (layer, arch, cond)
+            for layer in self.sae.layers
+            for arch in self.sae.architectures
+            for cond in self.sae.conditions
+        ]
+        cells += [(layer, "jumprelu_ste", cond) for layer in self.sae.ste_layers for cond in self.sae.conditions]
+        seen, out = set(), []
+        for c in cells:
+            if c not in seen:
+                seen.add(c)
+                out.append(c)
+        return out
+
+    def sae_id(self, layer: int, arch: str, condition: str) -> str:
+        return f"{self.model_tag}_{arch}_L{layer}_{condition}"
+
+    def check_layers(self, n_layers: int) -> None:
+        """Raise ConfigError when any configured layer is outside a model with ``n_layers``."""
+        allowed = f"0..{n_layers - 1}"
+        groups = {"sae.layers": self.sae.layers, "sae.ste_layers": self.sae.ste_layers}
+        if self.capture.layers != "all":
+            groups["capture.layers"] = self.capture.layers
+        for key, layers in groups.items():
+            bad = [layer for layer in layers if not 0 <= layer < n_layers]
+            if bad:
+                raise ConfigError(f"{key}: layer(s) {bad} outside the model; allowed: {allowed}")
+        captured = set(self.capture_layers(n_layers))
+        missing = sorted({layer for layer, _, _ in self.sae_grid()} - captured)
+        if missing:
+            raise ConfigError(f"sae layers {missing} are not in capture.layers; capture them too")
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            section = RunConfig
+            for p in e["loc"][:-1]:
+                field = section.model_fields.get(str(p))
+                ann = getattr(field, "annotation", None)
+                section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else section
+            allowed = ", ".join(sorted(section.model_fields))
+            lines.append(f"  {key}: unknown key; allowed keys here: {allowed}")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """``organism`` -> ``configs/organism.yaml``; a path is used as it is."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        p = p if p.is_absolute() or p.exists() else REPO_ROOT / p
+    else:
+        p = CONFIG_DIR / f"{name}.yaml"
+    if not p.exists():
+        known = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"config {str(name)!r} not found (looked at {p}); known configs: {known}")
+    return p
+
+
+def config_from_dict(data: dict, overrides: dict | None = None, source: str = "<dict>") -> RunConfig:
+    data = copy.deepcopy(data)
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(name: str | Path = "organism", overrides: dict | None = None, **kw: Any) -> RunConfig:
+    """Load ``configs/<name>.yaml`` (or a YAML path) and apply dotted-key ``overrides``.
+
+    Keyword arguments are further overrides (``run_name=...`` sets ``name``).
+    """
+    path = resolve_config_path(name)
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    merged = dict(overrides or {})
+    if kw.get("run_name"):
+        merged["name"] = kw.pop("run_name")
+    merged.update(kw)
+    return config_from_dict(data, merged, source=str(path))
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,124 @@
+"""Reading a run's captured activations joined with its labels.
+
+Later stages (SAE training, probing) see completions only through :func:`labelled_rows`: the
+completions the primary judge called ``deceptive`` or ``honest`` (ambiguous ones are dropped, as
+in the study), in the row order of the activation files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from lib.config import RunConfig
+from lib.rundir import RunDir, RunDirError, read_json, read_jsonl
+
+DECEPTIVE, HONEST = 1, 0
+CONDITION_LABELS = {"mixed": (0, 1), "deceptive_only": (1,), "honest_only": (0,)}
+
+
+@dataclass
+class LayerData:
+    """One layer's capture: ``last``/``mean`` [N, d], ``tokens`` [T, d], ``token_owner`` [T]."""
+
+    layer: int
+    ids: list[str]
+    last: torch.Tensor
+    mean: torch.Tensor
+    tokens: torch.Tensor
+    token_owner: torch.Tensor
+
+    @property
+    def d(self) -> int:
+        return int(self.last.shape[1])
+
+
+@dataclass
+class Labelled:
+    """Decisive completions: ``rows`` index the activation files; ``y`` is 1 for deceptive."""
+
+    ids: list[str]
+    rows: np.ndarray
+    y: np.ndarray
+    scenario: np.ndarray
+    judge: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, condition: str) -> np.ndarray:
+        """Positions (into this object) of the completions a training condition uses."""
+        return np.flatnonzero(np.isin(self.y, CONDITION_LABELS[condition]))
+
+
+def read_index(run: RunDir) -> dict:
+    run.require(run.activation_index, "03_activation_capture")
+    return read_json(run.activation_index)
+
+
+def read_layer(run: RunDir, layer: int) -> LayerData:
+    """Load one layer's activation file, checking it against ``activations/index.json``."""
+    index = read_index(run)
+    path = run.activation_file(layer)
+    run.require(path, "03_activation_capture")
+    try:
+        t = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunDirError(f"{path} is unreadable ({e}); delete it and rerun 03_activation_capture") from None
+    need = {"last", "mean", "tokens", "token_owner"}
+    if not need <= set(t):
+        raise RunDirError(f"{path} lacks tensors {sorted(need - set(t))}; rerun 03_activation_capture")
+    n = len(index["ids"])
+    if t["last"].shape[0] != n or t["mean"].shape[0] != n:
+        raise RunDirError(
+            f"{path} has {t['last'].shape[0]} rows but {run.activation_index} lists {n} completions; "
+            "the files come from different captures: delete activations/ and rerun 03"
+        )
+    return LayerData(layer, list(index["ids"]), t["last"], t["mean"], t["tokens"], t["token_owner"])
+
+
+def read_labels(run: RunDir, judge: str) -> dict[str, str]:
+    """``id -> label`` of one judge (the last row wins if a judge labelled an id twice)."""
+    run.require(run.labels, "02_classification")
+    return {r["id"]: r["label"] for r in read_jsonl(run.labels) if r["judge"] == judge}
+
+
+def labelled_rows(run: RunDir, cfg: RunConfig, judge: str | None = None) -> Labelled:
+    """Decisive completions of the primary judge, joined with the activation row order."""
+    judge = judge or cfg.judge.primary
+    index = read_index(run)
+    labels = read_labels(run, judge)
+    if not labels:
+        raise RunDirError(f"{run.labels} has no labels from judge {judge!r}; run 02_classification")
+    completions = {r["id"]: r for r in read_jsonl(run.completions)}
+    unknown = [i for i in index["ids"] if i not in completions]
+    if unknown:
+        raise RunDirError(
+            f"{run.activation_index} lists ids not in {run.completions} (e.g. {unknown[:3]}); "
+            "the activations belong to another run: delete activations/ and rerun 03"
+        )
+    ids, rows, y, scen = [], [], [], []
+    for row, cid in enumerate(index["ids"]):
+        lab = labels.get(cid)
+        if lab in ("deceptive", "honest"):
+            ids.append(cid)
+            rows.append(row)
+            y.append(DECEPTIVE if lab == "deceptive" else HONEST)
+            scen.append(completions[cid]["scenario"])
+    return Labelled(ids, np.asarray(rows, dtype=np.int64), np.asarray(y, dtype=np.int64), np.asarray(scen), judge)
+
+
+def pooled(layer: LayerData, labelled: Labelled, feature: str) -> np.ndarray:
+    """``last`` or ``mean`` vectors of the labelled completions as float32 numpy [n, d]."""
+    x = getattr(layer, feature)[torch.as_tensor(labelled.rows)]
+    return x.float().numpy()
+
+
+def token_vectors(layer: LayerData, rows: np.ndarray) -> torch.Tensor:
+    """All completion-token vectors of the given activation rows, float32 [T', d]."""
+    mask = torch.isin(layer.token_owner, torch.as_tensor(rows, dtype=layer.token_owner.dtype))
+    return layer.tokens[mask].float()

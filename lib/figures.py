@@ -1,0 +1,72 @@
+"""Every figure of the book, in one style.
+
+One palette and one set of labels for architectures, conditions and labels; every figure names
+the model it shows (``RunConfig.label``) so that organism figures are never taken for
+TinyLlama's; :func:`save_figure` writes PNG and PDF to ``figures/<run>/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lib.config import REPO_ROOT  # noqa: E402
+
+FIGURES_ROOT = REPO_ROOT / "figures"
+
+LABEL_COLOURS = {"deceptive": "#c0392b", "honest": "#2471a3", "ambiguous": "#a6acaf"}
+ARCH_COLOURS = {"raw": "#212121", "topk": "#e67e22", "jumprelu": "#8e44ad", "jumprelu_ste": "#16a085"}
+ARCH_LABELS = {
+    "raw": "raw activations",
+    "topk": "TopK",
+    "jumprelu": "JumpReLU (threshold 0)",
+    "jumprelu_ste": "JumpReLU (STE)",
+}
+ARCH_MARKERS = {"raw": "o", "topk": "s", "jumprelu": "^", "jumprelu_ste": "D"}
+CONDITION_LABELS = {"mixed": "mixed", "deceptive_only": "deceptive only", "honest_only": "honest only"}
+CV_STYLES = {"stratified": "-", "scenario": "--"}
+CV_LABELS = {"stratified": "stratified 5-fold (study)", "scenario": "leave-one-scenario-out"}
+
+RC = {
+    "figure.dpi": 110,
+    "savefig.dpi": 200,
+    "savefig.bbox": "tight",
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.frameon": False,
+}
+plt.rcParams.update(RC)
+
+
+def title(text: str, model_label: str) -> str:
+    """A figure title that always names the model."""
+    return f"{text}\n{model_label}"
+
+
+def save_figure(fig, run_name: str, stem: str, root: Path | None = None) -> list[Path]:
+    """Write ``figures/<run_name>/<stem>.png`` and ``.pdf``; return both paths."""
+    out = Path(root or FIGURES_ROOT) / run_name
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
+    for p in paths:
+        fig.savefig(p, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
+    return paths
+
+
+# ---- judges (02) -------------------------------------------------------------------------------
+
+# ---- capture (03) ------------------------------------------------------------------------------
+
+# ---- SAEs (04) ---------------------------------------------------------------------------------
+
+# ---- probing (05) ------------------------------------------------------------------------------
+
+# ---- STE comparison and summary (06, 07) -------------------------------------------------------
