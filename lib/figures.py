@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
-import matplotlib.pyplot as plt  # noqa: E402
-
-from lib.config import REPO_ROOT  # noqa: E402
+from lib.config import REPO_ROOT
 
 FIGURES_ROOT = REPO_ROOT / "figures"
 
