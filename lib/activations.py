@@ -1,0 +1,286 @@
+"""Residual-stream capture (notebook 03): the true ``resid_post`` of every decoder layer.
+
+For every completion, one teacher-forced forward pass over prompt + completion with a forward
+hook on each decoder layer (``model.layers[i]`` for Llama). The hook sees the block's output, the
+residual stream after layer ``i``. For the last layer this is *before* the final RMSNorm, unlike
+``output_hidden_states[-1]``, which has the norm applied.
+
+Per layer the stage writes ``activations/L{layer:02d}.safetensors``:
+
+- ``last``  [N, d]  the residual at the last completion token,
+- ``mean``  [N, d]  the mean over completion tokens,
+- ``tokens`` [T, d] every completion-token vector (for SAE training), rows in completion order,
+- ``token_owner`` [T] int64, the row of the completion each token vector belongs to,
+
+and ``activations/index.json`` (completion ids in row order, model, hook names, progress).
+A completion with no tokens (EOS at once) gets the residual of the last prompt position.
+
+The files are written in place, batch by batch, at their final offsets (the safetensors header
+is known in advance), so memory is bounded by one batch, not by the run; a killed capture
+resumes from the batches it had finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib.config import RunConfig
+from lib.models import decoder_layers, hidden_size, hook_name, n_layers
+from lib.rundir import RunDir, RunDirError, read_json, read_jsonl, sha256_text, write_json
+
+INDEX_VERSION = 1
+
+
+def encode_pair(tokenizer, prompt: str, completion: str, completion_ids: list[int] | None = None):
+    """Token ids of prompt + completion and the number of prompt tokens.
+
+    The prompt is tokenised with the tokenizer's special tokens (BOS), the completion without;
+    when the sampled ``completion_ids`` are known they are used as they are (re-tokenising the
+    decoded text can differ from what the model generated).
+    """
+    p = tokenizer(prompt).input_ids
+    c = list(completion_ids) if completion_ids is not None else tokenizer(completion, add_special_tokens=False).input_ids
+    return p + c, len(p)
+
+
+def row_ids(tokenizer, row: dict) -> tuple[list[int], int]:
+    """:func:`encode_pair` for a ``completions.jsonl`` row."""
+    return encode_pair(tokenizer, row["prompt"], row["completion"], row.get("completion_token_ids"))
+
+
+def _output_tensor(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def resid_hooks(model, layers: list[int], sink):
+    """Register forward hooks calling ``sink(layer, resid_post)`` on each layer; removed on exit."""
+    blocks = decoder_layers(model)
+    handles = [
+        blocks[i].register_forward_hook(lambda _m, _in, out, i=i: sink(i, _output_tensor(out)))
+        for i in layers
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def capture_batch(model, tokenizer, seqs: list[tuple[list[int], int]], layers: list[int]) -> dict[int, dict]:
+    """Teacher-forced capture for a batch of ``(ids, n_prompt)``.
+
+    Returns per layer ``{"last": [B, d], "mean": [B, d], "tokens": [sum n_completion, d]}`` in
+    float32 on the CPU, tokens in row order.
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask = pad_right([s for s, _ in seqs], pad, device)
+    starts = [n_prompt for _, n_prompt in seqs]
+    ends = [len(s) for s, _ in seqs]
+    # positions gathered once per batch: completion tokens (flattened) and the last one per row
+    tok_rows = torch.cat([torch.full((e - s,), r) for r, (s, e) in enumerate(zip(starts, ends))])
+    tok_cols = torch.cat([torch.arange(s, e) for s, e in zip(starts, ends)])
+    last_cols = torch.tensor([e - 1 for e in ends])
+    counts = torch.tensor([max(e - s, 0) for s, e in zip(starts, ends)], dtype=torch.float32)
+    tok_rows_d, tok_cols_d, last_cols_d = tok_rows.to(device), tok_cols.to(device), last_cols.to(device)
+    out: dict[int, dict] = {}
+
+    def sink(layer: int, h: torch.Tensor) -> None:
+        h = h.float()
+        toks = h[tok_rows_d, tok_cols_d]
+        sums = torch.zeros((h.shape[0], h.shape[2]), device=h.device).index_add_(0, tok_rows_d, toks)
+        last = h[torch.arange(h.shape[0], device=h.device), last_cols_d]
+        c = counts.to(h.device)[:, None]
+        mean = torch.where(c > 0, sums / c.clamp_min(1), last)
+        out[layer] = {"last": last.cpu(), "mean": mean.cpu(), "tokens": toks.cpu()}
+
+    with resid_hooks(model, layers, sink):
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    return out
+
+
+# ----- streaming safetensors writer ------------------------------------------------------------
+_ST_DTYPES = {torch.float32: ("F32", 4), torch.int64: ("I64", 8)}
+
+
+class PreallocatedSafetensors:
+    """A safetensors file whose header is written first and tensors filled in by row ranges."""
+
+    def __init__(self, path: Path, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], metadata: dict):
+        self.path = Path(path)
+        header: dict = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
+        offset = 0
+        self.layout = {}
+        for name, (dtype, shape) in specs.items():
+            code, size = _ST_DTYPES[dtype]
+            nbytes = int(np.prod(shape)) * size
+            row_bytes = (int(np.prod(shape[1:])) if len(shape) > 1 else 1) * size
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self.layout[name] = (offset, row_bytes, dtype)
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.data_start = 8 + len(raw)
+        self.total = self.data_start + offset
+        self._header = struct.pack("<Q", len(raw)) + raw
+
+    def create(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "wb") as f:
+            f.write(self._header)
+            f.truncate(self.total)
+
+    def matches(self) -> bool:
+        """True when the file on disk was created with this exact header."""
+        if not self.path.exists() or self.path.stat().st_size != self.total:
+            return False
+        with open(self.path, "rb") as f:
+            return f.read(len(self._header)) == self._header
+
+    def write(self, f, name: str, row: int, tensor: torch.Tensor) -> None:
+        offset, row_bytes, dtype = self.layout[name]
+        f.seek(self.data_start + offset + row * row_bytes)
+        f.write(tensor.to(dtype).contiguous().numpy().tobytes())
+
+
+def _plan(rows: list[dict], tokenizer, batch_size: int):
+    seqs = [row_ids(tokenizer, r) for r in rows]
+    n_comp = [len(s) - n for s, n in seqs]
+    tok_offsets = np.concatenate([[0], np.cumsum(n_comp)]).astype(int)
+    batches = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
+    return seqs, tok_offsets, batches
+
+
+def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = True) -> dict:
+    """Capture every completion of the run for the configured layers; resumes unfinished work.
+
+    Returns the contents of ``activations/index.json``.
+    """
+    from tqdm.auto import tqdm
+
+    rows = read_jsonl(run.require(run.completions, "01_sampling"))
+    if not rows:
+        raise RunDirError(f"{run.completions} holds no completions; run 01_sampling first")
+    run.require(run.labels, "02_classification")
+    if not read_jsonl(run.labels):
+        raise RunDirError(f"{run.labels} holds no labels; run 02_classification first")
+    total_layers = n_layers(model)
+    cfg.check_layers(total_layers)
+    layers = cfg.capture_layers(total_layers)
+    d = hidden_size(model)
+    seqs, tok_offsets, batches = _plan(rows, tokenizer, cfg.capture.batch_size)
+    n, t = len(rows), int(tok_offsets[-1])
+    ids = [r["id"] for r in rows]
+    index = {
+        "version": INDEX_VERSION,
+        "run": cfg.name,
+        "model": cfg.model,
+        "dtype": cfg.dtype,
+        "stored_dtype": "float32",
+        "d_model": d,
+        "n_layers": total_layers,
+        "layers": layers,
+        "hook_names": {str(i): hook_name(model, i) for i in layers},
+        "n_completions": n,
+        "n_tokens": t,
+        "completions_sha256": sha256_text("\n".join(ids)),
+        "ids": ids,
+    }
+    meta = {"run": cfg.name, "completions_sha256": index["completions_sha256"]}
+    files = {
+        i: PreallocatedSafetensors(
+            run.activation_file(i),
+            {
+                "last": (torch.float32, (n, d)),
+                "mean": (torch.float32, (n, d)),
+                "tokens": (torch.float32, (t, d)),
+                "token_owner": (torch.int64, (t,)),
+            },
+            {**meta, "layer": i, "hook_name": hook_name(model, i)},
+        )
+        for i in layers
+    }
+    progress_file = run.activations / ".progress.json"
+    done: set[int] = set()
+    if run.activation_index.exists() and progress_file.exists():
+        old = read_json(run.activation_index)
+        same = {k: old.get(k) for k in index} == index
+        if same and all(f.matches() for f in files.values()):
+            done = set(read_json(progress_file)["batches_done"])
+    if not done and run.activation_index.exists() and not progress_file.exists():
+        old = read_json(run.activation_index)
+        if {k: old.get(k) for k in index} == index and all(f.matches() for f in files.values()):
+            return old  # complete
+    if not done:
+        for f in files.values():
+            f.create()
+        write_json(run.activation_index, index)
+        write_json(progress_file, {"batches_done": []})
+
+    handles = {i: open(f.path, "r+b") for i, f in files.items()}
+    bar = tqdm(total=n, desc="capturing resid_post", unit="completion", disable=not progress)
+    try:
+        for b, batch in enumerate(batches):
+            if b in done:
+                bar.update(len(batch))
+                continue
+            acts = capture_batch(model, tokenizer, [seqs[r] for r in batch], layers)
+            first, t0 = batch[0], int(tok_offsets[batch[0]])
+            owner = torch.cat([torch.full((int(tok_offsets[r + 1] - tok_offsets[r]),), r) for r in batch])
+            for i in layers:
+                fh, spec = handles[i], files[i]
+                spec.write(fh, "last", first, acts[i]["last"])
+                spec.write(fh, "mean", first, acts[i]["mean"])
+                spec.write(fh, "tokens", t0, acts[i]["tokens"])
+                spec.write(fh, "token_owner", t0, owner)
+            for fh in handles.values():
+                fh.flush()
+                os.fsync(fh.fileno())
+            done.add(b)
+            write_json(progress_file, {"batches_done": sorted(done)})
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        for fh in handles.values():
+            fh.close()
+    progress_file.unlink(missing_ok=True)
+    return index
+
+
+def norm_table(run: RunDir) -> "pd.DataFrame":
+    """Mean L2 norm per layer of ``last``, ``mean`` and token vectors (a sanity profile)."""
+    import pandas as pd
+
+    from lib.dataset import read_index, read_layer
+
+    rows = []
+    for layer in read_index(run)["layers"]:
+        data = read_layer(run, layer)
+        rows.append(
+            {
+                "layer": layer,
+                "last": data.last.norm(dim=1).mean().item(),
+                "mean": data.mean.norm(dim=1).mean().item(),
+                "tokens": data.tokens.norm(dim=1).mean().item(),
+            }
+        )
+    return pd.DataFrame(rows).set_index("layer")

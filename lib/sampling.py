@@ -1,0 +1,159 @@
+"""Same-prompt behavioural sampling (notebook 01).
+
+Every scenario prompt is sampled ``samples_per_scenario`` times from a base model (no chat
+template) at temperature 1.0 with *no* top-k and *no* nucleus truncation. Note that
+``model.generate(do_sample=True)`` in transformers silently applies ``top_k=50`` unless told
+otherwise; this module does not use ``generate``'s sampler at all: it runs its own KV-cached
+loop so that every completion draws from its own random generator, seeded from
+(run seed, scenario, sample index). Any completion can therefore be regenerated alone
+(:func:`regenerate`), and a batch's composition never changes a completion's random stream.
+
+Output: ``completions.jsonl``, one row per completion, written batch by batch (append + fsync),
+so a killed run resumes where it stopped and ends with exactly the file an uninterrupted run
+writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import pandas as pd
+import torch
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+from lib.config import RunConfig, SamplingConfig
+from lib.rundir import RunDir, append_jsonl, iter_batches, read_jsonl
+from lib.scenarios import Scenario, scenarios_for
+
+
+def completion_id(scenario: str, sample: int) -> str:
+    return f"{scenario}-{sample:04d}"
+
+
+def sample_seed(run_seed: int, scenario: str, sample: int) -> int:
+    """A 63-bit seed that depends only on (run seed, scenario id, sample index)."""
+    digest = hashlib.sha256(f"{run_seed}/{scenario}/{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def filter_logits(logits: torch.Tensor, s: SamplingConfig) -> torch.Tensor:
+    """Temperature, then top-k (0 = off) and top-p (1.0 = off), as transformers defines them."""
+    logits = logits.float() / s.temperature
+    if s.top_k > 0:
+        logits = TopKLogitsWarper(s.top_k)(None, logits)
+    if s.top_p < 1.0:
+        logits = TopPLogitsWarper(s.top_p)(None, logits)
+    return logits
+
+
+def draw(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling, each row with its own generator."""
+    probs = torch.softmax(logits.double(), dim=-1)
+    cdf = probs.cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    u = u.to(cdf.device) * cdf[:, -1]
+    return torch.searchsorted(cdf, u[:, None]).squeeze(1).clamp_max(logits.shape[-1] - 1)
+
+
+@torch.inference_mode()
+def generate_batch(model, tokenizer, prompt: str, seeds: list[int], s: SamplingConfig) -> list[list[int]]:
+    """Sample ``len(seeds)`` continuations of one prompt; returns token ids without EOS."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([tokenizer(prompt).input_ids], device=device).expand(len(seeds), -1)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    out: list[list[int]] = [[] for _ in seeds]
+    done = [False] * len(seeds)
+    step_input, past = ids, None
+    position = torch.arange(ids.shape[1], device=device).expand(len(seeds), -1)
+    for _ in range(s.max_new_tokens):
+        result = model(input_ids=step_input, position_ids=position, past_key_values=past, use_cache=True)
+        past = result.past_key_values
+        tokens = draw(filter_logits(result.logits[:, -1], s), generators)
+        for r, t in enumerate(tokens.tolist()):
+            if done[r]:
+                continue
+            if t in eos:
+                done[r] = True
+            else:
+                out[r].append(t)
+        if all(done):
+            break
+        step_input = tokens[:, None]
+        position = position[:, -1:] + 1
+    return out
+
+
+def _row(cfg: RunConfig, tokenizer, sc: Scenario, sample: int, seed: int, ids: list[int]) -> dict:
+    return {
+        "id": completion_id(sc.id, sample),
+        "scenario": sc.id,
+        "sample": sample,
+        "seed": seed,
+        "prompt": sc.prompt,
+        "completion": tokenizer.decode(ids, skip_special_tokens=True),
+        "n_prompt_tokens": len(tokenizer(sc.prompt).input_ids),
+        "n_completion_tokens": len(ids),
+        "completion_token_ids": ids,
+        "finished": len(ids) < cfg.sampling.max_new_tokens,
+    }
+
+
+def planned_batches(cfg: RunConfig) -> list[tuple[Scenario, list[int]]]:
+    """The fixed batch plan of a run: per scenario, consecutive sample indices."""
+    plan = []
+    for sc in scenarios_for(cfg):
+        samples = list(range(cfg.sampling.samples_per_scenario))
+        plan += [(sc, chunk) for chunk in iter_batches(samples, cfg.sampling.batch_size)]
+    return plan
+
+
+def sample_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = True) -> list[dict]:
+    """Sample every completion of the run that ``completions.jsonl`` does not hold yet.
+
+    Returns all rows of the file (old and new), in file order.
+    """
+    from tqdm.auto import tqdm
+
+    done = {r["id"] for r in read_jsonl(run.completions)}
+    plan = planned_batches(cfg)
+    total = sum(len(chunk) for _, chunk in plan)
+    bar = tqdm(total=total, desc="sampling", unit="completion", disable=not progress)
+    for sc, chunk in plan:
+        todo = [i for i in chunk if completion_id(sc.id, i) not in done]
+        bar.update(len(chunk) - len(todo))
+        if not todo:
+            continue
+        bar.set_postfix(scenario=sc.id)
+        seeds = [sample_seed(cfg.seed, sc.id, i) for i in todo]
+        ids = generate_batch(model, tokenizer, sc.prompt, seeds, cfg.sampling)
+        append_jsonl(run.completions, [_row(cfg, tokenizer, sc, i, sd, t) for i, sd, t in zip(todo, seeds, ids)])
+        bar.update(len(todo))
+    bar.close()
+    return read_jsonl(run.completions)
+
+
+def regenerate(cfg: RunConfig, model, tokenizer, scenario: str, sample: int) -> dict:
+    """Regenerate one completion alone from its seed (equals the batched one up to float noise)."""
+    sc = {s.id: s for s in scenarios_for(cfg)}[scenario]
+    seed = sample_seed(cfg.seed, scenario, sample)
+    ids = generate_batch(model, tokenizer, sc.prompt, [seed], cfg.sampling)[0]
+    return _row(cfg, tokenizer, sc, sample, seed, ids)
+
+
+def counts_table(rows: list[dict], label_of=None) -> pd.DataFrame:
+    """Completions per scenario, with label columns when ``label_of(row) -> str|None`` is given."""
+    counts: dict[str, Counter] = {}
+    for r in rows:
+        c = counts.setdefault(r["scenario"], Counter())
+        c["completions"] += 1
+        c["finished (EOS)"] += int(r.get("finished", False))
+        if label_of is not None:
+            c[label_of(r) or "not decisive"] += 1
+    df = pd.DataFrame.from_dict(counts, orient="index").fillna(0).astype(int)
+    df.index.name = "scenario"
+    df.loc["total"] = df.sum()
+    return df
