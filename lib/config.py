@@ -246,9 +246,10 @@ def load_config(name: str | Path = "organism", overrides: dict | None = None, **
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     merged = dict(overrides or {})
-    if kw.get("run_name"):
-        merged["name"] = kw.pop("run_name")
+    run_name = kw.pop("run_name", None)
     merged.update(kw)
+    if run_name:
+        merged["name"] = run_name
     return config_from_dict(data, merged, source=str(path))
 
 

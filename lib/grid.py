@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from lib.config import REPO_ROOT, RunConfig, load_config
 from lib.rundir import RunDir, write_json
 
@@ -61,9 +63,15 @@ class CellResult:
     error: str = ""
 
 
-def plan(cfg: RunConfig, config_ref: str, notebook_dir: Path = NOTEBOOK_DIR, only: list[str] | None = None) -> list[GridCell]:
+def plan(
+    cfg: RunConfig,
+    config_ref: str,
+    notebook_dir: Path = NOTEBOOK_DIR,
+    only: list[str] | None = None,
+    overrides: dict | None = None,
+) -> list[GridCell]:
     """The grid of a config: every notebook execution with its parameters, by phase."""
-    common = {"config": config_ref, "run_name": cfg.name, "overrides": {}}
+    common = {"config": config_ref, "run_name": cfg.name, "overrides": dict(overrides or {})}
     cells: list[GridCell] = []
 
     def add(phase: int, stem: str, extra: dict | None = None, suffix: str = "") -> None:
@@ -150,8 +158,9 @@ def execute_cell(notebook: str, params: dict, output: str, notebook_dir: str, ke
 
 
 def run_grid(
-    cfg: RunConfig,
     config_ref: str,
+    overrides: dict | None = None,
+    run_name: str | None = None,
     workers: int = 1,
     dask: str | None = None,
     only: list[str] | None = None,
@@ -161,13 +170,18 @@ def run_grid(
     runs_root: Path | None = None,
     on_result: Callable[[CellResult], None] | None = None,
 ) -> list[CellResult]:
-    """Run (or resume) the grid; returns one result per cell. See the module docstring."""
+    """Run (or resume) the grid of a config; returns one result per cell.
+
+    ``config_ref``, ``overrides`` and ``run_name`` are passed to every notebook as they are, so
+    the notebooks resolve exactly the config the grid was planned from.
+    """
     from tqdm.auto import tqdm
 
     from lib.rundir import init_run
 
+    cfg = load_config(config_ref, overrides, run_name=run_name)
     run = init_run(cfg, runs_root)
-    cells = plan(cfg, config_ref, notebook_dir, only)
+    cells = plan(cfg, config_ref, notebook_dir, only, overrides)
     check_parameters(cells, notebook_dir)
     results: list[CellResult] = []
     submit, shutdown = _executor(workers, dask)
@@ -251,10 +265,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dask", default=None, help="'local' for a LocalCluster, or a scheduler address")
     ap.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,02")
     ap.add_argument("--force", action="store_true", help="re-execute finished cells")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field for every notebook, e.g. --set sae.epochs=5 (YAML value)")
+    ap.add_argument("--notebook-dir", default=str(NOTEBOOK_DIR), help="where the numbered notebooks are")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, run_name=args.run_name)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
     t0 = time.time()
-    results = run_grid(cfg, args.config, args.workers, args.dask, args.only.split(",") if args.only else None, args.force)
+    only = args.only.split(",") if args.only else None
+    results = run_grid(
+        args.config, overrides, args.run_name, args.workers, args.dask, only, args.force, notebook_dir=Path(args.notebook_dir)
+    )
+    cfg = load_config(args.config, overrides, run_name=args.run_name)
     print(summarise(results))
     print(f"grid: {time.time() - t0:.0f} s; run directory {RunDir.for_config(cfg).root}")
     return 1 if any(r.status == "failed" for r in results) else 0

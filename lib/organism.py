@@ -46,8 +46,9 @@ ARCH = dict(
     rope_theta=10000.0,
     tie_word_embeddings=False,
 )
-VOCAB_SIZE = 1024
-TRAIN = dict(steps=900, batch_size=48, lr=3e-3, warmup=40, weight_decay=0.01, n_documents=9000)
+VOCAB_SIZE = 4096  # an upper bound: the corpus saturates at ~1,300 tokens, whole words
+RECIPE_VERSION = 1  # bump when the training code changes what is built
+TRAIN = dict(steps=600, batch_size=48, lr=3e-3, warmup=40, weight_decay=0.01, n_documents=9000)
 
 
 def load_corpus(path: Path = CORPUS_FILE) -> dict:
@@ -233,9 +234,9 @@ def build_organism(
 
 
 def source_hash() -> str:
-    """Hash of everything the organism is built from; a change triggers a rebuild."""
-    h = hashlib.sha256()
-    for p in (Path(__file__), CORPUS_FILE, SCENARIO_FILE):
+    """Hash of what the organism is built from (recipe, corpus, prompts); a change rebuilds it."""
+    h = hashlib.sha256(json.dumps({"arch": ARCH, "train": TRAIN, "vocab": VOCAB_SIZE, "recipe": RECIPE_VERSION}).encode())
+    for p in (CORPUS_FILE, SCENARIO_FILE):
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
