@@ -205,7 +205,7 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
         "completions_sha256": sha256_text("\n".join(ids)),
         "ids": ids,
     }
-    meta = {"run": cfg.name, "completions_sha256": index["completions_sha256"]}
+    meta = {"completions_sha256": index["completions_sha256"]}
     files = {
         i: PreallocatedSafetensors(
             run.activation_file(i),

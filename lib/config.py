@@ -110,6 +110,7 @@ class RunConfig(_Strict):
     model: str = Field(..., description="Hugging Face id, local path, or 'organism'")
     model_tag: str = Field(..., pattern=r"^[a-z0-9-]+$", description="prefix of SAE ids")
     model_label: str = Field("", description="name printed on figures (defaults to model)")
+    figures: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", description="folder under figures/ (default: name)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="'auto' picks cuda when present, else cpu")
     scenario_file: str = DEFAULT_SCENARIO_FILE
@@ -139,6 +140,11 @@ class RunConfig(_Strict):
     @property
     def label(self) -> str:
         return self.model_label or self.model
+
+    @property
+    def figures_name(self) -> str:
+        """The folder under ``figures/`` this run's figures go to."""
+        return self.figures or self.name
 
     def scenario_path(self) -> Path:
         p = Path(self.scenario_file)

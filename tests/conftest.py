@@ -32,8 +32,8 @@ def small_config(tmp_path, **overrides):
 
     base = {
         "name": "t",
-        "sampling.samples_per_scenario": 12,
-        "sampling.batch_size": 4,
+        "sampling.samples_per_scenario": 20,
+        "sampling.batch_size": 10,
         "sampling.max_new_tokens": 20,
         "capture.batch_size": 5,
     }
@@ -43,23 +43,17 @@ def small_config(tmp_path, **overrides):
 
 @pytest.fixture(scope="session")
 def sampled_run(tmp_path_factory, organism):
-    """A small organism run: sampled, labelled with the planted ground truth, captured."""
+    """A small organism run: sampled, labelled by the keyword judge, captured."""
     from lib.activations import capture_run
-    from lib.organism import planted_label
-    from lib.rundir import append_jsonl, init_run
+    from lib.judges import label_run
+    from lib.rundir import init_run
     from lib.sampling import sample_run
 
     root = tmp_path_factory.mktemp("runs")
     cfg = small_config(root)
     run = init_run(cfg, root)
     model, tok = organism
-    rows = sample_run(run, cfg, model, tok, progress=False)
-    append_jsonl(
-        run.labels,
-        [
-            {"id": r["id"], "judge": "keyword", "label": planted_label(r["scenario"], r["completion"]) or "ambiguous", "rationale": "planted"}
-            for r in rows
-        ],
-    )
+    sample_run(run, cfg, model, tok, progress=False)
+    label_run(run, cfg, progress=False)
     capture_run(run, cfg, model, tok, progress=False)
     return cfg, run

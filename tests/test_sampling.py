@@ -7,7 +7,7 @@ import transformers as tf
 import lib.sampling as sampling
 from lib.rundir import init_run
 from lib.sampling import filter_logits, regenerate, sample_run
-from tests.conftest import small_config
+from conftest import small_config
 
 TWO = ["mafia", "surprise_party"]
 
