@@ -7,11 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/tinyllama.yaml
 WORKERS ?= 1
+ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test lab bench grid lint clean-book
+.PHONY: book test lab bench grid lint notebooks
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,17 +24,24 @@ $(STAMP): requirements.txt pyproject.toml
 
 ## make book: the whole study on the embedded model organism, offline -> data/runs/default/
 book: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m lib.grid --config configs/organism.yaml --workers $(WORKERS)
+	HF_HUB_OFFLINE=1 $(PY) -m lib.grid --config configs/organism.yaml --workers 2
 
 ## make grid CONFIG=configs/tinyllama.yaml WORKERS=2: the study for any config (GPU machine)
 grid: $(STAMP)
-	$(PY) -m lib.grid --config $(CONFIG) --workers $(WORKERS)
+	$(PY) -m lib.grid --config $(CONFIG) --workers $(WORKERS) $(ARGS)
 
-## make test: the pytest suite, then nbval over every notebook on the organism
+## make test: the pytest suite; the book on the organism (resumed if `make book` ran); then
+## nbval re-executes every notebook against that run and checks its stored key numbers
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests --ignore=tests/benchmarks -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests --ignore=tests/benchmarks -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 $(PY) -m lib.grid --config configs/organism.yaml --workers 2
 	HF_HUB_OFFLINE=1 $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		-p no:cacheprovider notebooks -q
+
+## make notebooks: re-execute notebooks/ in place on the organism run (refreshes stored outputs)
+notebooks: $(STAMP)
+	cd notebooks && for nb in 0*.ipynb; do \
+		HF_HUB_OFFLINE=1 ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
 
 ## make bench: speed goals (printed, never asserted)
 bench: $(STAMP)

@@ -97,10 +97,10 @@ def capture_batch(model, tokenizer, seqs: list[tuple[list[int], int]], layers: l
     starts = [n_prompt for _, n_prompt in seqs]
     ends = [len(s) for s, _ in seqs]
     # positions gathered once per batch: completion tokens (flattened) and the last one per row
-    tok_rows = torch.cat([torch.full((e - s,), r) for r, (s, e) in enumerate(zip(starts, ends))])
-    tok_cols = torch.cat([torch.arange(s, e) for s, e in zip(starts, ends)])
+    tok_rows = torch.cat([torch.full((e - s,), r) for r, (s, e) in enumerate(zip(starts, ends, strict=True))])
+    tok_cols = torch.cat([torch.arange(s, e) for s, e in zip(starts, ends, strict=True)])
     last_cols = torch.tensor([e - 1 for e in ends])
-    counts = torch.tensor([max(e - s, 0) for s, e in zip(starts, ends)], dtype=torch.float32)
+    counts = torch.tensor([max(e - s, 0) for s, e in zip(starts, ends, strict=True)], dtype=torch.float32)
     tok_rows_d, tok_cols_d, last_cols_d = tok_rows.to(device), tok_cols.to(device), last_cols.to(device)
     out: dict[int, dict] = {}
 
@@ -266,7 +266,7 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
     return index
 
 
-def norm_table(run: RunDir) -> "pd.DataFrame":
+def norm_table(run: RunDir) -> pd.DataFrame:
     """Mean L2 norm per layer of ``last``, ``mean`` and token vectors (a sanity profile)."""
     import pandas as pd
 

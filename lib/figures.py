@@ -100,7 +100,7 @@ def plot_label_counts(counts: dict, model_label: str, primary: str | None = None
 def plot_layer_norms(norms, model_label: str):
     """Mean residual norm per layer (``lib.activations.norm_table``)."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    for col, style in zip(norms.columns, ("-o", "-s", ":")):
+    for col, style in zip(norms.columns, ("-o", "-s", ":"), strict=True):
         ax.plot(norms.index, norms[col], style, ms=3, label=f"{col} vectors")
     ax.set(xlabel="layer (resid_post)", ylabel="mean L2 norm", title=title("Residual-stream norm by layer", model_label))
     ax.legend()
@@ -116,7 +116,7 @@ def plot_pca_by_label(vectors: dict, labels, model_label: str, feature: str = "l
 
     labels = np.asarray(labels)
     fig, axes = plt.subplots(1, len(vectors), figsize=(3.2 * len(vectors), 3.2), squeeze=False)
-    for ax, (layer, x) in zip(axes[0], vectors.items()):
+    for ax, (layer, x) in zip(axes[0], vectors.items(), strict=True):
         x = np.asarray(x, dtype=np.float64)
         x = x - x.mean(0)
         u, s, _ = np.linalg.svd(x, full_matrices=False)
@@ -195,11 +195,16 @@ def plot_sae_grid(metrics, model_label: str):
             lab = f"{ARCH_LABELS.get(arch, arch)}, {CONDITION_LABELS.get(cond, cond)}"
             axes[0].plot(rows["l0"], rows["fvu"], label=lab, **kw)
             axes[1].plot(rows["layer"], rows["ce_loss_recovered"], **kw)
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+
     axes[0].set(xscale="log", xlabel="mean L0 (held-out)", ylabel="FVU (held-out)", title="sparsity vs reconstruction")
+    axes[0].xaxis.set_major_formatter(ScalarFormatter())
+    axes[0].xaxis.set_minor_formatter(NullFormatter())
     axes[1].set(xlabel="layer", ylabel="CE loss recovered", title="LM loss recovered vs zero-ablation")
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].axhline(1.0, color="#999999", lw=0.8, ls=":")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
-    fig.suptitle(title("The SAE grid", model_label), y=1.06)
+    fig.suptitle(title("The SAE grid", model_label), y=1.02)
     fig.tight_layout()
     return fig
 
@@ -371,3 +376,33 @@ def plot_leakage(comparison, model_label: str):
 
 
 # ---- STE comparison and summary (06, 07) -------------------------------------------------------
+
+
+def plot_ste_vs_topk(df, model_label: str, cv: str = "stratified"):
+    """Paired plot: each (layer, condition) a line from TopK to STE JumpReLU (and threshold-0)."""
+    import numpy as np
+
+    rows = df[df.cv == cv].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    xs = {"topk": 0, "jumprelu0": 1, "ste": 2}
+    verdict_colour = {"wins": ARCH_COLOURS["jumprelu_ste"], "loses": "#c0392b", "inconclusive": "#7f8c8d",
+                      "collapsed": "#000000", "n/a": "#bdc3c7"}
+    for _, r in rows.iterrows():
+        ys = [r.topk_bal_acc, r.jumprelu0_bal_acc, r.ste_bal_acc]
+        ax.plot(list(xs.values()), ys, "-", color=verdict_colour.get(r.verdict, "#7f8c8d"), alpha=0.8, lw=1.2)
+        ax.annotate(f"L{int(r.layer)} {CONDITION_LABELS.get(r.condition, r.condition)}", (2.05, r.ste_bal_acc),
+                    fontsize=7, va="center")
+    for arch, x in xs.items():
+        key = {"topk": "topk", "jumprelu0": "jumprelu", "ste": "jumprelu_ste"}[arch]
+        col = rows[f"{arch}_bal_acc"].to_numpy(dtype=float)
+        ax.scatter(np.full(len(col), x), col, color=ARCH_COLOURS[key], marker=ARCH_MARKERS[key], zorder=3)
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.set_xticks(list(xs.values()), [ARCH_LABELS["topk"], ARCH_LABELS["jumprelu"], ARCH_LABELS["jumprelu_ste"]])
+    ax.set_xlim(-0.3, 2.9)
+    ax.set_ylabel("probe balanced accuracy")
+    handles = [plt.Line2D([], [], color=c, label=f"STE vs TopK: {v}") for v, c in verdict_colour.items()
+               if (rows.verdict == v).any()]
+    ax.legend(handles=handles, loc="lower left", fontsize=8)
+    ax.set_title(title(f"STE JumpReLU vs TopK per (layer, condition), {CV_LABELS.get(cv, cv)}", model_label))
+    return fig
+

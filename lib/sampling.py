@@ -130,7 +130,7 @@ def sample_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = T
         bar.set_postfix(scenario=sc.id)
         seeds = [sample_seed(cfg.seed, sc.id, i) for i in todo]
         ids = generate_batch(model, tokenizer, sc.prompt, seeds, cfg.sampling)
-        append_jsonl(run.completions, [_row(cfg, tokenizer, sc, i, sd, t) for i, sd, t in zip(todo, seeds, ids)])
+        append_jsonl(run.completions, [_row(cfg, tokenizer, sc, i, sd, t) for i, sd, t in zip(todo, seeds, ids, strict=True)])
         bar.update(len(todo))
     bar.close()
     return read_jsonl(run.completions)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import small_config
 from safetensors.torch import load_file
 
 from lib.activations import capture_batch, capture_run, resid_hooks, row_ids
@@ -11,7 +12,6 @@ from lib.config import ConfigError
 from lib.dataset import labelled_rows, read_layer
 from lib.models import decoder_layers
 from lib.rundir import RunDirError, init_run, read_jsonl
-from conftest import small_config
 
 
 def _rows(run, n):

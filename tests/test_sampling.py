@@ -3,11 +3,11 @@
 import pytest
 import torch
 import transformers as tf
+from conftest import small_config
 
 import lib.sampling as sampling
 from lib.rundir import init_run
 from lib.sampling import filter_logits, regenerate, sample_run
-from conftest import small_config
 
 TWO = ["mafia", "surprise_party"]
 

@@ -1,0 +1,371 @@
+"""Sparse autoencoders of the study: the model, and its SAELens 6 on-disk format.
+
+One class, :class:`SAE`, covers the three architectures of the book:
+
+``topk``
+    keep the ``k`` largest pre-activations of each input, then ReLU them (SAELens 6 selects
+    first and applies the ReLU to the selected values, so a selected negative pre-activation
+    gives 0).
+``jumprelu``
+    the study's original JumpReLU: ``relu(pre) * (pre > threshold)`` with the threshold fixed at
+    0 and trained with an L1 penalty, i.e. a ReLU SAE (the "threshold bug" of the study).
+``jumprelu_ste``
+    JumpReLU with a learned per-latent threshold (straight-through estimator and L0 penalty of
+    Rajamanoharan et al. 2024). Same forward pass as ``jumprelu``; only training differs.
+
+Encode and decode are SAELens 6's, term for term::
+
+    pre = (x - b_dec) @ W_enc + b_enc            # b_dec is subtracted when apply_b_dec_to_input
+    f   = topk-then-relu(pre)  |  relu(pre) * (pre > threshold)
+    x^  = f @ W_dec + b_dec
+
+A folder written by :func:`save_sae` holds ``cfg.json`` and ``sae_weights.safetensors`` and loads
+with ``sae_lens.SAE.load_from_disk``; SAELens calls both JumpReLU kinds ``jumprelu`` and the
+study's own architecture name is kept in ``cfg.json`` under ``metadata.study_architecture``.
+:func:`load_sae` reads our folders and folders SAELens saved (``topk``, ``jumprelu``, and
+``standard`` ReLU SAEs, which are JumpReLU SAEs with a zero threshold).
+
+Training lives in :mod:`lib.sae_training` (``train_sae``, ``train_grid_cell``, ``train_grid``)
+and evaluation in :mod:`lib.sae_metrics`; both are re-exported here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+ARCHITECTURES = ("topk", "jumprelu", "jumprelu_ste")
+# Our architecture name -> the one SAELens 6 knows.
+SAELENS_ARCHITECTURE = {"topk": "topk", "jumprelu": "jumprelu", "jumprelu_ste": "jumprelu"}
+# SAELens architectures load_sae can read (and the study architecture they become).
+LOADABLE_SAELENS = {"topk": "topk", "jumprelu": "jumprelu_ste", "standard": "jumprelu"}
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+METRICS_FILENAME = "metrics.json"
+FORMAT_VERSION = "6.0.0"  # the SAELens on-disk format written here
+
+
+class SAEFormatError(ValueError):
+    """An SAE folder, config or weight file that cannot be read; the message names it."""
+
+
+def sae_lens_version() -> str:
+    """Version of the installed sae-lens (the format version when it is not installed)."""
+    try:
+        return _metadata.version("sae-lens")
+    except _metadata.PackageNotFoundError:
+        return FORMAT_VERSION
+
+
+def check_architecture(architecture: str) -> str:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture={architecture!r}; allowed: {list(ARCHITECTURES)}")
+    return architecture
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder in SAELens 6's parametrisation (see the module docstring).
+
+    Parameters: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``,
+    ``b_dec [d_in]`` and, for both JumpReLU kinds, ``threshold [d_sae]``. ``meta`` is a free
+    dict of provenance (hook, layer, condition, training facts) written into ``cfg.json``.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        architecture: str,
+        k: int | None = None,
+        apply_b_dec_to_input: bool = True,
+        meta: dict[str, Any] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        self.architecture = check_architecture(architecture)
+        if d_in < 1 or d_sae < 1:
+            raise ValueError(f"d_in={d_in} and d_sae={d_sae} must be positive")
+        if architecture == "topk":
+            if k is None or not 1 <= int(k) <= d_sae:
+                raise ValueError(f"a topk SAE needs 1 <= k <= d_sae={d_sae}; got k={k!r}")
+            k = int(k)
+        else:
+            k = None
+        self.d_in, self.d_sae, self.k = int(d_in), int(d_sae), k
+        self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
+        self.meta: dict[str, Any] = dict(meta or {})
+
+        # Frozen by default: encode() then returns plain tensors (call requires_grad_() to tune).
+        def param(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.zeros(*shape, dtype=dtype), requires_grad=False)
+
+        self.W_enc = param(d_in, d_sae)
+        self.b_enc = param(d_sae)
+        self.W_dec = param(d_sae, d_in)
+        self.b_dec = param(d_in)
+        self.threshold = param(d_sae) if architecture != "topk" else None
+
+    # ----- the two maps ------------------------------------------------------------------------
+    @property
+    def saelens_architecture(self) -> str:
+        return SAELENS_ARCHITECTURE[self.architecture]
+
+    def _check_input(self, x: torch.Tensor, width: int, what: str) -> None:
+        if x.shape[-1] != width:
+            raise ValueError(
+                f"{what} has last dimension {x.shape[-1]} but this SAE expects {width} "
+                f"(d_in={self.d_in}, d_sae={self.d_sae}); is it the right layer/model?"
+            )
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - b_dec) @ W_enc + b_enc`` (without the b_dec term when not apply_b_dec_to_input)."""
+        self._check_input(x, self.d_in, "input")
+        x = x.to(self.W_enc.dtype)
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        if self.architecture == "topk":
+            vals, idx = torch.topk(pre, self.k, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+        return pre.relu() * (pre > self.threshold).to(pre.dtype)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent activations ``[..., d_sae]`` of inputs ``[..., d_in]`` (raw activations)."""
+        return self.activation(self.pre_activations(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        self._check_input(f, self.d_sae, "latent tensor")
+        return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of ``x``."""
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def encode_batched(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        """``encode`` over rows of a large ``[N, d_in]`` tensor without a large temporary."""
+        return torch.cat([self.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+    # ----- SAELens config ----------------------------------------------------------------------
+    def saelens_cfg(self) -> dict[str, Any]:
+        """The ``cfg.json`` dict (SAELens 6 keys plus the study's provenance in ``metadata``)."""
+        meta = {
+            "sae_lens_version": sae_lens_version(),
+            "model_class_name": "AutoModelForCausalLM",
+            **{k: v for k, v in self.meta.items() if k != "sae_lens_version"},
+            "study_architecture": self.architecture,
+        }
+        cfg: dict[str, Any] = {
+            "architecture": self.saelens_architecture,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": str(self.W_enc.dtype).removeprefix("torch."),
+            "device": "cpu",
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            "metadata": meta,
+        }
+        if self.architecture == "topk":
+            cfg["k"] = self.k
+            cfg["rescale_acts_by_decoder_norm"] = False
+        return cfg
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Exactly the tensors SAELens loads (its loading is strict: nothing else)."""
+        out = {
+            name: getattr(self, name).detach().contiguous().cpu()
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec")
+        }
+        if self.threshold is not None:
+            out["threshold"] = self.threshold.detach().contiguous().cpu()
+        return out
+
+    def extra_repr(self) -> str:
+        k = f", k={self.k}" if self.k is not None else ""
+        return f"architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}{k}"
+
+
+# ----- export -------------------------------------------------------------------------------------
+def save_sae(sae: SAE, path: Path | str, extra_files: dict[str, Any] | None = None) -> Path:
+    """Write ``cfg.json`` + ``sae_weights.safetensors`` (+ JSON ``extra_files``) atomically.
+
+    The folder is assembled in a temporary sibling and renamed into place, so ``path`` is either
+    absent, the old complete folder, or the new complete folder; never half written. An existing
+    folder at ``path`` is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        save_file(sae.state_tensors(), str(tmp / WEIGHTS_FILENAME))
+        (tmp / CFG_FILENAME).write_text(json.dumps(sae.saelens_cfg(), indent=2) + "\n")
+        for name, obj in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old.{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# ----- loading ------------------------------------------------------------------------------------
+def _read_cfg(path: Path) -> dict[str, Any]:
+    cfg_path = path / CFG_FILENAME
+    if not path.is_dir():
+        raise SAEFormatError(f"{path} is not an SAE folder (no such directory)")
+    if not cfg_path.exists():
+        raise SAEFormatError(f"{cfg_path} is missing; {path} is not a complete SAE folder")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SAEFormatError(f"{cfg_path} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise SAEFormatError(f"{cfg_path} must hold a JSON object")
+    for key in ("architecture", "d_in", "d_sae"):
+        if key not in cfg:
+            raise SAEFormatError(f"{cfg_path} lacks the key {key!r}")
+    return cfg
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    wpath = path / WEIGHTS_FILENAME
+    if not wpath.exists():
+        raise SAEFormatError(f"{wpath} is missing; {path} is not a complete SAE folder")
+    try:
+        return load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise SAEFormatError(f"{wpath} is unreadable or corrupt ({e})") from None
+
+
+def load_sae(path: Path | str, d_in: int | None = None, device: str = "cpu") -> SAE:
+    """Load an SAE folder written by :func:`save_sae` or by SAELens (``save_model``).
+
+    ``d_in``, when given, is checked against the SAE (e.g. a layer's width) and a mismatch
+    raises. Raises :class:`SAEFormatError` naming the file for a missing or corrupt file, an
+    unknown architecture, wrong tensor names or shapes, or an input normalisation SAELens would
+    apply at run time (which a plain load cannot reproduce).
+    """
+    path = Path(path)
+    cfg = _read_cfg(path)
+    cfg_path = path / CFG_FILENAME
+    meta = dict(cfg.get("metadata") or {})
+    sl_arch = cfg["architecture"]
+    if sl_arch not in LOADABLE_SAELENS:
+        raise SAEFormatError(
+            f"{cfg_path}: architecture={sl_arch!r} is not supported; allowed: {sorted(LOADABLE_SAELENS)}"
+        )
+    arch = (
+        meta.get("study_architecture") or cfg.get("study_architecture") or LOADABLE_SAELENS[sl_arch]
+    )
+    if arch not in ARCHITECTURES or SAELENS_ARCHITECTURE[arch] != (
+        "jumprelu" if sl_arch == "standard" else sl_arch
+    ):
+        raise SAEFormatError(
+            f"{cfg_path}: study_architecture={arch!r} does not fit architecture={sl_arch!r}; "
+            f"allowed: {list(ARCHITECTURES)}"
+        )
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", "expected_average_only_in"):
+        raise SAEFormatError(
+            f"{cfg_path}: normalize_activations={norm!r} is applied at run time by SAELens and is "
+            "not supported here; allowed: 'none' (or 'expected_average_only_in', a no-op at inference)"
+        )
+    if cfg.get("reshape_activations", "none") != "none":
+        raise SAEFormatError(
+            f"{cfg_path}: reshape_activations={cfg['reshape_activations']!r} is not supported"
+        )
+    d_sae, width = int(cfg["d_sae"]), int(cfg["d_in"])
+    if d_in is not None and int(d_in) != width:
+        raise SAEFormatError(
+            f"{cfg_path}: the SAE has d_in={width} but the activations have width {d_in}"
+        )
+    if sl_arch == "topk" and "k" not in cfg:
+        raise SAEFormatError(f"{cfg_path}: a topk SAE needs 'k' (SAELens would silently use 100)")
+    t = _load_tensors(path)
+    want = {"W_enc": (width, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, width), "b_dec": (width,)}
+    if sl_arch == "jumprelu":
+        want["threshold"] = (d_sae,)
+    wpath = path / WEIGHTS_FILENAME
+    if set(t) != set(want):
+        raise SAEFormatError(
+            f"{wpath} holds tensors {sorted(t)}; a {sl_arch} SAE needs exactly {sorted(want)}"
+        )
+    for name, shape in want.items():
+        if tuple(t[name].shape) != shape:
+            raise SAEFormatError(
+                f"{wpath}: {name} has shape {tuple(t[name].shape)}, expected {shape} from {cfg_path}"
+            )
+    sae = SAE(
+        width,
+        d_sae,
+        arch,
+        k=cfg.get("k"),
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+        meta=meta,
+    )
+    W_enc, b_enc, W_dec = t["W_enc"].float(), t["b_enc"].float(), t["W_dec"].float()
+    if sl_arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+        # SAELens multiplies pre-activations by the decoder row norms and divides the latents by
+        # them before decoding; folding the norms into the weights gives the same maps exactly.
+        norms = W_dec.norm(dim=-1).clamp(min=1e-8)
+        W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
+    with torch.no_grad():
+        sae.W_enc.copy_(W_enc)
+        sae.b_enc.copy_(b_enc)
+        sae.W_dec.copy_(W_dec)
+        sae.b_dec.copy_(t["b_dec"].float())
+        if sae.threshold is not None and "threshold" in t:
+            sae.threshold.copy_(t["threshold"].float())
+    sae.source = str(path)
+    return sae.to(device).eval()
+
+
+def read_metrics(path: Path | str) -> dict[str, Any]:
+    """``metrics.json`` of an SAE folder."""
+    mpath = Path(path) / METRICS_FILENAME
+    if not mpath.exists():
+        raise SAEFormatError(f"{mpath} is missing; train the SAE (notebook 04) first")
+    try:
+        return json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SAEFormatError(f"{mpath} is not valid JSON ({e})") from None
+
+
+def is_complete(path: Path | str) -> bool:
+    """A folder with config, weights and metrics (written last) is a finished SAE."""
+    path = Path(path)
+    return all((path / f).exists() for f in (CFG_FILENAME, WEIGHTS_FILENAME, METRICS_FILENAME))
+
+
+# Training and the grid stage live in lib.sae_training; `from lib.sae import train_sae` works too.
+_REEXPORTS = ("train_sae", "train_grid_cell", "train_grid", "grid_metrics", "FastSAETrainer")
+
+
+def __getattr__(name: str):
+    if name in _REEXPORTS:
+        from lib import sae_training
+
+        return getattr(sae_training, name)
+    raise AttributeError(f"module 'lib.sae' has no attribute {name!r}")

@@ -1,0 +1,259 @@
+"""Metrics, bootstrap confidence intervals, permutation p-values and Holm's correction.
+
+Everything here works on plain numpy arrays: labels ``y`` (1 = deceptive, 0 = honest), real-valued
+classifier ``scores`` (a probe's decision function; the predicted class is ``scores > 0``, as in
+sklearn's ``LogisticRegression.predict``) and, for resampling, *multiplicity matrices*.
+
+A multiplicity matrix ``W`` of shape ``[B, n]`` says how often each of ``n`` completions appears in
+each of ``B`` bootstrap resamples. Every metric has a weighted form that takes ``W``, so one
+resampling plan serves several metrics and two classifiers (a paired bootstrap uses the same
+``W`` for both). The bootstrap is stratified: each resample keeps the number of completions of
+each class (or other stratum), so no resample loses a class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRICS = ("bal_acc", "auroc", "recall_at_1fpr")
+FPR_LEVEL = 0.01
+
+
+# ----- metrics ---------------------------------------------------------------------------------
+def _as_weights(w: np.ndarray | None, n: int) -> np.ndarray:
+    """``None`` -> one unit-weight row; a vector -> one row; a matrix stays."""
+    if w is None:
+        return np.ones((1, n))
+    w = np.asarray(w, dtype=float)
+    return w[None, :] if w.ndim == 1 else w
+
+
+def balanced_accuracy(y: np.ndarray, scores: np.ndarray, w: np.ndarray | None = None) -> np.ndarray | float:
+    """Mean of the recall of each class; the prediction is ``scores > 0``.
+
+    ``y`` may hold any number of classes when ``scores`` is replaced by predicted labels through
+    :func:`balanced_accuracy_labels`; here it is binary. With ``w`` ``[B, n]`` returns ``[B]``.
+    """
+    y = np.asarray(y)
+    pred = np.asarray(scores) > 0
+    return balanced_accuracy_labels(y, pred.astype(y.dtype), w)
+
+
+def balanced_accuracy_labels(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None):
+    """Balanced accuracy of predicted labels ``pred`` (binary or multiclass).
+
+    Classes absent from a resample are left out of its mean (as sklearn leaves out classes absent
+    from ``y_true``). Returns a float without ``w``, else one value per row of ``w``.
+    """
+    y, pred = np.asarray(y), np.asarray(pred)
+    W = _as_weights(w, len(y))
+    correct = (y == pred).astype(float)
+    recalls = []
+    for c in np.unique(y):
+        m = y == c
+        tot = W[:, m].sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls.append(np.where(tot > 0, (W[:, m] * correct[m]).sum(1) / tot, np.nan))
+    out = np.nanmean(np.vstack(recalls), axis=0) if recalls else np.full(W.shape[0], np.nan)
+    return float(out[0]) if w is None or np.ndim(w) == 1 else out
+
+
+def auroc(y: np.ndarray, scores: np.ndarray, w: np.ndarray | None = None):
+    """Area under the ROC curve: P(score of a deceptive > score of an honest), ties count 1/2.
+
+    NaN when a class is missing. With ``w`` ``[B, n]``, the weighted Mann-Whitney form
+    ``sum_ij w_i w_j [s_i > s_j] / (sum_i w_i sum_j w_j)`` over positives i and negatives j.
+    """
+    y, s = np.asarray(y), np.asarray(scores, dtype=float)
+    pos, neg = s[y == 1], s[y == 0]
+    W = _as_weights(w, len(y))
+    if len(pos) == 0 or len(neg) == 0:
+        out = np.full(W.shape[0], np.nan)
+    else:
+        cmp = (pos[:, None] > neg[None, :]).astype(float) + 0.5 * (pos[:, None] == neg[None, :])
+        wp, wn = W[:, y == 1], W[:, y == 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = ((wp @ cmp) * wn).sum(1) / (wp.sum(1) * wn.sum(1))
+    return float(out[0]) if w is None or np.ndim(w) == 1 else out
+
+
+def recall_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float = FPR_LEVEL, w: np.ndarray | None = None):
+    """The largest recall of deceptive completions at a false-positive rate of at most ``fpr``.
+
+    A threshold that flags completions with ``score >= t`` may pass at most
+    ``k = floor(fpr * n_honest)`` honest completions, so the best threshold sits just above the
+    ``(k+1)``-th highest honest score ``v``, and the recall is the share of deceptive scores
+    strictly above ``v``. (This equals sklearn's ``roc_curve`` TPR at the largest FPR <= ``fpr``.)
+    With 1% FPR and fewer than 100 honest completions, ``k = 0``: recall above every honest score.
+    """
+    y, s = np.asarray(y), np.asarray(scores, dtype=float)
+    W = _as_weights(w, len(y))
+    pos, neg = s[y == 1], s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        out = np.full(W.shape[0], np.nan)
+    else:
+        order = np.argsort(-neg, kind="stable")
+        neg_sorted = neg[order]
+        wn = W[:, y == 0][:, order]
+        wp = W[:, y == 1]
+        n_neg = wn.sum(1)
+        k = np.floor(fpr * n_neg + 1e-9)
+        cum = np.cumsum(wn, axis=1)
+        reach = cum >= (k + 1)[:, None]
+        idx = np.argmax(reach, axis=1)
+        v = np.where(reach.any(1), neg_sorted[idx], -np.inf)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = (wp * (pos[None, :] > v[:, None])).sum(1) / wp.sum(1)
+    return float(out[0]) if w is None or np.ndim(w) == 1 else out
+
+
+def binary_metrics(y: np.ndarray, scores: np.ndarray, w: np.ndarray | None = None) -> dict:
+    """``bal_acc``, ``auroc`` and ``recall_at_1fpr`` of one score vector (optionally resampled)."""
+    return {
+        "bal_acc": balanced_accuracy(y, scores, w),
+        "auroc": auroc(y, scores, w),
+        "recall_at_1fpr": recall_at_fpr(y, scores, FPR_LEVEL, w),
+    }
+
+
+# ----- column-wise metrics (many label/score vectors at once, for permutation nulls) -----------
+def balanced_accuracy_columns(Y: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of each column pair of ``Y`` [n, P] (binary) and scores ``S`` [n, P]."""
+    pred = S > 0
+    pos = Y == 1
+    n_pos, n_neg = pos.sum(0), (~pos).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = (pred & pos).sum(0) / n_pos
+        tnr = (~pred & ~pos).sum(0) / n_neg
+    return 0.5 * (tpr + tnr)
+
+
+def auroc_columns(Y: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """AUROC of each column via mid-ranks (the Mann-Whitney U statistic)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(S, axis=0)
+    pos = Y == 1
+    n_pos, n_neg = pos.sum(0), (~pos).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * pos).sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def recall_at_fpr_columns(Y: np.ndarray, S: np.ndarray, fpr: float = FPR_LEVEL) -> np.ndarray:
+    """:func:`recall_at_fpr` of each column."""
+    return np.array([recall_at_fpr(Y[:, j], S[:, j], fpr) for j in range(Y.shape[1])])
+
+
+# ----- resampling plans ------------------------------------------------------------------------
+def stratified_multiplicities(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_boot, n]`` counts of a bootstrap that resamples within each stratum separately."""
+    strata = np.asarray(strata)
+    W = np.zeros((n_boot, len(strata)), dtype=np.int32)
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        W[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_boot)
+    return W
+
+
+def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap samples (NaN samples ignored; NaN if none are finite)."""
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    lo, hi = np.quantile(samples, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    y: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """95% percentile CIs of the three binary metrics of pooled out-of-fold ``scores``.
+
+    Completions are resampled with replacement within each class (a stratified bootstrap), so
+    every resample has the observed numbers of deceptive and honest completions.
+    """
+    if n_boot <= 0:
+        return {m: (float("nan"), float("nan")) for m in METRICS}
+    W = stratified_multiplicities(y, n_boot, np.random.default_rng(seed))
+    return {m: percentile_ci(v, level) for m, v in binary_metrics(y, scores, W).items()}
+
+
+def paired_bootstrap_delta(
+    y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """Bootstrap samples of ``bal_acc(a) - bal_acc(b)``, both scored on the same resamples."""
+    W = stratified_multiplicities(y, n_boot, np.random.default_rng(seed))
+    return balanced_accuracy(y, scores_a, W) - balanced_accuracy(y, scores_b, W)
+
+
+def paired_randomization_pvalue(
+    y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, n_rounds: int = 10_000, seed: int = 0
+) -> float:
+    """Two-sided p-value of ``bal_acc(a) != bal_acc(b)`` on the same completions.
+
+    Approximate randomization: under the null the two classifiers are exchangeable on each
+    completion, so each round swaps the two predictions of every completion with probability 1/2
+    and recomputes the difference. ``p = (1 + #{|delta*| >= |delta|}) / (1 + n_rounds)``.
+    """
+    y = np.asarray(y)
+    pa, pb = np.asarray(scores_a) > 0, np.asarray(scores_b) > 0
+    pos = y == 1
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    # per-completion contribution to balanced accuracy of a correct prediction
+    unit = np.where(pos, 0.5 / max(n_pos, 1), 0.5 / max(n_neg, 1))
+    ca = (pa == pos) * unit
+    cb = (pb == pos) * unit
+    diff = ca - cb  # bal_acc(a) - bal_acc(b) = diff.sum()
+    observed = diff.sum()
+    rng = np.random.default_rng(seed)
+    signs = rng.integers(0, 2, size=(n_rounds, len(y)), dtype=np.int8) * 2 - 1
+    null = signs @ diff
+    tol = 1e-12
+    return float((1 + np.sum(np.abs(null) >= abs(observed) - tol)) / (1 + n_rounds))
+
+
+def within_group_permutations(groups: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_perm, n]`` index arrays; each permutes positions only within its group.
+
+    ``y[perm]`` is then a label vector with the same class counts in every group.
+    """
+    groups = np.asarray(groups)
+    out = np.tile(np.arange(len(groups)), (n_perm, 1))
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        shuffled = rng.permuted(np.tile(np.arange(len(idx)), (n_perm, 1)), axis=1)
+        out[:, idx] = idx[shuffled]
+    return out
+
+
+def empirical_pvalue(observed: float, null: np.ndarray) -> float:
+    """One-sided permutation p-value ``(1 + #{null >= observed}) / (1 + #null)``.
+
+    NaN entries of the null are dropped; NaN when the observed value is NaN.
+    """
+    null = np.asarray(null, dtype=float)
+    null = null[np.isfinite(null)]
+    if not np.isfinite(observed) or null.size == 0:
+        return float("nan")
+    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + null.size))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1).
+
+    NaN p-values are ignored (they do not count towards the number of tests) and stay NaN.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(adj, 1.0)
+    return out
