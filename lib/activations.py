@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from lib.config import RunConfig
@@ -104,13 +105,15 @@ def capture_batch(model, tokenizer, seqs: list[tuple[list[int], int]], layers: l
     tok_rows_d, tok_cols_d, last_cols_d = tok_rows.to(device), tok_cols.to(device), last_cols.to(device)
     out: dict[int, dict] = {}
 
+    rows_d = torch.arange(len(seqs), device=device)
+    counts_d = counts.to(device)[:, None]
+
     def sink(layer: int, h: torch.Tensor) -> None:
-        h = h.float()
-        toks = h[tok_rows_d, tok_cols_d]
+        # gather the completion positions first, convert only those to float32
+        toks = h[tok_rows_d, tok_cols_d].float()
+        last = h[rows_d, last_cols_d].float()
         sums = torch.zeros((h.shape[0], h.shape[2]), device=h.device).index_add_(0, tok_rows_d, toks)
-        last = h[torch.arange(h.shape[0], device=h.device), last_cols_d]
-        c = counts.to(h.device)[:, None]
-        mean = torch.where(c > 0, sums / c.clamp_min(1), last)
+        mean = torch.where(counts_d > 0, sums / counts_d.clamp_min(1), last)
         out[layer] = {"last": last.cpu(), "mean": mean.cpu(), "tokens": toks.cpu()}
 
     with resid_hooks(model, layers, sink):
@@ -268,7 +271,6 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
 
 def norm_table(run: RunDir) -> pd.DataFrame:
     """Mean L2 norm per layer of ``last``, ``mean`` and token vectors (a sanity profile)."""
-    import pandas as pd
 
     from lib.dataset import read_index, read_layer
 

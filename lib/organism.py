@@ -259,3 +259,20 @@ def planted_labeller(model: str):
     if model != "organism":
         return None
     return lambda row: planted_label(row["scenario"], row["completion"])
+
+
+def planted_mask(run, labelled):
+    """Which of a run's labelled completions have a planted label, and whether the judge matches it.
+
+    Returns ``(decisive, y_planted)``: a boolean mask over ``labelled`` (the completion starts
+    with a planted opener) and the planted labels (1 = deceptive) of those completions.
+    """
+    import numpy as np
+
+    from lib.rundir import read_jsonl
+
+    rows = {r["id"]: r for r in read_jsonl(run.completions)}
+    planted = [planted_label(rows[i]["scenario"], rows[i]["completion"]) for i in labelled.ids]
+    decisive = np.array([p is not None for p in planted])
+    y = np.array([1 if p == "deceptive" else 0 for p, d in zip(planted, decisive, strict=True) if d], dtype=np.int64)
+    return decisive, y
