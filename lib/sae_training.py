@@ -689,6 +689,26 @@ def _hook_name(run, layer: int, lm) -> str:
     return f"model.layers.{layer}"
 
 
+def training_fingerprint(cfg, labelled, run) -> str:
+    """What an SAE of the grid depends on: SAE settings, seed, labels and the captured activations.
+
+    A finished SAE is reused only while this is unchanged (a changed ``sae.epochs`` retrains).
+    """
+    import hashlib
+    import json
+
+    from lib.dataset import read_index
+
+    blob = {
+        "sae": cfg.sae.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "judge": labelled.judge,
+        "labelled": [labelled.ids, labelled.y.tolist()],
+        "activations": read_index(run).get("completions_sha256"),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def train_grid_cell(
     run,
     cfg,
@@ -725,9 +745,14 @@ def train_grid_cell(
         )
     sae_id = cfg.sae_id(layer, arch, condition)
     out = run.sae_dir(sae_id)
-    if is_complete(out) and not force:
-        return out
     labelled = labelled if labelled is not None else labelled_rows(run, cfg)
+    fingerprint = training_fingerprint(cfg, labelled, run)
+    if is_complete(out) and not force:
+        from lib.sae import read_metrics
+
+        if read_metrics(out).get("training_fingerprint") == fingerprint:
+            return out
+        print(f"{sae_id}: SAE settings, labels or activations changed since it was trained; retraining")
     layer_data = layer_data if layer_data is not None else read_layer(run, layer)
     sc = cfg.sae
     train_pos, held_pos = split_condition(labelled, condition, sc.heldout_fraction, cfg.seed)
@@ -836,6 +861,7 @@ def train_grid_cell(
     if "ste_training_space" in hist:
         metrics["ste_training_space"] = hist["ste_training_space"]
     history = {k: hist[k] for k in ("step_loss", "step_l0")}
+    metrics["training_fingerprint"] = fingerprint
     save_sae(sae, out, extra_files={"history.json": history, "metrics.json": metrics})
     return out
 
@@ -851,14 +877,22 @@ def train_grid(run, cfg, progress: bool = True, force: bool = False) -> list[Pat
     from lib.dataset import labelled_rows, read_layer
     from lib.sae import is_complete
 
+    from lib.sae import read_metrics
+
     cells = cfg.sae_grid()
-    todo = [c for c in cells if force or not is_complete(run.sae_dir(cfg.sae_id(*c)))]
+    labelled = labelled_rows(run, cfg)
+    fingerprint = training_fingerprint(cfg, labelled, run)
+
+    def current(c) -> bool:
+        path = run.sae_dir(cfg.sae_id(*c))
+        return is_complete(path) and read_metrics(path).get("training_fingerprint") == fingerprint
+
+    todo = [c for c in cells if force or not current(c)]
     paths = {c: run.sae_dir(cfg.sae_id(*c)) for c in cells}
     if todo:
         from lib.models import load_model
 
         lm = load_model(cfg)
-        labelled = labelled_rows(run, cfg)
         cache: dict = {}
         layers: dict[int, object] = {}
         for layer, arch, cond in tqdm(todo, desc="SAE grid", disable=not progress):

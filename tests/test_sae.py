@@ -494,3 +494,8 @@ def test_train_grid_cell_writes_a_complete_resumable_folder(tiny_run):
     assert len(paths) == len(cfg.sae_grid()) == 4 and all(is_complete(p) for p in paths)
     honest = read_metrics(run.sae_dir("organism_topk_L1_honest_only"))
     assert honest["n_completions"] == 9 and honest["l0"] == pytest.approx(cfg.sae.k)
+    # changed SAE settings must not silently reuse the old SAE
+    cfg2 = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"epochs": 3})})
+    train_grid_cell(run, cfg2, 2, "jumprelu_ste", "mixed", progress=False, lm=lm)
+    assert (path / "metrics.json").stat().st_mtime_ns != stamp
+    assert len(read_metrics(path)["history"]["epoch_loss"]) == 3
