@@ -875,9 +875,7 @@ def train_grid(run, cfg, progress: bool = True, force: bool = False) -> list[Pat
     from tqdm.auto import tqdm
 
     from lib.dataset import labelled_rows, read_layer
-    from lib.sae import is_complete
-
-    from lib.sae import read_metrics
+    from lib.sae import is_complete, read_metrics
 
     cells = cfg.sae_grid()
     labelled = labelled_rows(run, cfg)
