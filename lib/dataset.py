@@ -122,3 +122,11 @@ def token_vectors(layer: LayerData, rows: np.ndarray) -> torch.Tensor:
     """All completion-token vectors of the given activation rows, float32 [T', d]."""
     mask = torch.isin(layer.token_owner, torch.as_tensor(rows, dtype=layer.token_owner.dtype))
     return layer.tokens[mask].float()
+
+
+def training_vectors(layer: LayerData, rows: np.ndarray, train_on: str) -> torch.Tensor:
+    """The vectors an SAE trains on for the given activation rows: every completion token
+    (``train_on="tokens"``) or one pooled vector per completion (``"last"`` / ``"mean"``)."""
+    if train_on == "tokens":
+        return token_vectors(layer, rows)
+    return getattr(layer, train_on)[torch.as_tensor(rows, dtype=torch.long)].float()

@@ -135,7 +135,7 @@ from lib.dataset import (
     pooled,
     read_index,
     read_layer,
-    token_vectors,
+    training_vectors,
 )
 from lib.rundir import RunDir, atomic_write_bytes, atomic_write_text, read_json, write_json
 
@@ -861,15 +861,6 @@ def compare_to_raw(
     return out
 
 
-def _training_vectors(layer_data: LayerData, rows: np.ndarray, train_on: str):
-    """The vectors an SAE trains on for the given activation rows (tokens or pooled)."""
-    import torch
-
-    if train_on == "tokens":
-        return token_vectors(layer_data, rows)
-    return getattr(layer_data, train_on)[torch.as_tensor(rows)].float()
-
-
 class _torch_threads:
     """Run torch single-threaded inside the block (2 shared cores: threads only fight)."""
 
@@ -928,7 +919,7 @@ def leakage_free_cv(
             note = (f"condition {condition}: fold {k} has {len(train_pos)} training completion(s) to "
                     "train an SAE on; leakage-free probe not possible")
             return CVResult.failed("stratified", y, note), facts
-        x = _training_vectors(layer_data, lab.rows[train_pos], sae_cfg.train_on)
+        x = training_vectors(layer_data, lab.rows[train_pos], sae_cfg.train_on)
         sae, info = _train(train_sae, x, arch, sae_cfg, seed + int(k))
         features[int(k)] = encode(sae, X_pooled)
         facts.append({"fold": int(k), "n_train_completions": int(len(train_pos)), **_info(info)})
@@ -1046,7 +1037,7 @@ def _sae_cell(
                 note = f"condition {condition}: {len(idx)} completion(s) to train an SAE on"
                 return [{**base, "cv": "stratified", "sae_source": "refit_all", "leakage_free": False,
                          "n": len(lab), "note": note}], {}
-            sae, info = _train(train_sae, _training_vectors(layer_data, lab.rows[idx], sae_cfg.train_on),
+            sae, info = _train(train_sae, training_vectors(layer_data, lab.rows[idx], sae_cfg.train_on),
                                arch, sae_cfg, _seed(seed, "refit_all"))
             res = cross_validate(encode(sae, X), lab.y, lab.scenario, "stratified")
             cmp = compare_to_raw(res, raw["stratified"], nb, n_randomizations, _seed(seed, "refit_all"))

@@ -165,8 +165,6 @@ def write_json(path: Path, obj) -> None:
 def read_json(path: Path):
     try:
         return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path} is not valid JSON ({e}); delete it and rerun its stage") from None
 

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from lib.config import SAEConfig, SteConfig
+from lib.dataset import training_vectors  # re-exported for notebook 04
 from lib.sae import ARCHITECTURES, SAE, check_architecture
 
 DEAD_WINDOW_MAX_STEPS = 1000
@@ -662,16 +663,6 @@ def split_condition(
         )
     held = heldout_mask(labelled.y, fraction, seed)
     return sel[~held[sel]], sel[held[sel]]
-
-
-def training_vectors(layer_data, rows: np.ndarray, train_on: str) -> torch.Tensor:
-    """The vectors of activation rows an SAE sees: every completion token, or one pooled vector."""
-    from lib.dataset import token_vectors
-
-    if train_on == "tokens":
-        return token_vectors(layer_data, rows)
-    return getattr(layer_data, train_on)[torch.as_tensor(rows, dtype=torch.long)].float()
-
 
 def _hook_name(run, layer: int, lm) -> str:
     if lm is not None:
