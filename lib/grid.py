@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -132,11 +133,13 @@ def execute_cell(notebook: str, params: dict, output: str, notebook_dir: str, ke
     from jupyter_client.manager import AsyncKernelManager
     from papermill.exceptions import PapermillExecutionError
 
+    sockets = tempfile.mkdtemp(prefix="kernel-")
+
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kw):
             kw.setdefault("transport", "ipc")
             super().__init__(**kw)
-            self.ip = str(Path(tempfile.mkdtemp(prefix="kernel-")) / "ipc")
+            self.ip = str(Path(sockets) / "ipc")
 
     t0 = time.time()
     Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +157,8 @@ def execute_cell(notebook: str, params: dict, output: str, notebook_dir: str, ke
         return {"ok": False, "seconds": time.time() - t0, "error": f"cell {e.cell_index}: {e.ename}: {e.evalue}"}
     except Exception as e:  # kernel died, notebook unreadable, ...
         return {"ok": False, "seconds": time.time() - t0, "error": f"{type(e).__name__}: {e}"}
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     return {"ok": True, "seconds": time.time() - t0, "error": ""}
 
 
