@@ -223,16 +223,15 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
         for i in layers
     }
     progress_file = run.activations / ".progress.json"
-    done: set[int] = set()
-    if run.activation_index.exists() and progress_file.exists():
-        old = read_json(run.activation_index)
-        same = {k: old.get(k) for k in index} == index
-        if same and all(f.matches() for f in files.values()):
-            done = set(read_json(progress_file)["batches_done"])
-    if not done and run.activation_index.exists() and not progress_file.exists():
-        old = read_json(run.activation_index)
-        if {k: old.get(k) for k in index} == index and all(f.matches() for f in files.values()):
-            return old  # complete
+    # files on disk belong to this capture when the index and every file header match it
+    same = (
+        run.activation_index.exists()
+        and {k: read_json(run.activation_index).get(k) for k in index} == index
+        and all(f.matches() for f in files.values())
+    )
+    if same and not progress_file.exists():
+        return index  # finished before
+    done: set[int] = set(read_json(progress_file)["batches_done"]) if same else set()
     if not done:
         for f in files.values():
             f.create()

@@ -37,7 +37,6 @@ from lib.config import REPO_ROOT, RunConfig, load_config
 from lib.rundir import RunDir, write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-COMMON_PARAMS = ("config", "run_name", "overrides")
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lib.config import SAEConfig, SteConfig
+from lib.config import CONDITIONS, SAEConfig, SteConfig
 from lib.dataset import training_vectors  # re-exported for notebook 04
 from lib.sae import ARCHITECTURES, SAE, check_architecture
 
@@ -730,10 +730,8 @@ def train_grid_cell(
     from lib.sae_metrics import ce_with_replacement, loss_recovered, reconstruction_metrics
 
     check_architecture(arch)
-    if condition not in ("mixed", "deceptive_only", "honest_only"):
-        raise ValueError(
-            f"condition={condition!r}; allowed: ['mixed', 'deceptive_only', 'honest_only']"
-        )
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition={condition!r}; allowed: {list(CONDITIONS)}")
     sae_id = cfg.sae_id(layer, arch, condition)
     out = run.sae_dir(sae_id)
     labelled = labelled if labelled is not None else labelled_rows(run, cfg)
