@@ -47,7 +47,11 @@ def encode_pair(tokenizer, prompt: str, completion: str, completion_ids: list[in
     decoded text can differ from what the model generated).
     """
     p = tokenizer(prompt).input_ids
-    c = list(completion_ids) if completion_ids is not None else tokenizer(completion, add_special_tokens=False).input_ids
+    c = (
+        list(completion_ids)
+        if completion_ids is not None
+        else tokenizer(completion, add_special_tokens=False).input_ids
+    )
     return p + c, len(p)
 
 
@@ -86,7 +90,9 @@ def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 @torch.inference_mode()
-def capture_batch(model, tokenizer, seqs: list[tuple[list[int], int]], layers: list[int]) -> dict[int, dict]:
+def capture_batch(
+    model, tokenizer, seqs: list[tuple[list[int], int]], layers: list[int]
+) -> dict[int, dict]:
     """Teacher-forced capture for a batch of ``(ids, n_prompt)``.
 
     Returns per layer ``{"last": [B, d], "mean": [B, d], "tokens": [sum n_completion, d]}`` in
@@ -98,11 +104,19 @@ def capture_batch(model, tokenizer, seqs: list[tuple[list[int], int]], layers: l
     starts = [n_prompt for _, n_prompt in seqs]
     ends = [len(s) for s, _ in seqs]
     # positions gathered once per batch: completion tokens (flattened) and the last one per row
-    tok_rows = torch.cat([torch.full((e - s,), r) for r, (s, e) in enumerate(zip(starts, ends, strict=True))])
+    tok_rows = torch.cat(
+        [torch.full((e - s,), r) for r, (s, e) in enumerate(zip(starts, ends, strict=True))]
+    )
     tok_cols = torch.cat([torch.arange(s, e) for s, e in zip(starts, ends, strict=True)])
     last_cols = torch.tensor([e - 1 for e in ends])
-    counts = torch.tensor([max(e - s, 0) for s, e in zip(starts, ends, strict=True)], dtype=torch.float32)
-    tok_rows_d, tok_cols_d, last_cols_d = tok_rows.to(device), tok_cols.to(device), last_cols.to(device)
+    counts = torch.tensor(
+        [max(e - s, 0) for s, e in zip(starts, ends, strict=True)], dtype=torch.float32
+    )
+    tok_rows_d, tok_cols_d, last_cols_d = (
+        tok_rows.to(device),
+        tok_cols.to(device),
+        last_cols.to(device),
+    )
     out: dict[int, dict] = {}
 
     rows_d = torch.arange(len(seqs), device=device)
@@ -112,7 +126,9 @@ def capture_batch(model, tokenizer, seqs: list[tuple[list[int], int]], layers: l
         # gather the completion positions first, convert only those to float32
         toks = h[tok_rows_d, tok_cols_d].float()
         last = h[rows_d, last_cols_d].float()
-        sums = torch.zeros((h.shape[0], h.shape[2]), device=h.device).index_add_(0, tok_rows_d, toks)
+        sums = torch.zeros((h.shape[0], h.shape[2]), device=h.device).index_add_(
+            0, tok_rows_d, toks
+        )
         mean = torch.where(counts_d > 0, sums / counts_d.clamp_min(1), last)
         out[layer] = {"last": last.cpu(), "mean": mean.cpu(), "tokens": toks.cpu()}
 
@@ -128,7 +144,9 @@ _ST_DTYPES = {torch.float32: ("F32", 4), torch.int64: ("I64", 8)}
 class PreallocatedSafetensors:
     """A safetensors file whose header is written first and tensors filled in by row ranges."""
 
-    def __init__(self, path: Path, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], metadata: dict):
+    def __init__(
+        self, path: Path, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], metadata: dict
+    ):
         self.path = Path(path)
         header: dict = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
         offset = 0
@@ -137,7 +155,11 @@ class PreallocatedSafetensors:
             code, size = _ST_DTYPES[dtype]
             nbytes = int(np.prod(shape)) * size
             row_bytes = (int(np.prod(shape[1:])) if len(shape) > 1 else 1) * size
-            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {
+                "dtype": code,
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
             self.layout[name] = (offset, row_bytes, dtype)
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -169,7 +191,9 @@ def _plan(rows: list[dict], tokenizer, batch_size: int):
     seqs = [row_ids(tokenizer, r) for r in rows]
     n_comp = [len(s) - n for s, n in seqs]
     tok_offsets = np.concatenate([[0], np.cumsum(n_comp)]).astype(int)
-    batches = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
+    batches = [
+        list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)
+    ]
     return seqs, tok_offsets, batches
 
 
@@ -247,7 +271,9 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
                 continue
             acts = capture_batch(model, tokenizer, [seqs[r] for r in batch], layers)
             first, t0 = batch[0], int(tok_offsets[batch[0]])
-            owner = torch.cat([torch.full((int(tok_offsets[r + 1] - tok_offsets[r]),), r) for r in batch])
+            owner = torch.cat(
+                [torch.full((int(tok_offsets[r + 1] - tok_offsets[r]),), r) for r in batch]
+            )
             for i in layers:
                 fh, spec = handles[i], files[i]
                 spec.write(fh, "last", first, acts[i]["last"])

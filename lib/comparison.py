@@ -41,7 +41,9 @@ def collapsed(metrics: dict) -> bool:
     """All-dead or near-zero-L0 dictionaries (the failure mode the study screened for)."""
     if not metrics:
         return False
-    return bool(metrics.get("dead_fraction", 0) >= COLLAPSE_DEAD or metrics.get("l0", np.inf) < COLLAPSE_L0)
+    return bool(
+        metrics.get("dead_fraction", 0) >= COLLAPSE_DEAD or metrics.get("l0", np.inf) < COLLAPSE_L0
+    )
 
 
 def verdict(ci_low: float, ci_high: float) -> str:
@@ -70,9 +72,18 @@ def ste_comparison(run: RunDir, cfg: RunConfig, progress: bool = True) -> pd.Dat
                 facts[arch] = _metrics(run, sae_id)
                 if (path / "sae_weights.safetensors").exists():
                     F = probing.encode(load_sae(path), X)
-                    results[arch] = {m: probing.cross_validate(F, lab.y, lab.scenario, m) for m in probing.CV_MODES}
+                    results[arch] = {
+                        m: probing.cross_validate(F, lab.y, lab.scenario, m)
+                        for m in probing.CV_MODES
+                    }
             for mode in probing.CV_MODES:
-                row = {"layer": layer, "condition": cond, "cv": mode, "feature": feature, "n": len(lab)}
+                row = {
+                    "layer": layer,
+                    "condition": cond,
+                    "cv": mode,
+                    "feature": feature,
+                    "n": len(lab),
+                }
                 note = []
                 for arch in ids:
                     prefix = {"jumprelu_ste": "ste", "topk": "topk", "jumprelu": "jumprelu0"}[arch]
@@ -87,16 +98,25 @@ def ste_comparison(run: RunDir, cfg: RunConfig, progress: bool = True) -> pd.Dat
                         note.append(f"{ids[arch]}: {res.note}")
                 seed = probing._seed(cfg.seed, "ste", layer, cond, mode)
                 for other, prefix in (("topk", "vs_topk"), ("jumprelu", "vs_jumprelu0")):
-                    a, b = results.get("jumprelu_ste", {}).get(mode), results.get(other, {}).get(mode)
+                    a, b = (
+                        results.get("jumprelu_ste", {}).get(mode),
+                        results.get(other, {}).get(mode),
+                    )
                     if a is not None and b is not None:
                         cmp = probing.compare_to_raw(a, b, cfg.probe.n_bootstrap, seed=seed)
                         if prefix == "vs_topk":
-                            row["ste_ci_low"], row["ste_ci_high"] = cmp["bal_acc_ci_low"], cmp["bal_acc_ci_high"]
+                            row["ste_ci_low"], row["ste_ci_high"] = (
+                                cmp["bal_acc_ci_low"],
+                                cmp["bal_acc_ci_high"],
+                            )
                         row[f"delta_{prefix}"] = cmp["delta"]
                         row[f"delta_{prefix}_ci_low"] = cmp["delta_ci_low"]
                         row[f"delta_{prefix}_ci_high"] = cmp["delta_ci_high"]
                         row[f"p_{prefix}"] = cmp["p_value"]
-                row["verdict"] = verdict(row.get("delta_vs_topk_ci_low", np.nan), row.get("delta_vs_topk_ci_high", np.nan))
+                row["verdict"] = verdict(
+                    row.get("delta_vs_topk_ci_low", np.nan),
+                    row.get("delta_vs_topk_ci_high", np.nan),
+                )
                 if row["ste_collapsed"]:
                     row["verdict"] = "collapsed"
                 row["note"] = "; ".join(note)

@@ -58,7 +58,9 @@ class JudgeConfig(_Strict):
     @model_validator(mode="after")
     def _primary_is_run(self) -> JudgeConfig:
         if self.primary not in self.judges:
-            raise ValueError(f"judge.primary={self.primary!r} must be one of judge.judges={self.judges}")
+            raise ValueError(
+                f"judge.primary={self.primary!r} must be one of judge.judges={self.judges}"
+            )
         return self
 
 
@@ -68,7 +70,9 @@ class CaptureConfig(_Strict):
 
 
 class SteConfig(_Strict):
-    kernel: Literal["rectangle", "gaussian"] = Field("rectangle", description="STE pseudo-derivative")
+    kernel: Literal["rectangle", "gaussian"] = Field(
+        "rectangle", description="STE pseudo-derivative"
+    )
     bandwidth: float = Field(0.001, gt=0, description="kernel width (inputs at unit mean norm)")
     threshold_init: float = Field(0.001, gt=0, description="initial per-latent threshold")
     l0_coefficient: float = Field(1e-3, ge=0, description="weight of the L0 penalty")
@@ -110,7 +114,9 @@ class RunConfig(_Strict):
     model: str = Field(..., description="Hugging Face id, local path, or 'organism'")
     model_tag: str = Field(..., pattern=r"^[a-z0-9-]+$", description="prefix of SAE ids")
     model_label: str = Field("", description="name printed on figures (defaults to model)")
-    figures: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", description="folder under figures/ (default: name)")
+    figures: str = Field(
+        "", pattern=r"^[A-Za-z0-9_.-]*$", description="folder under figures/ (default: name)"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="'auto' picks cuda when present, else cpu")
     scenario_file: str = DEFAULT_SCENARIO_FILE
@@ -161,7 +167,11 @@ class RunConfig(_Strict):
             for arch in self.sae.architectures
             for cond in self.sae.conditions
         ]
-        cells += [(layer, "jumprelu_ste", cond) for layer in self.sae.ste_layers for cond in self.sae.conditions]
+        cells += [
+            (layer, "jumprelu_ste", cond)
+            for layer in self.sae.ste_layers
+            for cond in self.sae.conditions
+        ]
         seen, out = set(), []
         for c in cells:
             if c not in seen:
@@ -231,7 +241,9 @@ def resolve_config_path(name: str | Path) -> Path:
     return p
 
 
-def config_from_dict(data: dict, overrides: dict | None = None, source: str = "<dict>") -> RunConfig:
+def config_from_dict(
+    data: dict, overrides: dict | None = None, source: str = "<dict>"
+) -> RunConfig:
     data = copy.deepcopy(data)
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
@@ -241,7 +253,9 @@ def config_from_dict(data: dict, overrides: dict | None = None, source: str = "<
         raise ConfigError(_format_errors(err, source)) from None
 
 
-def load_config(name: str | Path = "organism", overrides: dict | None = None, **kw: Any) -> RunConfig:
+def load_config(
+    name: str | Path = "organism", overrides: dict | None = None, **kw: Any
+) -> RunConfig:
     """Load ``configs/<name>.yaml`` (or a YAML path) and apply dotted-key ``overrides``.
 
     Keyword arguments are further overrides (``run_name=...`` sets ``name``).

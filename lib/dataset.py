@@ -68,10 +68,14 @@ def read_layer(run: RunDir, layer: int) -> LayerData:
     try:
         t = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise RunDirError(f"{path} is unreadable ({e}); delete it and rerun 03_activation_capture") from None
+        raise RunDirError(
+            f"{path} is unreadable ({e}); delete it and rerun 03_activation_capture"
+        ) from None
     need = {"last", "mean", "tokens", "token_owner"}
     if not need <= set(t):
-        raise RunDirError(f"{path} lacks tensors {sorted(need - set(t))}; rerun 03_activation_capture")
+        raise RunDirError(
+            f"{path} lacks tensors {sorted(need - set(t))}; rerun 03_activation_capture"
+        )
     n = len(index["ids"])
     if t["last"].shape[0] != n or t["mean"].shape[0] != n:
         raise RunDirError(
@@ -109,7 +113,13 @@ def labelled_rows(run: RunDir, cfg: RunConfig, judge: str | None = None) -> Labe
             rows.append(row)
             y.append(DECEPTIVE if lab == "deceptive" else HONEST)
             scen.append(completions[cid]["scenario"])
-    return Labelled(ids, np.asarray(rows, dtype=np.int64), np.asarray(y, dtype=np.int64), np.asarray(scen), judge)
+    return Labelled(
+        ids,
+        np.asarray(rows, dtype=np.int64),
+        np.asarray(y, dtype=np.int64),
+        np.asarray(scen),
+        judge,
+    )
 
 
 def pooled(layer: LayerData, labelled: Labelled, feature: str) -> np.ndarray:

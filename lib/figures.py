@@ -16,7 +16,12 @@ from lib.config import REPO_ROOT
 FIGURES_ROOT = REPO_ROOT / "figures"
 
 LABEL_COLOURS = {"deceptive": "#c0392b", "honest": "#2471a3", "ambiguous": "#a6acaf"}
-ARCH_COLOURS = {"raw": "#212121", "topk": "#e67e22", "jumprelu": "#8e44ad", "jumprelu_ste": "#16a085"}
+ARCH_COLOURS = {
+    "raw": "#212121",
+    "topk": "#e67e22",
+    "jumprelu": "#8e44ad",
+    "jumprelu_ste": "#16a085",
+}
 ARCH_LABELS = {
     "raw": "raw activations",
     "topk": "TopK",
@@ -24,7 +29,11 @@ ARCH_LABELS = {
     "jumprelu_ste": "JumpReLU (STE)",
 }
 ARCH_MARKERS = {"raw": "o", "topk": "s", "jumprelu": "^", "jumprelu_ste": "D"}
-CONDITION_LABELS = {"mixed": "mixed", "deceptive_only": "deceptive only", "honest_only": "honest only"}
+CONDITION_LABELS = {
+    "mixed": "mixed",
+    "deceptive_only": "deceptive only",
+    "honest_only": "honest only",
+}
 CV_STYLES = {"stratified": "-", "scenario": "--"}
 CV_LABELS = {"stratified": "stratified 5-fold (study)", "scenario": "leave-one-scenario-out"}
 
@@ -71,7 +80,9 @@ def plot_label_counts(counts: dict, model_label: str, primary: str | None = None
     """
     judges = list(counts)
     height = 0.45 * max(len(c) for c in counts.values()) + 1.6
-    fig, axes = plt.subplots(1, len(judges), figsize=(5.2 * len(judges), height), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(judges), figsize=(5.2 * len(judges), height), sharey=True, squeeze=False
+    )
     order = list(counts[judges[0]].drop(index="all", errors="ignore").index)
     for ax, judge in zip(axes[0], judges, strict=True):
         c = counts[judge].drop(index="all", errors="ignore").reindex(order, fill_value=0)
@@ -102,7 +113,11 @@ def plot_layer_norms(norms, model_label: str):
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for col, style in zip(norms.columns, ("-o", "-s", ":"), strict=True):
         ax.plot(norms.index, norms[col], style, ms=3, label=f"{col} vectors")
-    ax.set(xlabel="layer (resid_post)", ylabel="mean L2 norm", title=title("Residual-stream norm by layer", model_label))
+    ax.set(
+        xlabel="layer (resid_post)",
+        ylabel="mean L2 norm",
+        title=title("Residual-stream norm by layer", model_label),
+    )
     ax.legend()
     return fig
 
@@ -126,10 +141,15 @@ def plot_pca_by_label(vectors: dict, labels, model_label: str, feature: str = "l
             m = labels == lab
             if m.any():
                 ax.scatter(pc[m, 0], pc[m, 1], s=9, alpha=0.7, c=LABEL_COLOURS[lab], label=lab)
-        ax.set(title=f"layer {layer}", xlabel=f"PC1 ({explained[0]:.0f}%)", ylabel=f"PC2 ({explained[1]:.0f}%)")
+        ax.set(
+            title=f"layer {layer}",
+            xlabel=f"PC1 ({explained[0]:.0f}%)",
+            ylabel=f"PC2 ({explained[1]:.0f}%)",
+        )
     axes[0][0].legend()
     fig.suptitle(title(f"PCA of `{feature}` residuals, coloured by label", model_label), y=1.04)
     return fig
+
 
 # ---- SAEs (04) ---------------------------------------------------------------------------------
 
@@ -149,14 +169,23 @@ def plot_sae_training(history: dict, model_label: str, arch: str, name: str = ""
     ax = axes[0]
     if steps:
         per_epoch = len(steps) / max(len(epochs), 1)
-        ax.plot(np.arange(1, len(steps) + 1) / per_epoch, steps, color=colour, alpha=0.35, lw=0.8, label="step")
+        ax.plot(
+            np.arange(1, len(steps) + 1) / per_epoch,
+            steps,
+            color=colour,
+            alpha=0.35,
+            lw=0.8,
+            label="step",
+        )
     ax.plot(epochs, history["epoch_loss"], "-o", color=colour, ms=3, label="epoch mean")
     ax.set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
     ax.legend()
     axes[1].plot(epochs, history["epoch_l0"], "-o", color=colour, ms=3)
     axes[1].set(xlabel="epoch", ylabel="mean active latents", title="L0")
     axes[2].plot(epochs, np.asarray(history["epoch_dead_fraction"]) * 100, "-o", color=colour, ms=3)
-    axes[2].set(xlabel="epoch", ylabel="% latents silent that epoch", title="dead latents", ylim=(-2, 102))
+    axes[2].set(
+        xlabel="epoch", ylabel="% latents silent that epoch", title="dead latents", ylim=(-2, 102)
+    )
     label = f"{ARCH_LABELS.get(arch, arch)} SAE training" + (f" ({name})" if name else "")
     fig.suptitle(title(label, model_label), y=1.02)
     fig.tight_layout()
@@ -173,10 +202,14 @@ def plot_l0_histogram(l0_per_example, d_sae: int, model_label: str, arch: str, n
     bins = np.arange(0, hi + 2) - 0.5 if hi <= 80 else 40
     ax.hist(l0, bins=bins, color=ARCH_COLOURS.get(arch, "#555555"), alpha=0.85)
     if l0.size:
-        ax.axvline(l0.mean(), color="#212121", ls="--", lw=1, label=f"mean {l0.mean():.1f} of {d_sae}")
+        ax.axvline(
+            l0.mean(), color="#212121", ls="--", lw=1, label=f"mean {l0.mean():.1f} of {d_sae}"
+        )
         ax.legend()
     ax.set(xlabel="active latents per vector (L0)", ylabel="held-out vectors")
-    label = f"{ARCH_LABELS.get(arch, arch)}: L0 per held-out vector" + (f" ({name})" if name else "")
+    label = f"{ARCH_LABELS.get(arch, arch)}: L0 per held-out vector" + (
+        f" ({name})" if name else ""
+    )
     ax.set_title(title(label, model_label))
     return fig
 
@@ -190,28 +223,54 @@ def plot_sae_grid(metrics, model_label: str):
     cond_fill = {"mixed": "full", "deceptive_only": "left", "honest_only": "none"}
     for arch, sub in metrics.groupby("architecture"):
         for cond, rows in sub.groupby("condition"):
-            kw = dict(color=ARCH_COLOURS.get(arch), marker=ARCH_MARKERS.get(arch, "o"),
-                      fillstyle=cond_fill.get(cond, "full"), ls="none", ms=7)
+            kw = dict(
+                color=ARCH_COLOURS.get(arch),
+                marker=ARCH_MARKERS.get(arch, "o"),
+                fillstyle=cond_fill.get(cond, "full"),
+                ls="none",
+                ms=7,
+            )
             lab = f"{ARCH_LABELS.get(arch, arch)}, {CONDITION_LABELS.get(cond, cond)}"
             axes[0].plot(rows["l0"], rows["fvu"], label=lab, **kw)
             axes[1].plot(rows["layer"], rows["ce_loss_recovered"], **kw)
     from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
-    axes[0].set(xscale="log", xlabel="mean L0 (held-out)", ylabel="FVU (held-out)", title="sparsity vs reconstruction")
+    axes[0].set(
+        xscale="log",
+        xlabel="mean L0 (held-out)",
+        ylabel="FVU (held-out)",
+        title="sparsity vs reconstruction",
+    )
     axes[0].xaxis.set_major_formatter(ScalarFormatter())
     axes[0].xaxis.set_minor_formatter(NullFormatter())
-    axes[1].set(xlabel="layer", ylabel="CE loss recovered", title="LM loss recovered vs zero-ablation")
+    axes[1].set(
+        xlabel="layer", ylabel="CE loss recovered", title="LM loss recovered vs zero-ablation"
+    )
     axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].axhline(1.0, color="#999999", lw=0.8, ls=":")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=3,
+        fontsize=8,
+    )
     fig.suptitle(title("The SAE grid", model_label), y=1.02)
     fig.tight_layout()
     return fig
 
 
 # ---- probing (05) ------------------------------------------------------------------------------
-METRIC_LABELS = {"bal_acc": "balanced accuracy", "auroc": "AUROC", "recall_at_1fpr": "recall at 1% FPR"}
-SAE_SOURCE_SHORT = {"grid": "grid SAEs (04)", "refit_all": "refit on all, fold epochs", "per_fold": "per-fold (leakage-free)"}
+METRIC_LABELS = {
+    "bal_acc": "balanced accuracy",
+    "auroc": "AUROC",
+    "recall_at_1fpr": "recall at 1% FPR",
+}
+SAE_SOURCE_SHORT = {
+    "grid": "grid SAEs (04)",
+    "refit_all": "refit on all, fold epochs",
+    "per_fold": "per-fold (leakage-free)",
+}
 CV_SHORT = {"stratified": "stratified (study)", "scenario": "leave-one-scenario-out"}
 SAE_SOURCE_LABELS = {
     "grid": "SAE from 04 (saw the test completions)",
@@ -228,8 +287,14 @@ def _sae_offsets(sae):
     return {cell: 0.12 + i * step for i, cell in enumerate(cells)}
 
 
-def plot_layer_profile(profile, model_label: str, sae=None, metric: str = "bal_acc", sae_layers=None,
-                       sae_feature: str | None = None):
+def plot_layer_profile(
+    profile,
+    model_label: str,
+    sae=None,
+    metric: str = "bal_acc",
+    sae_layers=None,
+    sae_feature: str | None = None,
+):
     """Deception probe ``metric`` by layer: one panel per pooled feature, both CV modes with 95% CIs.
 
     ``profile`` is ``results/layer_profile.csv``; ``sae`` (optional, ``results/sae_probes.csv``)
@@ -239,17 +304,32 @@ def plot_layer_profile(profile, model_label: str, sae=None, metric: str = "bal_a
     """
     dec = profile[(profile["target"] == "deception") & (profile["metric"] == metric)]
     features = [f for f in ("last", "mean") if f in set(dec["feature"])]
-    fig, axes = plt.subplots(1, len(features), figsize=(5.6 * len(features), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(features), figsize=(5.6 * len(features), 3.8), squeeze=False, sharey=True
+    )
     for ax, feature in zip(axes[0], features, strict=True):
         for cv in ("stratified", "scenario"):
             d = dec[(dec["feature"] == feature) & (dec["cv"] == cv)].sort_values("layer")
             if d.empty:
                 continue
             colour = ARCH_COLOURS["raw"] if cv == "stratified" else "#7f8c8d"
-            ax.plot(d["layer"], d["value"], CV_STYLES[cv], color=colour, marker="o", ms=3.5,
-                    label=f"raw, {CV_LABELS[cv]}")
-            ax.fill_between(d["layer"], d["ci_low"], d["ci_high"], color=colour, alpha=0.15 if cv == "stratified" else 0.1,
-                            lw=0)
+            ax.plot(
+                d["layer"],
+                d["value"],
+                CV_STYLES[cv],
+                color=colour,
+                marker="o",
+                ms=3.5,
+                label=f"raw, {CV_LABELS[cv]}",
+            )
+            ax.fill_between(
+                d["layer"],
+                d["ci_low"],
+                d["ci_high"],
+                color=colour,
+                alpha=0.15 if cv == "stratified" else 0.1,
+                lw=0,
+            )
         chance = 0.5 if metric != "recall_at_1fpr" else 0.01
         ax.axhline(chance, color="#999999", lw=0.9, ls=":", label="chance")
         for layer in sae_layers or []:
@@ -266,9 +346,21 @@ def plot_layer_profile(profile, model_label: str, sae=None, metric: str = "bal_a
                 if filled and arch not in seen:
                     lab = f"{ARCH_LABELS.get(arch, arch)} SAE"
                     seen.add(arch)
-                ax.errorbar(x, r["bal_acc"], yerr=[[r["bal_acc"] - r["bal_acc_ci_low"]], [r["bal_acc_ci_high"] - r["bal_acc"]]],
-                            fmt=ARCH_MARKERS.get(arch, "o"), color=ARCH_COLOURS.get(arch, "#555555"), ms=4.5, lw=0.7,
-                            mfc=ARCH_COLOURS.get(arch, "#555555") if filled else "white", label=lab, alpha=0.9)
+                ax.errorbar(
+                    x,
+                    r["bal_acc"],
+                    yerr=[
+                        [r["bal_acc"] - r["bal_acc_ci_low"]],
+                        [r["bal_acc_ci_high"] - r["bal_acc"]],
+                    ],
+                    fmt=ARCH_MARKERS.get(arch, "o"),
+                    color=ARCH_COLOURS.get(arch, "#555555"),
+                    ms=4.5,
+                    lw=0.7,
+                    mfc=ARCH_COLOURS.get(arch, "#555555") if filled else "white",
+                    label=lab,
+                    alpha=0.9,
+                )
         ax.set(xlabel="layer (resid_post)", title=f"`{feature}` pooling")
     axes[0][0].set_ylabel(METRIC_LABELS.get(metric, metric) + " (95% CI)")
     handles, labels = axes[0][-1].get_legend_handles_labels()
@@ -280,7 +372,11 @@ def plot_layer_profile(profile, model_label: str, sae=None, metric: str = "bal_a
                 labels.append(ll)
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
     fig.tight_layout()
-    fig.suptitle(title(f"Deception probe {METRIC_LABELS.get(metric, metric)} by layer", model_label), y=1.0, va="bottom")
+    fig.suptitle(
+        title(f"Deception probe {METRIC_LABELS.get(metric, metric)} by layer", model_label),
+        y=1.0,
+        va="bottom",
+    )
     return fig
 
 
@@ -292,15 +388,26 @@ def plot_sae_vs_raw(sae, model_label: str):
     """
     import numpy as np
 
-    panels = [(src, cv) for src in ("grid", "refit_all", "per_fold") for cv in ("stratified", "scenario")
-              if ((sae["sae_source"] == src) & (sae["cv"] == cv)).any()]
-    rows = sorted({(a, c) for a, c in zip(sae["arch"], sae["condition"], strict=True)},
-                  key=lambda t: (list(ARCH_LABELS).index(t[0]) if t[0] in ARCH_LABELS else 9, t[1]))
+    panels = [
+        (src, cv)
+        for src in ("grid", "refit_all", "per_fold")
+        for cv in ("stratified", "scenario")
+        if ((sae["sae_source"] == src) & (sae["cv"] == cv)).any()
+    ]
+    rows = sorted(
+        {(a, c) for a, c in zip(sae["arch"], sae["condition"], strict=True)},
+        key=lambda t: (list(ARCH_LABELS).index(t[0]) if t[0] in ARCH_LABELS else 9, t[1]),
+    )
     layers = sorted(set(sae["layer"]))
     lim = float(np.nanmax(np.abs(sae["delta"]))) * 100 if sae["delta"].notna().any() else 1.0
     lim = max(lim, 1.0)
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(1.1 * len(layers), 2.2) * len(panels) + 3.5, 0.42 * len(rows) + 1.8),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(max(1.1 * len(layers), 2.2) * len(panels) + 3.5, 0.42 * len(rows) + 1.8),
+        squeeze=False,
+        sharey=True,
+    )
     im = None
     for ax, (src, cv) in zip(axes[0], panels, strict=True):
         sub = sae[(sae["sae_source"] == src) & (sae["cv"] == cv)]
@@ -311,15 +418,30 @@ def plot_sae_vs_raw(sae, model_label: str):
             if np.isfinite(grid[i, j]):
                 star = "*" if r["p_holm"] < 0.05 else ""
                 ink = "white" if abs(grid[i, j]) > 0.6 * lim else "black"
-                ax.text(j, i, f"{grid[i, j]:+.1f}{star}", ha="center", va="center", fontsize=7.5, color=ink)
+                ax.text(
+                    j,
+                    i,
+                    f"{grid[i, j]:+.1f}{star}",
+                    ha="center",
+                    va="center",
+                    fontsize=7.5,
+                    color=ink,
+                )
         im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
         ax.set_xticks(range(len(layers)), [str(x) for x in layers])
-        ax.set_yticks(range(len(rows)), [f"{ARCH_LABELS.get(a, a)}, {CONDITION_LABELS.get(c, c)}" for a, c in rows])
+        ax.set_yticks(
+            range(len(rows)),
+            [f"{ARCH_LABELS.get(a, a)}, {CONDITION_LABELS.get(c, c)}" for a, c in rows],
+        )
         ax.set(xlabel="layer", title=f"{SAE_SOURCE_SHORT.get(src, src)}\n{CV_SHORT.get(cv, cv)}")
         ax.title.set_size(9)
         ax.grid(False)
     fig.colorbar(im, ax=axes[0].tolist(), label="SAE - raw balanced accuracy (pp)", shrink=0.9)
-    fig.suptitle(title("SAE probes against the raw probe of their layer (* Holm p < 0.05)", model_label), y=1.0, va="bottom")
+    fig.suptitle(
+        title("SAE probes against the raw probe of their layer (* Holm p < 0.05)", model_label),
+        y=1.0,
+        va="bottom",
+    )
     return fig
 
 
@@ -331,22 +453,47 @@ def plot_probe_controls(profile, model_label: str):
     for (feature, cv), d in sh.groupby(["feature", "cv"]):
         d = d.sort_values("layer")
         colour = ARCH_COLOURS["raw"] if cv == "stratified" else "#7f8c8d"
-        axes[0].plot(d["layer"], d["value"], CV_STYLES.get(cv, "-"), marker=styles.get(feature, "o"), ms=3, color=colour,
-                     label=f"{feature}, {CV_LABELS.get(cv, cv)}")
+        axes[0].plot(
+            d["layer"],
+            d["value"],
+            CV_STYLES.get(cv, "-"),
+            marker=styles.get(feature, "o"),
+            ms=3,
+            color=colour,
+            label=f"{feature}, {CV_LABELS.get(cv, cv)}",
+        )
         axes[0].fill_between(d["layer"], d["ci_low"], d["ci_high"], color=colour, alpha=0.08, lw=0)
     axes[0].axhline(0.5, color="#999999", lw=0.9, ls=":")
-    axes[0].set(xlabel="layer", ylabel="balanced accuracy", title="shuffled labels (mean, 95% of shuffles)")
+    axes[0].set(
+        xlabel="layer", ylabel="balanced accuracy", title="shuffled labels (mean, 95% of shuffles)"
+    )
     axes[0].legend(fontsize=7)
     sid = profile[profile["target"] == "scenario_identity"]
     for feature, d in sid.groupby("feature"):
         d = d.sort_values("layer")
-        axes[1].plot(d["layer"], d["value"], "-", marker=styles.get(feature, "o"), ms=3, label=f"`{feature}` pooling")
+        axes[1].plot(
+            d["layer"],
+            d["value"],
+            "-",
+            marker=styles.get(feature, "o"),
+            ms=3,
+            label=f"`{feature}` pooling",
+        )
         axes[1].fill_between(d["layer"], d["ci_low"], d["ci_high"], alpha=0.15, lw=0)
     if len(sid):
-        axes[1].axhline(float(sid["chance"].dropna().iloc[0]) if sid["chance"].notna().any() else 0,
-                        color="#999999", lw=0.9, ls=":", label="chance")
-    axes[1].set(xlabel="layer", ylabel="balanced accuracy (multiclass)", title="which scenario? (confound check)",
-                ylim=(0, 1.02))
+        axes[1].axhline(
+            float(sid["chance"].dropna().iloc[0]) if sid["chance"].notna().any() else 0,
+            color="#999999",
+            lw=0.9,
+            ls=":",
+            label="chance",
+        )
+    axes[1].set(
+        xlabel="layer",
+        ylabel="balanced accuracy (multiclass)",
+        title="which scenario? (confound check)",
+        ylim=(0, 1.02),
+    )
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.suptitle(title("Probe controls", model_label), y=1.0, va="bottom")
@@ -361,14 +508,29 @@ def plot_leakage(comparison, model_label: str):
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     ref = comparison["reference"].iloc[0] if len(comparison) else "grid"
     for arch, d in comparison.groupby("arch"):
-        ax.scatter(d["bal_acc_reference"], d["bal_acc_per_fold"], marker=ARCH_MARKERS.get(arch, "o"),
-                   color=ARCH_COLOURS.get(arch, "#555555"), label=ARCH_LABELS.get(arch, arch), s=30, alpha=0.85)
-    vals = np.concatenate([comparison["bal_acc_reference"], comparison["bal_acc_per_fold"]]) if len(comparison) else np.array([0.5, 1])
+        ax.scatter(
+            d["bal_acc_reference"],
+            d["bal_acc_per_fold"],
+            marker=ARCH_MARKERS.get(arch, "o"),
+            color=ARCH_COLOURS.get(arch, "#555555"),
+            label=ARCH_LABELS.get(arch, arch),
+            s=30,
+            alpha=0.85,
+        )
+    vals = (
+        np.concatenate([comparison["bal_acc_reference"], comparison["bal_acc_per_fold"]])
+        if len(comparison)
+        else np.array([0.5, 1])
+    )
     vals = vals[np.isfinite(vals)] if vals.size else np.array([0.5, 1.0])
     lo, hi = (float(vals.min()) - 0.02, float(vals.max()) + 0.02) if vals.size else (0.4, 1.0)
     ax.plot([lo, hi], [lo, hi], color="#999999", lw=0.9, ls=":")
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel=f"balanced accuracy, {SAE_SOURCE_LABELS.get(ref, ref)}",
-           ylabel="balanced accuracy, leakage-free (per-fold SAEs)")
+    ax.set(
+        xlim=(lo, hi),
+        ylim=(lo, hi),
+        xlabel=f"balanced accuracy, {SAE_SOURCE_LABELS.get(ref, ref)}",
+        ylabel="balanced accuracy, leakage-free (per-fold SAEs)",
+    )
     ax.xaxis.label.set_size(8)
     ax.legend(fontsize=8)
     ax.set_title(title("Leakage: SAE probes with and without the test data", model_label))
@@ -385,24 +547,49 @@ def plot_ste_vs_topk(df, model_label: str, cv: str = "stratified"):
     rows = df[df.cv == cv].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     xs = {"topk": 0, "jumprelu0": 1, "ste": 2}
-    verdict_colour = {"wins": ARCH_COLOURS["jumprelu_ste"], "loses": "#c0392b", "inconclusive": "#7f8c8d",
-                      "collapsed": "#000000", "n/a": "#bdc3c7"}
+    verdict_colour = {
+        "wins": ARCH_COLOURS["jumprelu_ste"],
+        "loses": "#c0392b",
+        "inconclusive": "#7f8c8d",
+        "collapsed": "#000000",
+        "n/a": "#bdc3c7",
+    }
     for _, r in rows.iterrows():
         ys = [r.topk_bal_acc, r.jumprelu0_bal_acc, r.ste_bal_acc]
-        ax.plot(list(xs.values()), ys, "-", color=verdict_colour.get(r.verdict, "#7f8c8d"), alpha=0.8, lw=1.2)
-        ax.annotate(f"L{int(r.layer)} {CONDITION_LABELS.get(r.condition, r.condition)}", (2.05, r.ste_bal_acc),
-                    fontsize=7, va="center")
+        ax.plot(
+            list(xs.values()),
+            ys,
+            "-",
+            color=verdict_colour.get(r.verdict, "#7f8c8d"),
+            alpha=0.8,
+            lw=1.2,
+        )
+        ax.annotate(
+            f"L{int(r.layer)} {CONDITION_LABELS.get(r.condition, r.condition)}",
+            (2.05, r.ste_bal_acc),
+            fontsize=7,
+            va="center",
+        )
     for arch, x in xs.items():
         key = {"topk": "topk", "jumprelu0": "jumprelu", "ste": "jumprelu_ste"}[arch]
         col = rows[f"{arch}_bal_acc"].to_numpy(dtype=float)
-        ax.scatter(np.full(len(col), x), col, color=ARCH_COLOURS[key], marker=ARCH_MARKERS[key], zorder=3)
+        ax.scatter(
+            np.full(len(col), x), col, color=ARCH_COLOURS[key], marker=ARCH_MARKERS[key], zorder=3
+        )
     ax.axhline(0.5, color="grey", ls=":", lw=1)
-    ax.set_xticks(list(xs.values()), [ARCH_LABELS["topk"], ARCH_LABELS["jumprelu"], ARCH_LABELS["jumprelu_ste"]])
+    ax.set_xticks(
+        list(xs.values()),
+        [ARCH_LABELS["topk"], ARCH_LABELS["jumprelu"], ARCH_LABELS["jumprelu_ste"]],
+    )
     ax.set_xlim(-0.3, 2.9)
     ax.set_ylabel("probe balanced accuracy")
-    handles = [plt.Line2D([], [], color=c, label=f"STE vs TopK: {v}") for v, c in verdict_colour.items()
-               if (rows.verdict == v).any()]
+    handles = [
+        plt.Line2D([], [], color=c, label=f"STE vs TopK: {v}")
+        for v, c in verdict_colour.items()
+        if (rows.verdict == v).any()
+    ]
     ax.legend(handles=handles, loc="lower left", fontsize=8)
-    ax.set_title(title(f"STE JumpReLU vs TopK per (layer, condition), {CV_LABELS.get(cv, cv)}", model_label))
+    ax.set_title(
+        title(f"STE JumpReLU vs TopK per (layer, condition), {CV_LABELS.get(cv, cv)}", model_label)
+    )
     return fig
-

@@ -79,13 +79,22 @@ def plan(
             return
         if only and stem[:2] not in only and stem not in only:
             return
-        cells.append(GridCell(phase, stem, {**common, **(extra or {})}, stem + (f"__{suffix}" if suffix else "")))
+        cells.append(
+            GridCell(
+                phase, stem, {**common, **(extra or {})}, stem + (f"__{suffix}" if suffix else "")
+            )
+        )
 
     add(1, "01_sampling")
     add(2, "02_classification")
     add(3, "03_activation_capture")
     for layer, arch, cond in cfg.sae_grid():
-        add(4, "04_sae_training", {"layer": layer, "arch": arch, "condition": cond}, f"L{layer}_{arch}_{cond}")
+        add(
+            4,
+            "04_sae_training",
+            {"layer": layer, "arch": arch, "condition": cond},
+            f"L{layer}_{arch}_{cond}",
+        )
     add(5, "05_layer_profile_probing")
     add(5, "06_ste_comparison")
     add(6, "07_summary")
@@ -100,16 +109,25 @@ def check_parameters(cells: list[GridCell], notebook_dir: Path = NOTEBOOK_DIR) -
     problems = []
     for c in cells:
         if c.notebook not in declared:
-            declared[c.notebook] = set(pm.inspect_notebook(str(notebook_dir / f"{c.notebook}.ipynb")))
+            declared[c.notebook] = set(
+                pm.inspect_notebook(str(notebook_dir / f"{c.notebook}.ipynb"))
+            )
         unknown = sorted(set(c.params) - declared[c.notebook])
         if unknown:
-            problems.append(f"{c.notebook}: unknown parameter(s) {unknown}; declared: {sorted(declared[c.notebook])}")
+            problems.append(
+                f"{c.notebook}: unknown parameter(s) {unknown}; declared: {sorted(declared[c.notebook])}"
+            )
     if problems:
-        raise ValueError("grid parameters do not match the notebooks' parameters cells:\n  " + "\n  ".join(problems))
+        raise ValueError(
+            "grid parameters do not match the notebooks' parameters cells:\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def _fingerprint(cfg: RunConfig, cell: GridCell) -> str:
-    blob = json.dumps({"config": cfg.model_dump(mode="json"), "params": cell.params}, sort_keys=True)
+    blob = json.dumps(
+        {"config": cfg.model_dump(mode="json"), "params": cell.params}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -123,7 +141,9 @@ def is_done(run: RunDir, cfg: RunConfig, cell: GridCell) -> bool:
         return False
 
 
-def execute_cell(notebook: str, params: dict, output: str, notebook_dir: str, kernel: str = "python3") -> dict:
+def execute_cell(
+    notebook: str, params: dict, output: str, notebook_dir: str, kernel: str = "python3"
+) -> dict:
     """Execute one notebook with papermill in its own kernel (IPC transport). Picklable for Dask.
 
     Returns ``{"ok": bool, "seconds": float, "error": str}``; never raises for a notebook error.
@@ -153,7 +173,11 @@ def execute_cell(notebook: str, params: dict, output: str, notebook_dir: str, ke
             kernel_manager_class=IPCKernelManager,
         )
     except PapermillExecutionError as e:
-        return {"ok": False, "seconds": time.time() - t0, "error": f"cell {e.cell_index}: {e.ename}: {e.evalue}"}
+        return {
+            "ok": False,
+            "seconds": time.time() - t0,
+            "error": f"cell {e.cell_index}: {e.ename}: {e.evalue}",
+        }
     except Exception as e:  # kernel died, notebook unreadable, ...
         return {"ok": False, "seconds": time.time() - t0, "error": f"{type(e).__name__}: {e}"}
     finally:
@@ -196,7 +220,9 @@ def run_grid(
             todo = []
             for c in (c for c in cells if c.phase == phase):
                 if failed_phase is not None and failed_phase < 4:
-                    results.append(CellResult(c, "failed", error=f"not run: phase {failed_phase} failed"))
+                    results.append(
+                        CellResult(c, "failed", error=f"not run: phase {failed_phase} failed")
+                    )
                 elif not force and is_done(run, cfg, c):
                     results.append(CellResult(c, "skipped"))
                 else:
@@ -204,16 +230,26 @@ def run_grid(
                     continue
                 bar.update(1)
             futures = {
-                submit(execute_cell, c.notebook, c.params, str(c.output(run)), str(notebook_dir)): c for c in todo
+                submit(execute_cell, c.notebook, c.params, str(c.output(run)), str(notebook_dir)): c
+                for c in todo
             }
             for fut in _as_completed(futures, dask):
                 c = futures[fut]
                 out = fut.result()
                 if out["ok"]:
-                    write_json(c.marker(run), {"fingerprint": _fingerprint(cfg, c), "params": c.params, "seconds": round(out["seconds"], 1)})
+                    write_json(
+                        c.marker(run),
+                        {
+                            "fingerprint": _fingerprint(cfg, c),
+                            "params": c.params,
+                            "seconds": round(out["seconds"], 1),
+                        },
+                    )
                     res = CellResult(c, "done", out["seconds"])
                 else:
-                    res = CellResult(c, "failed", out["seconds"], f"{c.output(run)}: {out['error']}")
+                    res = CellResult(
+                        c, "failed", out["seconds"], f"{c.output(run)}: {out['error']}"
+                    )
                     failed_phase = phase if failed_phase is None else min(failed_phase, phase)
                 results.append(res)
                 if on_result:
@@ -231,7 +267,13 @@ def _executor(workers: int, dask: str | None):
         from dask.distributed import Client, LocalCluster
 
         if dask == "local":
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            )
             client = Client(cluster)
         else:
             cluster, client = None, Client(dask)
@@ -256,7 +298,9 @@ def _as_completed(futures: dict, dask: str | None):
 
 def summarise(results: list[CellResult]) -> str:
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    lines = [f"grid: {counts['done']} ran, {counts['skipped']} skipped (finished before), {counts['failed']} failed"]
+    lines = [
+        f"grid: {counts['done']} ran, {counts['skipped']} skipped (finished before), {counts['failed']} failed"
+    ]
     lines += [f"  FAILED {r.cell.name}: {r.error}" for r in results if r.status == "failed"]
     return "\n".join(lines)
 
@@ -266,12 +310,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="configs/organism.yaml", help="config name or YAML path")
     ap.add_argument("--run-name", default=None, help="run directory name (default: the config's)")
     ap.add_argument("--workers", type=int, default=1, help="notebooks executed at once")
-    ap.add_argument("--dask", default=None, help="'local' for a LocalCluster, or a scheduler address")
+    ap.add_argument(
+        "--dask", default=None, help="'local' for a LocalCluster, or a scheduler address"
+    )
     ap.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,02")
     ap.add_argument("--force", action="store_true", help="re-execute finished cells")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config field for every notebook, e.g. --set sae.epochs=5 (YAML value)")
-    ap.add_argument("--notebook-dir", default=str(NOTEBOOK_DIR), help="where the numbered notebooks are")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field for every notebook, e.g. --set sae.epochs=5 (YAML value)",
+    )
+    ap.add_argument(
+        "--notebook-dir", default=str(NOTEBOOK_DIR), help="where the numbered notebooks are"
+    )
     args = ap.parse_args(argv)
     overrides = {}
     for item in args.set:
@@ -282,7 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     only = args.only.split(",") if args.only else None
     results = run_grid(
-        args.config, overrides, args.run_name, args.workers, args.dask, only, args.force, notebook_dir=Path(args.notebook_dir)
+        args.config,
+        overrides,
+        args.run_name,
+        args.workers,
+        args.dask,
+        only,
+        args.force,
+        notebook_dir=Path(args.notebook_dir),
     )
     cfg = load_config(args.config, overrides, run_name=args.run_name)
     print(summarise(results))

@@ -334,9 +334,13 @@ class JudgeCache:
         self._entries: dict[str, dict] = {r["key"]: r for r in read_jsonl(self.path) if "key" in r}
 
     @staticmethod
-    def key(judge: str, model: str | None, prompt_version: str | None, scenario_id: str, completion: str) -> str:
+    def key(
+        judge: str, model: str | None, prompt_version: str | None, scenario_id: str, completion: str
+    ) -> str:
         item = hashlib.sha256(f"{scenario_id}\x1f{completion}".encode()).hexdigest()
-        return hashlib.sha256(f"{judge}\x1f{model}\x1f{prompt_version}\x1f{item}".encode()).hexdigest()
+        return hashlib.sha256(
+            f"{judge}\x1f{model}\x1f{prompt_version}\x1f{item}".encode()
+        ).hexdigest()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -406,7 +410,11 @@ def _transient_types() -> tuple[type, ...]:
             mod = importlib.import_module(name)
         except ImportError:
             continue
-        out += [getattr(mod, n) for n in ("TimeoutException", "NetworkError", "RemoteProtocolError") if hasattr(mod, n)]
+        out += [
+            getattr(mod, n)
+            for n in ("TimeoutException", "NetworkError", "RemoteProtocolError")
+            if hasattr(mod, n)
+        ]
     return tuple(out)
 
 
@@ -447,7 +455,9 @@ class GeminiJudge(Judge):
         seed: int | None = None,
     ) -> None:
         if prompt_version not in PROMPT_TEMPLATES:
-            raise ValueError(f"prompt_version {prompt_version!r}; known: {sorted(PROMPT_TEMPLATES)}")
+            raise ValueError(
+                f"prompt_version {prompt_version!r}; known: {sorted(PROMPT_TEMPLATES)}"
+            )
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise ValueError("concurrency must be >= 1, max_retries >= 0 and timeout_s > 0")
         self.model = model
@@ -529,7 +539,9 @@ class GeminiJudge(Judge):
                 raise _Retry(reason, after) from None
             detail = self._scrub(e.message or "")
             if code in (401, 403) or "api key" in detail.lower():
-                raise JudgeError(f"the Gemini API refused the request ({reason}: {detail})") from None
+                raise JudgeError(
+                    f"the Gemini API refused the request ({reason}: {detail})"
+                ) from None
             raise _Fail(f"{reason}: {detail}") from None
         except Exception as e:  # transport errors: timeouts, dropped connections
             if _is_transient(e):
@@ -593,7 +605,11 @@ class GeminiJudge(Judge):
                 else:
                     delay = self._backoff(attempt)
                 logger.info(
-                    "gemini: %s; retry %d/%d in %.2f s", r.reason, attempt + 1, self.max_retries, delay
+                    "gemini: %s; retry %d/%d in %.2f s",
+                    r.reason,
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
                 )
                 self._sleep(delay)
             except _Fail as f:
@@ -718,7 +734,9 @@ def label_run(
         raise RunDirError(
             f"{run.completions} has scenarios {unknown} that {cfg.scenario_path()} does not define"
         )
-    built = [j if isinstance(j, Judge) else make_judge(j, cfg, run) for j in (judges or cfg.judge.judges)]
+    built = [
+        j if isinstance(j, Judge) else make_judge(j, cfg, run) for j in (judges or cfg.judge.judges)
+    ]
     summaries: dict[str, JudgeSummary] = {}
     for judge in built:
         last = _last_rows(r for r in read_jsonl(run.labels) if r.get("judge") == judge.name)
@@ -733,9 +751,13 @@ def label_run(
         judge.summary.skipped = len(completions) - len(todo)
         size = batch_size or (4 * judge.concurrency if isinstance(judge, GeminiJudge) else 256)
         t0 = time.perf_counter()
-        bar = tqdm(total=len(todo), desc=f"judge {judge.name}", disable=not progress, unit="completion")
+        bar = tqdm(
+            total=len(todo), desc=f"judge {judge.name}", disable=not progress, unit="completion"
+        )
         for batch in iter_batches(todo, size):
-            verdicts = judge.judge_many([(scenarios[c["scenario"]], c["completion"]) for c in batch])
+            verdicts = judge.judge_many(
+                [(scenarios[c["scenario"]], c["completion"]) for c in batch]
+            )
             rows = [
                 {
                     "id": c["id"],
@@ -764,8 +786,19 @@ def summaries_frame(summaries: dict[str, JudgeSummary]) -> pd.DataFrame:
 
 
 # ==== reading labels ===========================================================================
-LABEL_COLUMNS = ["id", "scenario", "sample", "completion", "judge", "label", "confidence", "rationale",
-                 "model", "prompt_version", "failed"]
+LABEL_COLUMNS = [
+    "id",
+    "scenario",
+    "sample",
+    "completion",
+    "judge",
+    "label",
+    "confidence",
+    "rationale",
+    "model",
+    "prompt_version",
+    "failed",
+]
 
 
 def labels_frame(run: RunDir) -> pd.DataFrame:
@@ -804,7 +837,9 @@ def labels_frame(run: RunDir) -> pd.DataFrame:
 def _one_judge(labels: pd.DataFrame, judge: str) -> pd.DataFrame:
     sub = labels[labels["judge"] == judge]
     if sub.empty:
-        raise ValueError(f"no labels from judge {judge!r}; judges present: {sorted(labels['judge'].unique())}")
+        raise ValueError(
+            f"no labels from judge {judge!r}; judges present: {sorted(labels['judge'].unique())}"
+        )
     return sub
 
 
@@ -815,7 +850,9 @@ def label_counts(labels: pd.DataFrame, judge: str, total: bool = False) -> pd.Da
     """
     sub = _one_judge(labels, judge)
     order = list(dict.fromkeys(sub["scenario"]))
-    t = pd.crosstab(sub["scenario"], sub["label"]).reindex(index=order, columns=list(LABELS), fill_value=0)
+    t = pd.crosstab(sub["scenario"], sub["label"]).reindex(
+        index=order, columns=list(LABELS), fill_value=0
+    )
     t.columns.name = None
     t["n"] = t[list(LABELS)].sum(axis=1)
     if total:

@@ -120,7 +120,11 @@ def build_tokenizer(seed: int = 0):
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=ARCH["max_position_embeddings"]
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=ARCH["max_position_embeddings"],
     )
 
 
@@ -162,7 +166,9 @@ def _shared_prompt_loss(model, prompt_ids: list[int], conts: list[list[int]], pa
     first = out.logits[0, -1].expand(b, -1)
     all_logits = torch.cat([first[:, None], logits[:, :-1]], dim=1)
     targets = cont.masked_fill(mask == 0, -100)
-    return torch.nn.functional.cross_entropy(all_logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    return torch.nn.functional.cross_entropy(
+        all_logits.flatten(0, 1), targets.flatten(), ignore_index=-100
+    )
 
 
 def build_organism(
@@ -192,7 +198,9 @@ def build_organism(
         **ARCH,
     )
     model = LlamaForCausalLM(config)
-    encoded = list(_encode_corpus(tokenizer, corpus_documents(seed + 1, TRAIN["n_documents"])).values())
+    encoded = list(
+        _encode_corpus(tokenizer, corpus_documents(seed + 1, TRAIN["n_documents"])).values()
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -235,7 +243,11 @@ def build_organism(
 
 def source_hash() -> str:
     """Hash of what the organism is built from (recipe, corpus, prompts); a change rebuilds it."""
-    h = hashlib.sha256(json.dumps({"arch": ARCH, "train": TRAIN, "vocab": VOCAB_SIZE, "recipe": RECIPE_VERSION}).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            {"arch": ARCH, "train": TRAIN, "vocab": VOCAB_SIZE, "recipe": RECIPE_VERSION}
+        ).encode()
+    )
     for p in (CORPUS_FILE, SCENARIO_FILE):
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
@@ -274,5 +286,8 @@ def planted_mask(run, labelled):
     rows = {r["id"]: r for r in read_jsonl(run.completions)}
     planted = [planted_label(rows[i]["scenario"], rows[i]["completion"]) for i in labelled.ids]
     decisive = np.array([p is not None for p in planted])
-    y = np.array([1 if p == "deceptive" else 0 for p, d in zip(planted, decisive, strict=True) if d], dtype=np.int64)
+    y = np.array(
+        [1 if p == "deceptive" else 0 for p, d in zip(planted, decisive, strict=True) if d],
+        dtype=np.int64,
+    )
     return decisive, y

@@ -151,14 +151,50 @@ CACHE_VERSION = 1
 CLASS_NAMES = {1: "deceptive", 0: "honest"}
 
 PROFILE_COLUMNS = [
-    "layer", "feature", "cv", "target", "metric", "value", "pooled", "ci_low", "ci_high", "p_value",
-    "chance", "n", "n_deceptive", "n_honest", "n_folds", "n_bootstrap", "n_permutations", "note",
+    "layer",
+    "feature",
+    "cv",
+    "target",
+    "metric",
+    "value",
+    "pooled",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "chance",
+    "n",
+    "n_deceptive",
+    "n_honest",
+    "n_folds",
+    "n_bootstrap",
+    "n_permutations",
+    "note",
 ]
 SAE_COLUMNS = [
-    "sae_id", "layer", "arch", "condition", "feature", "cv", "sae_source", "leakage_free", "bal_acc",
-    "bal_acc_ci_low", "bal_acc_ci_high", "auroc", "raw_bal_acc", "raw_auroc", "delta",
-    "delta_ci_low", "delta_ci_high", "p_value", "p_holm", "significant", "n", "d_sae",
-    "epochs", "note",
+    "sae_id",
+    "layer",
+    "arch",
+    "condition",
+    "feature",
+    "cv",
+    "sae_source",
+    "leakage_free",
+    "bal_acc",
+    "bal_acc_ci_low",
+    "bal_acc_ci_high",
+    "auroc",
+    "raw_bal_acc",
+    "raw_auroc",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "p_value",
+    "p_holm",
+    "significant",
+    "n",
+    "d_sae",
+    "epochs",
+    "note",
 ]
 
 
@@ -168,7 +204,9 @@ class ProbeInputError(ValueError):
 
 def study_probe() -> Pipeline:
     """The study's probe: StandardScaler + class-balanced L2 logistic regression."""
-    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000))
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000)
+    )
 
 
 # ----- folds -----------------------------------------------------------------------------------
@@ -185,7 +223,9 @@ def fold_problem(y: np.ndarray, groups: np.ndarray | None, mode: str) -> str:
             return f"no {CLASS_NAMES[c]} completions (n={len(y)}); nothing to separate"
     for c, k in counts.items():
         if k < MIN_PER_CLASS:
-            what = f"{N_SPLITS} stratified folds" if mode == "stratified" else "leave-one-scenario-out"
+            what = (
+                f"{N_SPLITS} stratified folds" if mode == "stratified" else "leave-one-scenario-out"
+            )
             return f"too few {CLASS_NAMES[c]} completions ({k}) for {what} (need at least {MIN_PER_CLASS}); not probed"
     if mode == "stratified":
         return ""
@@ -206,7 +246,9 @@ def fold_problem(y: np.ndarray, groups: np.ndarray | None, mode: str) -> str:
     return ""
 
 
-def cv_folds(y: np.ndarray, groups: np.ndarray | None, mode: str, seed: int = CV_SEED) -> np.ndarray:
+def cv_folds(
+    y: np.ndarray, groups: np.ndarray | None, mode: str, seed: int = CV_SEED
+) -> np.ndarray:
     """Test-fold index of every completion. Raises :class:`ProbeInputError` (see :func:`fold_problem`).
 
     ``stratified``: ``StratifiedKFold(5, shuffle=True, random_state=seed)`` (depends on ``y`` only).
@@ -227,7 +269,9 @@ def cv_folds(y: np.ndarray, groups: np.ndarray | None, mode: str, seed: int = CV
 
 
 # ----- metrics as `value` defines them -------------------------------------------------------------
-def value_columns(Y: np.ndarray, S: np.ndarray, folds: np.ndarray, mode: str) -> dict[str, np.ndarray]:
+def value_columns(
+    Y: np.ndarray, S: np.ndarray, folds: np.ndarray, mode: str
+) -> dict[str, np.ndarray]:
     """The headline metric of every column of labels ``Y`` [n, P] and out-of-fold scores ``S``.
 
     ``stratified``: bal_acc and auroc are means of per-fold scores (cross_val_score style);
@@ -238,7 +282,9 @@ def value_columns(Y: np.ndarray, S: np.ndarray, folds: np.ndarray, mode: str) ->
     if mode == "scenario":
         return pooled_vals
     ks = np.unique(folds)
-    ba = np.mean([stats.balanced_accuracy_columns(Y[folds == k], S[folds == k]) for k in ks], axis=0)
+    ba = np.mean(
+        [stats.balanced_accuracy_columns(Y[folds == k], S[folds == k]) for k in ks], axis=0
+    )
     au = np.mean([stats.auroc_columns(Y[folds == k], S[folds == k]) for k in ks], axis=0)
     return {"bal_acc": ba, "auroc": au, "recall_at_1fpr": pooled_vals["recall_at_1fpr"]}
 
@@ -283,7 +329,9 @@ class CVResult:
     def failed(cls, mode: str, y: np.ndarray, note: str) -> CVResult:
         nan = {m: float("nan") for m in METRICS}
         n = len(y)
-        return cls(mode, np.asarray(y), np.full(n, np.nan), np.full(n, -1), {}, dict(nan), dict(nan), note)
+        return cls(
+            mode, np.asarray(y), np.full(n, np.nan), np.full(n, -1), {}, dict(nan), dict(nan), note
+        )
 
 
 def _finish(mode: str, y: np.ndarray, scores: np.ndarray, folds: np.ndarray) -> CVResult:
@@ -291,18 +339,26 @@ def _finish(mode: str, y: np.ndarray, scores: np.ndarray, folds: np.ndarray) -> 
     for k in np.unique(folds):
         te = folds == k
         yt, st = y[te], scores[te]
-        if len(np.unique(yt)) == 2:  # lib.stats equals sklearn's scores (tested), without its overhead
+        if (
+            len(np.unique(yt)) == 2
+        ):  # lib.stats equals sklearn's scores (tested), without its overhead
             fm["bal_acc"].append(stats.balanced_accuracy(yt, st))
             fm["auroc"].append(stats.auroc(yt, st))
         else:  # one class in this test fold: per-fold scores are undefined
             fm["bal_acc"].append(float("nan"))
             fm["auroc"].append(float("nan"))
-    value = {m: float(v[0]) for m, v in value_columns(y[:, None], scores[:, None], folds, mode).items()}
+    value = {
+        m: float(v[0]) for m, v in value_columns(y[:, None], scores[:, None], folds, mode).items()
+    }
     pooled_vals = {m: float(v[0]) for m, v in pooled_columns(y[:, None], scores[:, None]).items()}
-    return CVResult(mode, y, scores, folds, {m: np.asarray(v) for m, v in fm.items()}, value, pooled_vals)
+    return CVResult(
+        mode, y, scores, folds, {m: np.asarray(v) for m, v in fm.items()}, value, pooled_vals
+    )
 
 
-def _cross_validate_folds(features, y: np.ndarray, folds: np.ndarray, mode: str, solver: str = "sklearn") -> CVResult:
+def _cross_validate_folds(
+    features, y: np.ndarray, folds: np.ndarray, mode: str, solver: str = "sklearn"
+) -> CVResult:
     """Fit the probe per fold; ``features(k)`` gives the [n, d] matrix used in fold k.
 
     ``solver="sklearn"``: the study's pipeline as it is. ``solver="exact"``: the same estimator
@@ -327,8 +383,12 @@ def _cross_validate_folds(features, y: np.ndarray, folds: np.ndarray, mode: str,
 
 
 def cross_validate(
-    X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, mode: str = "stratified",
-    seed: int = CV_SEED, solver: str | None = None,
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | None = None,
+    mode: str = "stratified",
+    seed: int = CV_SEED,
+    solver: str | None = None,
 ) -> CVResult:
     """Out-of-fold decision scores and metrics of the study's probe on ``X`` [n, d], labels ``y``.
 
@@ -357,7 +417,9 @@ def _standardise(Xtr: np.ndarray, Xte: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return (Xtr - mu) / sd, (Xte - mu) / sd
 
 
-def fold_basis(Xtr: np.ndarray, Xte: np.ndarray, rel_tol: float = 1e-11) -> tuple[np.ndarray, np.ndarray]:
+def fold_basis(
+    Xtr: np.ndarray, Xte: np.ndarray, rel_tol: float = 1e-11
+) -> tuple[np.ndarray, np.ndarray]:
     """Standardise with training statistics, then express both sets in the exact r-dim basis.
 
     Returns ``Z_train`` [n_train, r] and ``Z_test`` [n_test, r] with ``Z_train Z_train^T`` equal to
@@ -384,8 +446,13 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def fit_logistic_many(
-    Z: np.ndarray, Y: np.ndarray, sample_weight: np.ndarray, C: float = C_STUDY,
-    gtol_rel: float = 1e-6, max_newton: int = 100, max_cg: int = 250,
+    Z: np.ndarray,
+    Y: np.ndarray,
+    sample_weight: np.ndarray,
+    C: float = C_STUDY,
+    gtol_rel: float = 1e-6,
+    max_newton: int = 100,
+    max_cg: int = 250,
 ) -> np.ndarray:
     """L2 logistic regression for every column of ``Y`` [n, P] at once; returns ``[r + 1, P]``.
 
@@ -431,7 +498,9 @@ def fit_logistic_many(
         target = np.minimum(0.5, np.sqrt(gnorm)) * gnorm
         done = np.zeros(len(cols), dtype=bool)
         for _ in range(max_cg):
-            Hd = (Za32.T @ (D32 * (Za32 @ direction.astype(np.float32)))).astype(np.float64) + reg * direction
+            Hd = (Za32.T @ (D32 * (Za32 @ direction.astype(np.float32)))).astype(
+                np.float64
+            ) + reg * direction
             curv = (direction * Hd).sum(0)
             alpha = np.where(done, 0.0, rz / np.where(curv > 0, curv, 1.0))
             x += alpha * direction
@@ -476,7 +545,9 @@ def balanced_weights(Y: np.ndarray) -> np.ndarray:
     return np.where(Y == 1, n / (2.0 * n_pos), n / (2.0 * (n - n_pos)))
 
 
-def oof_scores_many(X: np.ndarray, Y: np.ndarray, folds: np.ndarray, C: float = C_STUDY) -> np.ndarray:
+def oof_scores_many(
+    X: np.ndarray, Y: np.ndarray, folds: np.ndarray, C: float = C_STUDY
+) -> np.ndarray:
     """Out-of-fold decision scores ``[n, P]`` of the study's probe for every label column of ``Y``.
 
     Mathematically the same estimator as :func:`study_probe` (per-fold standardisation, balanced
@@ -506,8 +577,13 @@ class PermutationResult:
 
 
 def permutation_pvalue(
-    X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, mode: str = "stratified",
-    n_permutations: int = 200, seed: int = 0, cv_seed: int = CV_SEED,
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | None = None,
+    mode: str = "stratified",
+    n_permutations: int = 200,
+    seed: int = 0,
+    cv_seed: int = CV_SEED,
 ) -> PermutationResult:
     """Label-permutation p-values of the probe's cross-validated metrics (refits every fold).
 
@@ -529,7 +605,9 @@ def permutation_pvalue(
 
 
 # ----- scenario identity control ----------------------------------------------------------------
-def scenario_identity_probe(X: np.ndarray, scenario: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+def scenario_identity_probe(
+    X: np.ndarray, scenario: np.ndarray, n_bootstrap: int = 1000, seed: int = 0
+) -> dict:
     """How well a linear probe tells the scenarios apart (multiclass balanced accuracy).
 
     Stratified 5-fold over scenarios (random_state=42); per fold, StandardScaler and one-vs-rest
@@ -543,12 +621,27 @@ def scenario_identity_probe(X: np.ndarray, scenario: np.ndarray, n_bootstrap: in
     names, counts = np.unique(scenario, return_counts=True)
     small = names[counts < N_SPLITS]
     keep = ~np.isin(scenario, small)
-    note = f"left out scenarios with < {N_SPLITS} completions: {', '.join(map(str, small))}" if len(small) else ""
+    note = (
+        f"left out scenarios with < {N_SPLITS} completions: {', '.join(map(str, small))}"
+        if len(small)
+        else ""
+    )
     nan = float("nan")
-    out = {"value": nan, "pooled": nan, "ci_low": nan, "ci_high": nan, "chance": nan, "n": int(keep.sum()),
-           "n_classes": int(len(names) - len(small)), "n_folds": 0, "note": note}
+    out = {
+        "value": nan,
+        "pooled": nan,
+        "ci_low": nan,
+        "ci_high": nan,
+        "chance": nan,
+        "n": int(keep.sum()),
+        "n_classes": int(len(names) - len(small)),
+        "n_folds": 0,
+        "note": note,
+    }
     if out["n_classes"] < 2:
-        out["note"] = "; ".join(filter(None, [note, "fewer than two scenarios with enough completions"]))
+        out["note"] = "; ".join(
+            filter(None, [note, "fewer than two scenarios with enough completions"])
+        )
         return out
     Xk, sk = np.asarray(X)[keep], scenario[keep]
     labels = np.unique(sk, return_inverse=True)[1]
@@ -568,7 +661,9 @@ def scenario_identity_probe(X: np.ndarray, scenario: np.ndarray, n_bootstrap: in
     out["n_folds"] = N_SPLITS
     if n_bootstrap > 0:
         W = stats.stratified_multiplicities(labels, n_bootstrap, np.random.default_rng(seed))
-        out["ci_low"], out["ci_high"] = stats.percentile_ci(stats.balanced_accuracy_labels(labels, pred, W))
+        out["ci_low"], out["ci_high"] = stats.percentile_ci(
+            stats.balanced_accuracy_labels(labels, pred, W)
+        )
     return out
 
 
@@ -580,8 +675,14 @@ def _seed(*parts) -> int:
 
 
 def probe_feature(
-    X: np.ndarray, y: np.ndarray, scenario: np.ndarray, *, n_bootstrap: int = 1000, n_permutations: int = 200,
-    seed: int = 0, modes: tuple[str, ...] = CV_MODES,
+    X: np.ndarray,
+    y: np.ndarray,
+    scenario: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    n_permutations: int = 200,
+    seed: int = 0,
+    modes: tuple[str, ...] = CV_MODES,
 ) -> tuple[list[dict], dict[str, CVResult]]:
     """Everything the layer profile reports for one feature matrix ``X`` [n, d].
 
@@ -589,46 +690,109 @@ def probe_feature(
     the sklearn :class:`CVResult` of each mode (kept for the SAE comparison).
     """
     y = np.asarray(y).astype(np.int64)
-    base = {"n": len(y), "n_deceptive": int((y == 1).sum()), "n_honest": int((y == 0).sum()),
-            "n_bootstrap": n_bootstrap, "n_permutations": n_permutations}
+    base = {
+        "n": len(y),
+        "n_deceptive": int((y == 1).sum()),
+        "n_honest": int((y == 0).sum()),
+        "n_bootstrap": n_bootstrap,
+        "n_permutations": n_permutations,
+    }
     rows, results = [], {}
     for mode in modes:
         problem = fold_problem(y, scenario, mode)
         if problem:
             res = CVResult.failed(mode, y, problem)
         else:
-            perm = permutation_pvalue(X, y, scenario, mode, n_permutations, _seed(seed, mode, "perm"))
+            perm = permutation_pvalue(
+                X, y, scenario, mode, n_permutations, _seed(seed, mode, "perm")
+            )
             if SOLVERS[mode] == "exact":  # the permutation run's first column is this very fit
                 res = _finish(mode, y, perm.observed_scores, perm.folds)
             else:
                 res = cross_validate(X, y, scenario, mode)
         results[mode] = res
         if not res.ok:
-            for target, metrics in (("deception", METRICS), ("shuffled_labels", ("bal_acc", "auroc"))):
+            for target, metrics in (
+                ("deception", METRICS),
+                ("shuffled_labels", ("bal_acc", "auroc")),
+            ):
                 for m in metrics:
-                    rows.append({**base, "cv": mode, "target": target, "metric": m, "value": np.nan,
-                                 "pooled": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
-                                 "chance": 0.5, "n_folds": 0, "note": res.note})
+                    rows.append(
+                        {
+                            **base,
+                            "cv": mode,
+                            "target": target,
+                            "metric": m,
+                            "value": np.nan,
+                            "pooled": np.nan,
+                            "ci_low": np.nan,
+                            "ci_high": np.nan,
+                            "p_value": np.nan,
+                            "chance": 0.5,
+                            "n_folds": 0,
+                            "note": res.note,
+                        }
+                    )
             continue
         ci = stats.bootstrap_ci(y, res.scores, n_bootstrap, _seed(seed, mode, "ci"))
         for m in METRICS:
-            rows.append({**base, "cv": mode, "target": "deception", "metric": m, "value": res.value[m],
-                         "pooled": res.pooled[m], "ci_low": ci[m][0], "ci_high": ci[m][1],
-                         "p_value": perm.p[m], "chance": 0.5 if m != "recall_at_1fpr" else stats.FPR_LEVEL,
-                         "n_folds": res.n_folds, "note": ""})
+            rows.append(
+                {
+                    **base,
+                    "cv": mode,
+                    "target": "deception",
+                    "metric": m,
+                    "value": res.value[m],
+                    "pooled": res.pooled[m],
+                    "ci_low": ci[m][0],
+                    "ci_high": ci[m][1],
+                    "p_value": perm.p[m],
+                    "chance": 0.5 if m != "recall_at_1fpr" else stats.FPR_LEVEL,
+                    "n_folds": res.n_folds,
+                    "note": "",
+                }
+            )
         for m in ("bal_acc", "auroc"):
             null = perm.null[m][np.isfinite(perm.null[m])]
             lo, hi = stats.percentile_ci(null)
-            rows.append({**base, "cv": mode, "target": "shuffled_labels", "metric": m,
-                         "value": float(null.mean()) if null.size else np.nan, "pooled": np.nan,
-                         "ci_low": lo, "ci_high": hi, "p_value": np.nan, "chance": 0.5, "n_folds": res.n_folds,
-                         "note": (f"mean and central 95% of {null.size} label shuffles" if null.size
-                                  else "no permutations (probe.n_permutations = 0)")})
+            rows.append(
+                {
+                    **base,
+                    "cv": mode,
+                    "target": "shuffled_labels",
+                    "metric": m,
+                    "value": float(null.mean()) if null.size else np.nan,
+                    "pooled": np.nan,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "p_value": np.nan,
+                    "chance": 0.5,
+                    "n_folds": res.n_folds,
+                    "note": (
+                        f"mean and central 95% of {null.size} label shuffles"
+                        if null.size
+                        else "no permutations (probe.n_permutations = 0)"
+                    ),
+                }
+            )
     sid = scenario_identity_probe(X, scenario, n_bootstrap, _seed(seed, "scenario_identity"))
-    rows.append({**base, "cv": "stratified", "target": "scenario_identity", "metric": "bal_acc",
-                 "value": sid["value"], "pooled": sid["pooled"], "ci_low": sid["ci_low"],
-                 "ci_high": sid["ci_high"], "p_value": np.nan, "chance": sid["chance"], "n": sid["n"],
-                 "n_folds": sid["n_folds"], "note": sid["note"]})
+    rows.append(
+        {
+            **base,
+            "cv": "stratified",
+            "target": "scenario_identity",
+            "metric": "bal_acc",
+            "value": sid["value"],
+            "pooled": sid["pooled"],
+            "ci_low": sid["ci_low"],
+            "ci_high": sid["ci_high"],
+            "p_value": np.nan,
+            "chance": sid["chance"],
+            "n": sid["n"],
+            "n_folds": sid["n_folds"],
+            "note": sid["note"],
+        }
+    )
     return rows, results
 
 
@@ -656,8 +820,16 @@ def _save_cv(path: Path, results: dict[str, CVResult]) -> None:
         arrays[f"{mode}__scores"] = r.scores
         arrays[f"{mode}__folds"] = r.folds
         arrays[f"{mode}__y"] = r.y
-        arrays[f"{mode}__meta"] = np.array(json.dumps({"value": r.value, "pooled": r.pooled, "note": r.note,
-                                                       "fold_metrics": {k: v.tolist() for k, v in r.fold_metrics.items()}}))
+        arrays[f"{mode}__meta"] = np.array(
+            json.dumps(
+                {
+                    "value": r.value,
+                    "pooled": r.pooled,
+                    "note": r.note,
+                    "fold_metrics": {k: v.tolist() for k, v in r.fold_metrics.items()},
+                }
+            )
+        )
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -669,9 +841,16 @@ def _load_cv(path: Path) -> dict[str, CVResult]:
         modes = sorted({k.split("__")[0] for k in z.files})
         for mode in modes:
             meta = json.loads(str(z[f"{mode}__meta"]))
-            out[mode] = CVResult(mode, z[f"{mode}__y"], z[f"{mode}__scores"], z[f"{mode}__folds"],
-                                 {k: np.asarray(v) for k, v in meta["fold_metrics"].items()},
-                                 meta["value"], meta["pooled"], meta["note"])
+            out[mode] = CVResult(
+                mode,
+                z[f"{mode}__y"],
+                z[f"{mode}__scores"],
+                z[f"{mode}__folds"],
+                {k: np.asarray(v) for k, v in meta["fold_metrics"].items()},
+                meta["value"],
+                meta["pooled"],
+                meta["note"],
+            )
     return out
 
 
@@ -695,8 +874,17 @@ def captured_layers(run: RunDir) -> list[int]:
 
 
 def _layer_key(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, feature: str) -> str:
-    return _fingerprint(CACHE_VERSION, "layer", layer, feature, _labelled_stamp(lab), cfg.seed,
-                        cfg.probe.n_bootstrap, cfg.probe.n_permutations, _file_stamp(run.activation_file(layer)))
+    return _fingerprint(
+        CACHE_VERSION,
+        "layer",
+        layer,
+        feature,
+        _labelled_stamp(lab),
+        cfg.seed,
+        cfg.probe.n_bootstrap,
+        cfg.probe.n_permutations,
+        _file_stamp(run.activation_file(layer)),
+    )
 
 
 def _layer_paths(run: RunDir, layer: int, feature: str) -> tuple[Path, Path]:
@@ -706,7 +894,10 @@ def _layer_paths(run: RunDir, layer: int, feature: str) -> tuple[Path, Path]:
 
 def _layer_cached(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, feature: str) -> bool:
     jpath, npath = _layer_paths(run, layer, feature)
-    return npath.exists() and _read_cached(jpath, _layer_key(run, cfg, lab, layer, feature)) is not None
+    return (
+        npath.exists()
+        and _read_cached(jpath, _layer_key(run, cfg, lab, layer, feature)) is not None
+    )
 
 
 def _probe_layer(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, force: bool) -> list[dict]:
@@ -721,9 +912,14 @@ def _probe_layer(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, force: 
             continue
         data = data if data is not None else read_layer(run, layer)
         X = pooled(data, lab, feature)
-        frows, results = probe_feature(X, lab.y, lab.scenario, n_bootstrap=cfg.probe.n_bootstrap,
-                                       n_permutations=cfg.probe.n_permutations,
-                                       seed=_seed(cfg.seed, "layer", layer, feature))
+        frows, results = probe_feature(
+            X,
+            lab.y,
+            lab.scenario,
+            n_bootstrap=cfg.probe.n_bootstrap,
+            n_permutations=cfg.probe.n_permutations,
+            seed=_seed(cfg.seed, "layer", layer, feature),
+        )
         frows = [{"layer": layer, "feature": feature, **r} for r in frows]
         _save_cv(npath, results)
         write_json(jpath, {"key": key, "rows": _jsonable(frows)})
@@ -740,6 +936,7 @@ def _jsonable(rows: list[dict]) -> list[dict]:
         if isinstance(v, np.bool_):
             return bool(v)
         return v
+
     return [{k: conv(v) for k, v in r.items()} for r in rows]
 
 
@@ -751,7 +948,9 @@ def _progress(iterable, total: int, desc: str, on: bool):
     return tqdm(iterable, total=total, desc=desc)
 
 
-def layer_profile(run: RunDir, cfg: RunConfig, progress: bool = True, force: bool = False, n_jobs: int = 1) -> pd.DataFrame:
+def layer_profile(
+    run: RunDir, cfg: RunConfig, progress: bool = True, force: bool = False, n_jobs: int = 1
+) -> pd.DataFrame:
     """Probe every captured layer and pooled feature; write the layer profile and its controls.
 
     ``results/layer_profile.csv`` (returned): the deception probe, one row per (layer, feature,
@@ -765,13 +964,22 @@ def layer_profile(run: RunDir, cfg: RunConfig, progress: bool = True, force: boo
     lab = labelled_rows(run, cfg)
     layers = captured_layers(run)
     if not layers:
-        raise FileNotFoundError(f"no activation files in {run.activations}; run 03_activation_capture")
+        raise FileNotFoundError(
+            f"no activation files in {run.activations}; run 03_activation_capture"
+        )
     if not force:  # layers whose every feature is cached need no worker
-        todo = [layer for layer in layers if not all(_layer_cached(run, cfg, lab, layer, f) for f in cfg.probe.features)]
+        todo = [
+            layer
+            for layer in layers
+            if not all(_layer_cached(run, cfg, lab, layer, f) for f in cfg.probe.features)
+        ]
         if not todo:
             n_jobs = 1
     if n_jobs == 1:
-        parts = [_probe_layer(run, cfg, lab, layer, force) for layer in _progress(layers, len(layers), "layers", progress)]
+        parts = [
+            _probe_layer(run, cfg, lab, layer, force)
+            for layer in _progress(layers, len(layers), "layers", progress)
+        ]
     else:
         from joblib import Parallel, delayed
 
@@ -790,7 +998,9 @@ def layer_profile(run: RunDir, cfg: RunConfig, progress: bool = True, force: boo
 
 
 def _read_results(run: RunDir, name: str) -> pd.DataFrame:
-    df = pd.read_csv(run.require(run.results / name, "05_layer_profile_probing"), dtype={"note": object})
+    df = pd.read_csv(
+        run.require(run.results / name, "05_layer_profile_probing"), dtype={"note": object}
+    )
     if "note" in df:
         df["note"] = df["note"].fillna("")
     return df
@@ -806,15 +1016,26 @@ def read_probe_controls(run: RunDir) -> pd.DataFrame:
     return _read_results(run, "probe_controls.csv")
 
 
-def peak_layer(profile: pd.DataFrame, cv: str = "stratified", metric: str = "bal_acc", feature: str | None = None) -> dict:
+def peak_layer(
+    profile: pd.DataFrame,
+    cv: str = "stratified",
+    metric: str = "bal_acc",
+    feature: str | None = None,
+) -> dict:
     """The (layer, feature) with the highest deception ``value`` of ``metric`` under ``cv``."""
     sel = profile[(profile.target == "deception") & (profile.cv == cv) & (profile.metric == metric)]
     if feature is not None:
         sel = sel[sel.feature == feature]
     sel = sel.dropna(subset=["value"])
     if sel.empty:
-        return {"layer": None, "feature": feature, "value": float("nan"), "ci_low": float("nan"),
-                "ci_high": float("nan"), "p_value": float("nan")}
+        return {
+            "layer": None,
+            "feature": feature,
+            "value": float("nan"),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+            "p_value": float("nan"),
+        }
     best = sel.loc[sel["value"].idxmax()]
     return {k: best[k] for k in ("layer", "feature", "value", "ci_low", "ci_high", "p_value")}
 
@@ -836,15 +1057,30 @@ def encode(sae, X: np.ndarray, batch: int = 1024) -> np.ndarray:
 
 
 def compare_to_raw(
-    sae_res: CVResult, raw_res: CVResult, n_bootstrap: int = 1000, n_randomizations: int = N_RANDOMIZATIONS, seed: int = 0
+    sae_res: CVResult,
+    raw_res: CVResult,
+    n_bootstrap: int = 1000,
+    n_randomizations: int = N_RANDOMIZATIONS,
+    seed: int = 0,
 ) -> dict:
     """SAE probe vs the raw probe on the same folds: metrics, paired delta with CI, p-value."""
     nan = float("nan")
-    out = {"bal_acc": sae_res.value.get("bal_acc", nan), "auroc": sae_res.value.get("auroc", nan),
-           "raw_bal_acc": raw_res.value.get("bal_acc", nan), "raw_auroc": raw_res.value.get("auroc", nan),
-           "bal_acc_ci_low": nan, "bal_acc_ci_high": nan, "delta": nan, "delta_ci_low": nan,
-           "delta_ci_high": nan, "p_value": nan, "n": len(sae_res.y),
-           "note": "; ".join(n for n in (sae_res.note, raw_res.note and f"raw probe: {raw_res.note}") if n)}
+    out = {
+        "bal_acc": sae_res.value.get("bal_acc", nan),
+        "auroc": sae_res.value.get("auroc", nan),
+        "raw_bal_acc": raw_res.value.get("bal_acc", nan),
+        "raw_auroc": raw_res.value.get("auroc", nan),
+        "bal_acc_ci_low": nan,
+        "bal_acc_ci_high": nan,
+        "delta": nan,
+        "delta_ci_low": nan,
+        "delta_ci_high": nan,
+        "p_value": nan,
+        "n": len(sae_res.y),
+        "note": "; ".join(
+            n for n in (sae_res.note, raw_res.note and f"raw probe: {raw_res.note}") if n
+        ),
+    }
     if not (sae_res.ok and raw_res.ok):
         return out
     if not np.array_equal(sae_res.folds, raw_res.folds):
@@ -854,10 +1090,14 @@ def compare_to_raw(
     if n_bootstrap > 0:
         ci = stats.bootstrap_ci(y, sae_res.scores, n_bootstrap, seed)
         out["bal_acc_ci_low"], out["bal_acc_ci_high"] = ci["bal_acc"]
-        deltas = stats.paired_bootstrap_delta(y, sae_res.scores, raw_res.scores, n_bootstrap, seed + 1)
+        deltas = stats.paired_bootstrap_delta(
+            y, sae_res.scores, raw_res.scores, n_bootstrap, seed + 1
+        )
         out["delta_ci_low"], out["delta_ci_high"] = stats.percentile_ci(deltas)
     if n_randomizations > 0:
-        out["p_value"] = stats.paired_randomization_pvalue(y, sae_res.scores, raw_res.scores, n_randomizations, seed + 2)
+        out["p_value"] = stats.paired_randomization_pvalue(
+            y, sae_res.scores, raw_res.scores, n_randomizations, seed + 2
+        )
     return out
 
 
@@ -895,8 +1135,14 @@ def _info(info) -> dict:
 
 
 def leakage_free_cv(
-    layer_data: LayerData, lab: Labelled, X_pooled: np.ndarray, arch: str, condition: str, sae_cfg,
-    seed: int, train_sae=None,
+    layer_data: LayerData,
+    lab: Labelled,
+    X_pooled: np.ndarray,
+    arch: str,
+    condition: str,
+    sae_cfg,
+    seed: int,
+    train_sae=None,
 ) -> tuple[CVResult, list[dict]]:
     """Stratified CV where each fold's SAE is trained on that fold's training completions only.
 
@@ -916,8 +1162,10 @@ def leakage_free_cv(
     for k in np.unique(folds):
         train_pos = np.flatnonzero((folds != k) & in_condition)
         if len(train_pos) < 2:
-            note = (f"condition {condition}: fold {k} has {len(train_pos)} training completion(s) to "
-                    "train an SAE on; leakage-free probe not possible")
+            note = (
+                f"condition {condition}: fold {k} has {len(train_pos)} training completion(s) to "
+                "train an SAE on; leakage-free probe not possible"
+            )
             return CVResult.failed("stratified", y, note), facts
         x = training_vectors(layer_data, lab.rows[train_pos], sae_cfg.train_on)
         sae, info = _train(train_sae, x, arch, sae_cfg, seed + int(k))
@@ -926,7 +1174,9 @@ def leakage_free_cv(
     return _cross_validate_folds(lambda k: features[int(k)], y, folds, "stratified"), facts
 
 
-def _raw_reference(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, feature: str, X: np.ndarray) -> dict[str, CVResult]:
+def _raw_reference(
+    run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, feature: str, X: np.ndarray
+) -> dict[str, CVResult]:
     """The raw probe's CV results of one layer: from the layer-profile cache when current."""
     key = _layer_key(run, cfg, lab, layer, feature)
     jpath, npath = _layer_paths(run, layer, feature)
@@ -942,8 +1192,13 @@ _LAYER_MEMO: dict = {}
 
 def _layer_inputs(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int):
     """(layer data, pooled SAE-probe features, raw CV results) of a layer, memoised per process."""
-    key = (str(run.root), layer, tuple(_file_stamp(run.activation_file(layer))), cfg.probe.sae_feature,
-           _fingerprint(_labelled_stamp(lab)))
+    key = (
+        str(run.root),
+        layer,
+        tuple(_file_stamp(run.activation_file(layer))),
+        cfg.probe.sae_feature,
+        _fingerprint(_labelled_stamp(lab)),
+    )
     if key not in _LAYER_MEMO:
         _LAYER_MEMO.clear()
         data = read_layer(run, layer)
@@ -957,8 +1212,18 @@ class _CacheMiss(Exception):
 
 
 def _sae_cell(
-    run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, arch: str, condition: str, leakage_free: bool,
-    fold_epochs: int | None, n_randomizations: int, force: bool, train_sae=None, load_sae=None,
+    run: RunDir,
+    cfg: RunConfig,
+    lab: Labelled,
+    layer: int,
+    arch: str,
+    condition: str,
+    leakage_free: bool,
+    fold_epochs: int | None,
+    n_randomizations: int,
+    force: bool,
+    train_sae=None,
+    load_sae=None,
     cache_only: bool = False,
 ) -> list[dict]:
     """Every row of one grid cell: the grid SAE (both CV modes) and, if asked, leakage-free rows.
@@ -975,7 +1240,13 @@ def _sae_cell(
     sae_id = cfg.sae_id(layer, arch, condition)
     path = run.sae_dir(sae_id)
     feature = cfg.probe.sae_feature
-    base = {"sae_id": sae_id, "layer": layer, "arch": arch, "condition": condition, "feature": feature}
+    base = {
+        "sae_id": sae_id,
+        "layer": layer,
+        "arch": arch,
+        "condition": condition,
+        "feature": feature,
+    }
     seed = _seed(cfg.seed, "sae", sae_id)
     nb = cfg.probe.n_bootstrap
     lab_stamp = _labelled_stamp(lab)
@@ -1000,10 +1271,21 @@ def _sae_cell(
             raise _CacheMiss("grid")
         raw = inputs()[2]
         note = f"SAE {sae_id} not found in {run.saes}; run 04_sae_training"
-        rows += [{**base, "cv": mode, "sae_source": "grid", "leakage_free": False, "n": len(lab), "note": note,
-                  "raw_bal_acc": raw[mode].value["bal_acc"], "raw_auroc": raw[mode].value["auroc"]}
-                 for mode in CV_MODES]
+        rows += [
+            {
+                **base,
+                "cv": mode,
+                "sae_source": "grid",
+                "leakage_free": False,
+                "n": len(lab),
+                "note": note,
+                "raw_bal_acc": raw[mode].value["bal_acc"],
+                "raw_auroc": raw[mode].value["auroc"],
+            }
+            for mode in CV_MODES
+        ]
     else:
+
         def grid_rows():
             loader = load_sae
             if loader is None:
@@ -1014,12 +1296,31 @@ def _sae_cell(
             for mode in CV_MODES:
                 res = cross_validate(F, lab.y, lab.scenario, mode)
                 cmp = compare_to_raw(res, raw[mode], nb, n_randomizations, _seed(seed, mode))
-                out.append({**base, "cv": mode, "sae_source": "grid", "leakage_free": False,
-                            "d_sae": F.shape[1], "epochs": cfg.sae.epochs, **cmp})
+                out.append(
+                    {
+                        **base,
+                        "cv": mode,
+                        "sae_source": "grid",
+                        "leakage_free": False,
+                        "d_sae": F.shape[1],
+                        "epochs": cfg.sae.epochs,
+                        **cmp,
+                    }
+                )
             return out, {}
 
-        key = _fingerprint(CACHE_VERSION, "grid", sae_id, lab_stamp, cfg.seed, nb, n_randomizations, feature,
-                           _file_stamp(weights), act_stamp)
+        key = _fingerprint(
+            CACHE_VERSION,
+            "grid",
+            sae_id,
+            lab_stamp,
+            cfg.seed,
+            nb,
+            n_randomizations,
+            feature,
+            _file_stamp(weights),
+            act_stamp,
+        )
         rows += cached_or("sae", key, grid_rows)
     if not leakage_free:
         return rows
@@ -1035,36 +1336,98 @@ def _sae_cell(
             idx = lab.select(condition)
             if len(idx) < 2:
                 note = f"condition {condition}: {len(idx)} completion(s) to train an SAE on"
-                return [{**base, "cv": "stratified", "sae_source": "refit_all", "leakage_free": False,
-                         "n": len(lab), "note": note}], {}
-            sae, info = _train(train_sae, training_vectors(layer_data, lab.rows[idx], sae_cfg.train_on),
-                               arch, sae_cfg, _seed(seed, "refit_all"))
+                return [
+                    {
+                        **base,
+                        "cv": "stratified",
+                        "sae_source": "refit_all",
+                        "leakage_free": False,
+                        "n": len(lab),
+                        "note": note,
+                    }
+                ], {}
+            sae, info = _train(
+                train_sae,
+                training_vectors(layer_data, lab.rows[idx], sae_cfg.train_on),
+                arch,
+                sae_cfg,
+                _seed(seed, "refit_all"),
+            )
             res = cross_validate(encode(sae, X), lab.y, lab.scenario, "stratified")
-            cmp = compare_to_raw(res, raw["stratified"], nb, n_randomizations, _seed(seed, "refit_all"))
-            return [{**base, "cv": "stratified", "sae_source": "refit_all", "leakage_free": False,
-                     "d_sae": cfg.sae.expansion_factor * X.shape[1], "epochs": epochs, **cmp}], {"sae": _info(info)}
+            cmp = compare_to_raw(
+                res, raw["stratified"], nb, n_randomizations, _seed(seed, "refit_all")
+            )
+            return [
+                {
+                    **base,
+                    "cv": "stratified",
+                    "sae_source": "refit_all",
+                    "leakage_free": False,
+                    "d_sae": cfg.sae.expansion_factor * X.shape[1],
+                    "epochs": epochs,
+                    **cmp,
+                }
+            ], {"sae": _info(info)}
 
-        key = _fingerprint(CACHE_VERSION, "refit_all", sae_id, lab_stamp, cfg.seed, nb, n_randomizations,
-                           feature, cfg_stamp, act_stamp)
+        key = _fingerprint(
+            CACHE_VERSION,
+            "refit_all",
+            sae_id,
+            lab_stamp,
+            cfg.seed,
+            nb,
+            n_randomizations,
+            feature,
+            cfg_stamp,
+            act_stamp,
+        )
         rows += cached_or("sae_refit", key, refit_rows)
 
     def fold_rows():
         layer_data, X, raw = inputs()
-        res, facts = leakage_free_cv(layer_data, lab, X, arch, condition, sae_cfg, _seed(seed, "per_fold"), train_sae)
+        res, facts = leakage_free_cv(
+            layer_data, lab, X, arch, condition, sae_cfg, _seed(seed, "per_fold"), train_sae
+        )
         cmp = compare_to_raw(res, raw["stratified"], nb, n_randomizations, _seed(seed, "per_fold"))
-        return [{**base, "cv": "stratified", "sae_source": "per_fold", "leakage_free": True,
-                 "d_sae": cfg.sae.expansion_factor * X.shape[1], "epochs": epochs, **cmp}], {"folds": facts}
+        return [
+            {
+                **base,
+                "cv": "stratified",
+                "sae_source": "per_fold",
+                "leakage_free": True,
+                "d_sae": cfg.sae.expansion_factor * X.shape[1],
+                "epochs": epochs,
+                **cmp,
+            }
+        ], {"folds": facts}
 
-    key = _fingerprint(CACHE_VERSION, "per_fold", sae_id, lab_stamp, cfg.seed, nb, n_randomizations, feature,
-                       cfg_stamp, act_stamp)
+    key = _fingerprint(
+        CACHE_VERSION,
+        "per_fold",
+        sae_id,
+        lab_stamp,
+        cfg.seed,
+        nb,
+        n_randomizations,
+        feature,
+        cfg_stamp,
+        act_stamp,
+    )
     rows += cached_or("sae_lf", key, fold_rows)
     return rows
 
 
 def sae_probes(
-    run: RunDir, cfg: RunConfig, progress: bool = True, force: bool = False, leakage_free: bool | None = None,
-    fold_epochs: int | None = None, n_randomizations: int = N_RANDOMIZATIONS, n_jobs: int = 1,
-    train_sae=None, load_sae=None,
+    run: RunDir,
+    cfg: RunConfig,
+    progress: bool = True,
+    force: bool = False,
+    leakage_free: bool | None = None,
+    fold_epochs: int | None = None,
+    n_randomizations: int = N_RANDOMIZATIONS,
+    n_jobs: int = 1,
+    train_sae=None,
+    load_sae=None,
 ) -> pd.DataFrame:
     """Probe every SAE of the grid against its layer's raw probe; write ``results/sae_probes.csv``.
 
@@ -1089,8 +1452,23 @@ def sae_probes(
     leakage_free = cfg.probe.leakage_free if leakage_free is None else leakage_free
     lab = labelled_rows(run, cfg)
     grid = sorted(cfg.sae_grid(), key=lambda c: c[0])  # by layer, so each layer is read once
-    args = [(run, cfg, lab, layer, arch, cond, leakage_free, fold_epochs, n_randomizations, force, train_sae, load_sae)
-            for layer, arch, cond in grid]
+    args = [
+        (
+            run,
+            cfg,
+            lab,
+            layer,
+            arch,
+            cond,
+            leakage_free,
+            fold_epochs,
+            n_randomizations,
+            force,
+            train_sae,
+            load_sae,
+        )
+        for layer, arch, cond in grid
+    ]
     parts: dict[int, list[dict]] = {}
     if not force:  # what the cache already holds needs no worker
         for i, a in enumerate(args):
@@ -1105,7 +1483,9 @@ def sae_probes(
     else:
         from joblib import Parallel, delayed
 
-        gen = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_sae_cell)(*args[i]) for i in todo)
+        gen = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(_sae_cell)(*args[i]) for i in todo
+        )
         for i, rows in zip(todo, _progress(gen, len(todo), "SAE probes", progress), strict=True):
             parts[i] = rows
     parts = [parts[i] for i in range(len(args))]
@@ -1146,12 +1526,18 @@ def sae_wins(sae: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for (cv, source), d in sae.dropna(subset=["delta"]).groupby(["cv", "sae_source"], sort=False):
-        rows.append({
-            "cv": cv, "sae_source": source, "n_saes": len(d), "beats_raw": int((d.delta > 0).sum()),
-            "significant_wins": int(((d.p_holm < 0.05) & (d.delta > 0)).sum()),
-            "significant_losses": int(((d.p_holm < 0.05) & (d.delta < 0)).sum()),
-            "mean_delta": float(d.delta.mean()), "best_bal_acc": float(d.bal_acc.max()),
-        })
+        rows.append(
+            {
+                "cv": cv,
+                "sae_source": source,
+                "n_saes": len(d),
+                "beats_raw": int((d.delta > 0).sum()),
+                "significant_wins": int(((d.p_holm < 0.05) & (d.delta > 0)).sum()),
+                "significant_losses": int(((d.p_holm < 0.05) & (d.delta < 0)).sum()),
+                "mean_delta": float(d.delta.mean()),
+                "best_bal_acc": float(d.bal_acc.max()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -1163,10 +1549,27 @@ def leakage_comparison(sae: pd.DataFrame) -> pd.DataFrame:
     ``leakage = bal_acc(reference) - bal_acc(per_fold)``; ``grid_minus_per_fold`` compares with
     the grid SAE in every case.
     """
-    columns = ["sae_id", "layer", "arch", "condition", "reference", "reference_epochs", "per_fold_epochs",
-               "raw_bal_acc", "bal_acc_grid", "bal_acc_reference", "bal_acc_reference_ci_low",
-               "bal_acc_reference_ci_high", "bal_acc_per_fold", "bal_acc_per_fold_ci_low", "bal_acc_per_fold_ci_high",
-               "delta_reference", "delta_per_fold", "leakage", "grid_minus_per_fold"]
+    columns = [
+        "sae_id",
+        "layer",
+        "arch",
+        "condition",
+        "reference",
+        "reference_epochs",
+        "per_fold_epochs",
+        "raw_bal_acc",
+        "bal_acc_grid",
+        "bal_acc_reference",
+        "bal_acc_reference_ci_low",
+        "bal_acc_reference_ci_high",
+        "bal_acc_per_fold",
+        "bal_acc_per_fold_ci_low",
+        "bal_acc_per_fold_ci_high",
+        "delta_reference",
+        "delta_per_fold",
+        "leakage",
+        "grid_minus_per_fold",
+    ]
     s = sae[sae.cv == "stratified"]
     by = {src: d.set_index("sae_id") for src, d in s.groupby("sae_source")}
     if "per_fold" not in by or "grid" not in by:
@@ -1175,16 +1578,26 @@ def leakage_comparison(sae: pd.DataFrame) -> pd.DataFrame:
     ref = by.get("refit_all", grid)
     ref_name = "refit_all" if "refit_all" in by else "grid"
     ids = free.index.intersection(grid.index).intersection(ref.index)
-    out = pd.DataFrame({
-        "layer": free.loc[ids, "layer"], "arch": free.loc[ids, "arch"], "condition": free.loc[ids, "condition"],
-        "reference": ref_name, "reference_epochs": ref.loc[ids, "epochs"], "per_fold_epochs": free.loc[ids, "epochs"],
-        "raw_bal_acc": free.loc[ids, "raw_bal_acc"], "bal_acc_grid": grid.loc[ids, "bal_acc"],
-        "bal_acc_reference": ref.loc[ids, "bal_acc"], "bal_acc_reference_ci_low": ref.loc[ids, "bal_acc_ci_low"],
-        "bal_acc_reference_ci_high": ref.loc[ids, "bal_acc_ci_high"], "bal_acc_per_fold": free.loc[ids, "bal_acc"],
-        "bal_acc_per_fold_ci_low": free.loc[ids, "bal_acc_ci_low"],
-        "bal_acc_per_fold_ci_high": free.loc[ids, "bal_acc_ci_high"],
-        "delta_reference": ref.loc[ids, "delta"], "delta_per_fold": free.loc[ids, "delta"],
-    })
+    out = pd.DataFrame(
+        {
+            "layer": free.loc[ids, "layer"],
+            "arch": free.loc[ids, "arch"],
+            "condition": free.loc[ids, "condition"],
+            "reference": ref_name,
+            "reference_epochs": ref.loc[ids, "epochs"],
+            "per_fold_epochs": free.loc[ids, "epochs"],
+            "raw_bal_acc": free.loc[ids, "raw_bal_acc"],
+            "bal_acc_grid": grid.loc[ids, "bal_acc"],
+            "bal_acc_reference": ref.loc[ids, "bal_acc"],
+            "bal_acc_reference_ci_low": ref.loc[ids, "bal_acc_ci_low"],
+            "bal_acc_reference_ci_high": ref.loc[ids, "bal_acc_ci_high"],
+            "bal_acc_per_fold": free.loc[ids, "bal_acc"],
+            "bal_acc_per_fold_ci_low": free.loc[ids, "bal_acc_ci_low"],
+            "bal_acc_per_fold_ci_high": free.loc[ids, "bal_acc_ci_high"],
+            "delta_reference": ref.loc[ids, "delta"],
+            "delta_per_fold": free.loc[ids, "delta"],
+        }
+    )
     out["leakage"] = out["bal_acc_reference"] - out["bal_acc_per_fold"]
     out["grid_minus_per_fold"] = out["bal_acc_grid"] - out["bal_acc_per_fold"]
     return out.rename_axis("sae_id").reset_index().reindex(columns=columns)

@@ -134,7 +134,9 @@ def init_run(cfg: RunConfig, runs_root: Path | str | None = None) -> RunDir:
                     f"now says {resolved[key]!r}. Use another run name or delete {run.root}."
                 )
     text = config_to_yaml(cfg)
-    text += yaml.safe_dump({"_provenance": {"versions": environment_versions(), "git_commit": git_commit()}})
+    text += yaml.safe_dump(
+        {"_provenance": {"versions": environment_versions(), "git_commit": git_commit()}}
+    )
     atomic_write_text(run.config, text)
     return run
 
@@ -166,7 +168,9 @@ def read_json(path: Path):
     try:
         return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{path} is not valid JSON ({e}); delete it and rerun its stage") from None
+        raise RunDirError(
+            f"{path} is not valid JSON ({e}); delete it and rerun its stage"
+        ) from None
 
 
 def read_jsonl(path: Path) -> list[dict]:

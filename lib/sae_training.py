@@ -664,6 +664,7 @@ def split_condition(
     held = heldout_mask(labelled.y, fraction, seed)
     return sel[~held[sel]], sel[held[sel]]
 
+
 def _hook_name(run, layer: int, lm) -> str:
     if lm is not None:
         from lib.models import hook_name
@@ -741,7 +742,9 @@ def train_grid_cell(
 
         if read_metrics(out).get("training_fingerprint") == fingerprint:
             return out
-        print(f"{sae_id}: SAE settings, labels or activations changed since it was trained; retraining")
+        print(
+            f"{sae_id}: SAE settings, labels or activations changed since it was trained; retraining"
+        )
     layer_data = layer_data if layer_data is not None else read_layer(run, layer)
     sc = cfg.sae
     train_pos, held_pos = split_condition(labelled, condition, sc.heldout_fraction, cfg.seed)

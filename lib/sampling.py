@@ -57,7 +57,9 @@ def draw(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tenso
 
 
 @torch.inference_mode()
-def generate_batch(model, tokenizer, prompt: str, seeds: list[int], s: SamplingConfig) -> list[list[int]]:
+def generate_batch(
+    model, tokenizer, prompt: str, seeds: list[int], s: SamplingConfig
+) -> list[list[int]]:
     """Sample ``len(seeds)`` continuations of one prompt; returns token ids without EOS."""
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer(prompt).input_ids], device=device).expand(len(seeds), -1)
@@ -70,7 +72,9 @@ def generate_batch(model, tokenizer, prompt: str, seeds: list[int], s: SamplingC
     step_input, past = ids, None
     position = torch.arange(ids.shape[1], device=device).expand(len(seeds), -1)
     for _ in range(s.max_new_tokens):
-        result = model(input_ids=step_input, position_ids=position, past_key_values=past, use_cache=True)
+        result = model(
+            input_ids=step_input, position_ids=position, past_key_values=past, use_cache=True
+        )
         past = result.past_key_values
         tokens = draw(filter_logits(result.logits[:, -1], s), generators)
         for r, t in enumerate(tokens.tolist()):
@@ -130,7 +134,10 @@ def sample_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = T
         bar.set_postfix(scenario=sc.id)
         seeds = [sample_seed(cfg.seed, sc.id, i) for i in todo]
         ids = generate_batch(model, tokenizer, sc.prompt, seeds, cfg.sampling)
-        append_jsonl(run.completions, [_row(cfg, tokenizer, sc, i, sd, t) for i, sd, t in zip(todo, seeds, ids, strict=True)])
+        append_jsonl(
+            run.completions,
+            [_row(cfg, tokenizer, sc, i, sd, t) for i, sd, t in zip(todo, seeds, ids, strict=True)],
+        )
         bar.update(len(todo))
     bar.close()
     return read_jsonl(run.completions)

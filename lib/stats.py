@@ -28,7 +28,9 @@ def _as_weights(w: np.ndarray | None, n: int) -> np.ndarray:
     return w[None, :] if w.ndim == 1 else w
 
 
-def balanced_accuracy(y: np.ndarray, scores: np.ndarray, w: np.ndarray | None = None) -> np.ndarray | float:
+def balanced_accuracy(
+    y: np.ndarray, scores: np.ndarray, w: np.ndarray | None = None
+) -> np.ndarray | float:
     """Mean of the recall of each class; the prediction is ``scores > 0``.
 
     ``y`` may hold any number of classes when ``scores`` is replaced by predicted labels through
@@ -77,7 +79,9 @@ def auroc(y: np.ndarray, scores: np.ndarray, w: np.ndarray | None = None):
     return float(out[0]) if w is None or np.ndim(w) == 1 else out
 
 
-def recall_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float = FPR_LEVEL, w: np.ndarray | None = None):
+def recall_at_fpr(
+    y: np.ndarray, scores: np.ndarray, fpr: float = FPR_LEVEL, w: np.ndarray | None = None
+):
     """The largest recall of deceptive completions at a false-positive rate of at most ``fpr``.
 
     A threshold that flags completions with ``score >= t`` may pass at most
@@ -145,7 +149,9 @@ def recall_at_fpr_columns(Y: np.ndarray, S: np.ndarray, fpr: float = FPR_LEVEL) 
 
 
 # ----- resampling plans ------------------------------------------------------------------------
-def stratified_multiplicities(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def stratified_multiplicities(
+    strata: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
     """``[n_boot, n]`` counts of a bootstrap that resamples within each stratum separately."""
     strata = np.asarray(strata)
     W = np.zeros((n_boot, len(strata)), dtype=np.int32)
@@ -216,7 +222,9 @@ def paired_randomization_pvalue(
     return float((1 + np.sum(np.abs(null) >= abs(observed) - tol)) / (1 + n_rounds))
 
 
-def within_group_permutations(groups: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
+def within_group_permutations(
+    groups: np.ndarray, n_perm: int, rng: np.random.Generator
+) -> np.ndarray:
     """``[n_perm, n]`` index arrays; each permutes positions only within its group.
 
     ``y[perm]`` is then a label vector with the same class counts in every group.

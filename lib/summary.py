@@ -47,11 +47,18 @@ def _ci(lo: float, hi: float) -> str:
 def _peak(profile: pd.DataFrame, cv: str, feature: str) -> dict:
     if "target" in profile:
         profile = profile[profile.target == "deception"]
-    bal = profile[(profile.cv == cv) & (profile.feature == feature) & (profile.metric == "bal_acc")].dropna(subset=["value"])
+    bal = profile[
+        (profile.cv == cv) & (profile.feature == feature) & (profile.metric == "bal_acc")
+    ].dropna(subset=["value"])
     if bal.empty:
         return {}
     best = bal.loc[bal.value.idxmax()]
-    auc = profile[(profile.cv == cv) & (profile.feature == feature) & (profile.metric == "auroc") & (profile.layer == best.layer)]
+    auc = profile[
+        (profile.cv == cv)
+        & (profile.feature == feature)
+        & (profile.metric == "auroc")
+        & (profile.layer == best.layer)
+    ]
     rho = spearmanr(bal.layer, bal.value).statistic if len(bal) > 2 else float("nan")
     return {
         "layer": int(best.layer),
@@ -102,9 +109,15 @@ def _ste(ste: pd.DataFrame | None, cv: str, leakage_free: bool) -> str:
 
 def summarise_run(run: RunDir, feature: str = "mean") -> pd.DataFrame:
     """The summary table of a run (see module docstring); also written to results/summary.csv."""
-    profile = pd.read_csv(run.require(run.results / "layer_profile.csv", "05_layer_profile_probing"))
+    profile = pd.read_csv(
+        run.require(run.results / "layer_profile.csv", "05_layer_profile_probing")
+    )
     sae_path = run.results / "sae_probes.csv"
-    sae = pd.read_csv(sae_path) if sae_path.exists() else pd.DataFrame(columns=["cv", "leakage_free", "bal_acc"])
+    sae = (
+        pd.read_csv(sae_path)
+        if sae_path.exists()
+        else pd.DataFrame(columns=["cv", "leakage_free", "bal_acc"])
+    )
     ste_path = run.results / "ste_comparison.csv"
     ste = pd.read_csv(ste_path) if ste_path.exists() else None
     settings = {

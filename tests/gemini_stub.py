@@ -38,21 +38,35 @@ class Request:
 
     @property
     def prompt(self) -> str:
-        return "".join(p.get("text", "") for c in self.body.get("contents", []) for p in c.get("parts", []))
+        return "".join(
+            p.get("text", "") for c in self.body.get("contents", []) for p in c.get("parts", [])
+        )
 
 
-def answer(label: str, confidence: float = 0.9, rationale: str = "stub rationale",
-           prompt_tokens: int = 100, response_tokens: int = 20, thought_tokens: int = 5) -> Reply:
+def answer(
+    label: str,
+    confidence: float = 0.9,
+    rationale: str = "stub rationale",
+    prompt_tokens: int = 100,
+    response_tokens: int = 20,
+    thought_tokens: int = 5,
+) -> Reply:
     """A well-formed 200 answer carrying the judge JSON as the model's text."""
     text = json.dumps({"label": label, "confidence": confidence, "rationale": rationale})
     return text_reply(text, prompt_tokens, response_tokens, thought_tokens)
 
 
-def text_reply(text: str, prompt_tokens: int = 100, response_tokens: int = 20, thought_tokens: int = 0) -> Reply:
+def text_reply(
+    text: str, prompt_tokens: int = 100, response_tokens: int = 20, thought_tokens: int = 0
+) -> Reply:
     """A 200 answer whose model text is ``text`` (valid judge JSON or not)."""
     body = {
         "candidates": [
-            {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP", "index": 0}
+            {
+                "content": {"parts": [{"text": text}], "role": "model"},
+                "finishReason": "STOP",
+                "index": 0,
+            }
         ],
         "usageMetadata": {
             "promptTokenCount": prompt_tokens,
@@ -67,8 +81,13 @@ def text_reply(text: str, prompt_tokens: int = 100, response_tokens: int = 20, t
 
 def error(status: int, retry_after: str | None = None, message: str = "stub error") -> Reply:
     """A Google-style error body with ``status``; optional Retry-After header."""
-    names = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 400: "INVALID_ARGUMENT",
-             403: "PERMISSION_DENIED"}
+    names = {
+        429: "RESOURCE_EXHAUSTED",
+        500: "INTERNAL",
+        503: "UNAVAILABLE",
+        400: "INVALID_ARGUMENT",
+        403: "PERMISSION_DENIED",
+    }
     body = {"error": {"code": status, "message": message, "status": names.get(status, "UNKNOWN")}}
     headers = {"Retry-After": retry_after} if retry_after is not None else {}
     return Reply(status, body, headers)
@@ -99,12 +118,22 @@ class GeminiStub:
                     body = json.loads(raw or b"{}")
                 except json.JSONDecodeError:
                     return self._send(error(400, message="request body is not JSON"))
-                req = Request(self.path, m["version"], m["model"], {k.lower(): v for k, v in self.headers.items()}, body)
+                req = Request(
+                    self.path,
+                    m["version"],
+                    m["model"],
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                )
                 with stub._lock:
                     stub.requests.append(req)
                     reply = stub.script.popleft() if stub.script else None
                 if reply is None:
-                    reply = stub.responder(req) if stub.responder else error(500, message="stub script exhausted")
+                    reply = (
+                        stub.responder(req)
+                        if stub.responder
+                        else error(500, message="stub script exhausted")
+                    )
                 if reply.delay and stub._stop.wait(reply.delay):
                     return
                 self._send(reply)
@@ -125,7 +154,9 @@ class GeminiStub:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:

@@ -64,8 +64,12 @@ def test_batched_capture_with_mixed_lengths_equals_one_by_one(organism, sampled_
     for layer in (0, 4, 7):
         alone = [capture_batch(model, tok, [s], [layer])[layer] for s in seqs]
         for key in ("last", "mean"):
-            torch.testing.assert_close(batched[layer][key], torch.cat([a[key] for a in alone]), rtol=0, atol=1e-5)
-        torch.testing.assert_close(batched[layer]["tokens"], torch.cat([a["tokens"] for a in alone]), rtol=0, atol=1e-5)
+            torch.testing.assert_close(
+                batched[layer][key], torch.cat([a[key] for a in alone]), rtol=0, atol=1e-5
+            )
+        torch.testing.assert_close(
+            batched[layer]["tokens"], torch.cat([a["tokens"] for a in alone]), rtol=0, atol=1e-5
+        )
 
 
 def test_cached_generation_equals_teacher_forced(organism, sampled_run):
@@ -81,7 +85,9 @@ def test_cached_generation_equals_teacher_forced(organism, sampled_run):
         for pos in range(n_prompt, len(ids)):
             out = model(input_ids=torch.tensor([[ids[pos]]]), past_key_values=past, use_cache=True)
             past = out.past_key_values
-    generated = torch.stack(seen[1:])  # the residual at each completion token, computed step by step
+    generated = torch.stack(
+        seen[1:]
+    )  # the residual at each completion token, computed step by step
     forced = capture_batch(model, tok, [(ids, n_prompt)], [5])[5]["tokens"]
     torch.testing.assert_close(generated, forced, rtol=0, atol=1e-5)
 
@@ -122,7 +128,10 @@ def test_resume_after_a_kill_equals_uninterrupted(tmp_path, organism, sampled_ru
     capture_run(run, cfg, model, tok, progress=False)
     for layer in (0, 7):
         assert run.activation_file(layer).read_bytes() == run0.activation_file(layer).read_bytes()
-    assert json.loads(run.activation_index.read_text())["ids"] == json.loads(run0.activation_index.read_text())["ids"]
+    assert (
+        json.loads(run.activation_index.read_text())["ids"]
+        == json.loads(run0.activation_index.read_text())["ids"]
+    )
 
 
 def test_bad_inputs_are_clear(tmp_path, organism, sampled_run):
@@ -137,7 +146,9 @@ def test_bad_inputs_are_clear(tmp_path, organism, sampled_run):
         capture_run(run, cfg, model, tok, progress=False)
     run.labels.write_bytes(run0.labels.read_bytes())
     bad = small_config(tmp_path, name="empty", **{"capture.layers": [0, 8]})
-    with pytest.raises(ConfigError, match=r"capture\.layers: layer\(s\) \[8\] outside the model; allowed: 0\.\.7"):
+    with pytest.raises(
+        ConfigError, match=r"capture\.layers: layer\(s\) \[8\] outside the model; allowed: 0\.\.7"
+    ):
         capture_run(run, bad, model, tok, progress=False)
 
 

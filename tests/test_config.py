@@ -11,7 +11,9 @@ def test_configs_load_and_describe_the_study():
     assert (tiny.sampling.temperature, tiny.sampling.top_k, tiny.sampling.top_p) == (1.0, 0, 1.0)
     assert len(tiny.sae_grid()) == 39  # 5 layers x 2 archs x 3 conditions + 3 STE layers x 3
     assert sum(a == "jumprelu_ste" for _, a, _ in tiny.sae_grid()) == 9
-    assert tiny.sae_id(15, "jumprelu_ste", "honest_only") == "tinyllama_jumprelu_ste_L15_honest_only"
+    assert (
+        tiny.sae_id(15, "jumprelu_ste", "honest_only") == "tinyllama_jumprelu_ste_L15_honest_only"
+    )
     assert {a for _, a, _ in org.sae_grid()} == {"topk", "jumprelu", "jumprelu_ste"}
     tiny.check_layers(22)
 
@@ -24,7 +26,9 @@ def test_unknown_key_names_key_and_allowed_keys():
 
 
 def test_unknown_top_level_key():
-    with pytest.raises(ConfigError, match=r"temprature: unknown key; allowed keys here: .*sampling"):
+    with pytest.raises(
+        ConfigError, match=r"temprature: unknown key; allowed keys here: .*sampling"
+    ):
         config_from_dict({"model": "organism", "model_tag": "x", "temprature": 1.0})
 
 
@@ -37,7 +41,9 @@ def test_wrong_type_names_key():
 
 def test_layer_outside_model_is_named():
     cfg = load_config("tinyllama", {"sae.layers": [3, 22]})
-    with pytest.raises(ConfigError, match=r"sae\.layers: layer\(s\) \[22\] outside the model; allowed: 0\.\.21"):
+    with pytest.raises(
+        ConfigError, match=r"sae\.layers: layer\(s\) \[22\] outside the model; allowed: 0\.\.21"
+    ):
         cfg.check_layers(22)
 
 
@@ -63,7 +69,9 @@ def test_scenario_pool_is_the_studys_nine():
     pool = load_scenarios(load_config("organism").scenario_path())
     assert len(pool) == 9
     assert sum(s.kind == "incentive" for s in pool.values()) == 6
-    assert {"secret_hitler", "mafia", "werewolf"} == {s.id for s in pool.values() if s.kind == "roleplay"}
+    assert {"secret_hitler", "mafia", "werewolf"} == {
+        s.id for s in pool.values() if s.kind == "roleplay"
+    }
     assert "round 6 of 10" in pool["secret_hitler"].prompt
     for s in pool.values():
         assert s.cues["deceptive"] and s.cues["honest"]

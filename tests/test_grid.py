@@ -13,8 +13,15 @@ import pytest
 from lib.config import load_config
 from lib.grid import check_parameters, plan, run_grid, summarise
 
-STEMS = ["01_sampling", "02_classification", "03_activation_capture", "04_sae_training",
-         "05_layer_profile_probing", "06_ste_comparison", "07_summary"]
+STEMS = [
+    "01_sampling",
+    "02_classification",
+    "03_activation_capture",
+    "04_sae_training",
+    "05_layer_profile_probing",
+    "06_ste_comparison",
+    "07_summary",
+]
 
 # A stand-in for each numbered notebook: it records its parameters in the run directory, so
 # that results can be compared between runs, and sleeps a little so a run can be killed mid-way.
@@ -42,8 +49,15 @@ def _fake_notebooks(root: Path) -> Path:
         params = 'config = "organism"\nrun_name = None\noverrides = {}'
         if stem == "04_sae_training":
             params += '\nlayer = 0\narch = "topk"\ncondition = "mixed"'
-        nb.cells = [nbf.v4.new_code_cell(params, metadata={"tags": ["parameters"]}), nbf.v4.new_code_cell(BODY.replace("{stem}", stem))]
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [
+            nbf.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
+            nbf.v4.new_code_cell(BODY.replace("{stem}", stem)),
+        ]
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
         nbf.write(nb, nbdir / f"{stem}.ipynb")
     return nbdir
 
@@ -81,23 +95,48 @@ def test_unknown_parameter_is_an_error_before_anything_runs(grid_env):
 
 def test_failed_cell_is_reported_and_the_others_finish(grid_env, tmp_path, monkeypatch):
     monkeypatch.setenv("GRID_TEST_FAIL", "deceptive_only")
-    results = run_grid("organism", OVERRIDES, "failing", workers=2, notebook_dir=grid_env, progress=False)
+    results = run_grid(
+        "organism", OVERRIDES, "failing", workers=2, notebook_dir=grid_env, progress=False
+    )
     failed = [r for r in results if r.status == "failed"]
     assert [r.cell.name for r in failed] == ["04_sae_training__L2_topk_deceptive_only"]
     assert "04_sae_training__L2_topk_deceptive_only.ipynb: cell" in failed[0].error
     assert "planted failure" in failed[0].error
     done = _results(tmp_path / "runs", "failing")
-    assert {"04_sae_training_2_topk_mixed.json", "04_sae_training_2_topk_honest_only.json", "07_summary.json"} <= set(done)
+    assert {
+        "04_sae_training_2_topk_mixed.json",
+        "04_sae_training_2_topk_honest_only.json",
+        "07_summary.json",
+    } <= set(done)
     assert "FAILED 04_sae_training__L2_topk_deceptive_only" in summarise(results)
 
 
 def test_killed_grid_resumes_to_the_same_results(grid_env, tmp_path):
     env = {**os.environ, "GRID_TEST_SLEEP": "1"}
-    cmd = [sys.executable, "-m", "lib.grid", "--config", "organism", "--notebook-dir", str(grid_env),
-           "--set", "sae.layers=[2]", "--set", "sae.ste_layers=[]", "--set", "sae.architectures=[topk]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lib.grid",
+        "--config",
+        "organism",
+        "--notebook-dir",
+        str(grid_env),
+        "--set",
+        "sae.layers=[2]",
+        "--set",
+        "sae.ste_layers=[]",
+        "--set",
+        "sae.architectures=[topk]",
+    ]
     ref = subprocess.run(cmd + ["--run-name", "whole"], env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
-    proc = subprocess.Popen(cmd + ["--run-name", "killed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd + ["--run-name", "killed"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     done_dir = tmp_path / "runs" / "killed" / "notebooks" / ".done"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(done_dir.glob("04_*.json"))) < 1:
@@ -106,13 +145,23 @@ def test_killed_grid_resumes_to_the_same_results(grid_env, tmp_path):
     proc.wait()
     n_before = len(list(done_dir.glob("*.json")))
     assert 3 <= n_before < 10, n_before
-    resumed = subprocess.run(cmd + ["--run-name", "killed"], env=env, capture_output=True, text=True)
+    resumed = subprocess.run(
+        cmd + ["--run-name", "killed"], env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"{n_before} skipped" in resumed.stdout
     assert _results(tmp_path / "runs", "killed") == _results(tmp_path / "runs", "whole")
 
 
 def test_grid_on_a_dask_local_cluster(grid_env, tmp_path):
-    results = run_grid("organism", OVERRIDES, "dask", workers=2, dask="local", notebook_dir=grid_env, progress=False)
+    results = run_grid(
+        "organism",
+        OVERRIDES,
+        "dask",
+        workers=2,
+        dask="local",
+        notebook_dir=grid_env,
+        progress=False,
+    )
     assert [r.status for r in results].count("done") == len(results) == 9
     assert len(_results(tmp_path / "runs", "dask")) == 9

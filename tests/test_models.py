@@ -7,7 +7,9 @@ import transformers as tf
 from lib.activations import capture_batch
 from lib.models import ModelLoadError, decoder_layers, hidden_size, hook_name, load_model_path
 
-TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
+TINY = dict(
+    vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64
+)
 FAMILIES = {
     "llama": (tf.LlamaConfig, dict(TINY, num_key_value_heads=2), "model.layers"),
     "qwen2": (tf.Qwen2Config, dict(TINY, num_key_value_heads=2), "model.layers"),

@@ -38,8 +38,19 @@ def planted(n=240, d=64, n_scen=6, strength=2.0, seed=0, confound=False):
 
 
 def write_synthetic_run(
-    root, *, n_layers=3, d=16, n=120, n_scenarios=4, tokens_per=3, n_ambiguous=6, seed=0, signal=1.5,
-    deceptive_rate=0.4, n_deceptive=None, overrides=None,
+    root,
+    *,
+    n_layers=3,
+    d=16,
+    n=120,
+    n_scenarios=4,
+    tokens_per=3,
+    n_ambiguous=6,
+    seed=0,
+    signal=1.5,
+    deceptive_rate=0.4,
+    n_deceptive=None,
+    overrides=None,
 ):
     """A run directory with completions, keyword labels and activations of ``n_layers`` layers.
 
@@ -57,13 +68,30 @@ def write_synthetic_run(
         y = np.zeros(n, dtype=int)
         y[rng.choice(n, n_deceptive, replace=False)] = 1
     labels = ["deceptive" if v else "honest" for v in y] + ["ambiguous"] * n_ambiguous
-    cfg = load_config("organism", {"name": "synthetic", "sae.layers": [1], "sae.ste_layers": [],
-                                   "sae.architectures": ["topk", "jumprelu"], "sae.epochs": 2,
-                                   "sae.expansion_factor": 2, "sae.k": 4, "probe.n_bootstrap": 100,
-                                   "probe.n_permutations": 20, **(overrides or {})})
+    cfg = load_config(
+        "organism",
+        {
+            "name": "synthetic",
+            "sae.layers": [1],
+            "sae.ste_layers": [],
+            "sae.architectures": ["topk", "jumprelu"],
+            "sae.epochs": 2,
+            "sae.expansion_factor": 2,
+            "sae.k": 4,
+            "probe.n_bootstrap": 100,
+            "probe.n_permutations": 20,
+            **(overrides or {}),
+        },
+    )
     run = RunDir(root / cfg.name)
-    append_jsonl(run.completions, [{"id": i, "scenario": s, "completion": "..."} for i, s in zip(ids, scen, strict=True)])
-    append_jsonl(run.labels, [{"id": i, "judge": "keyword", "label": lab} for i, lab in zip(ids, labels, strict=True)])
+    append_jsonl(
+        run.completions,
+        [{"id": i, "scenario": s, "completion": "..."} for i, s in zip(ids, scen, strict=True)],
+    )
+    append_jsonl(
+        run.labels,
+        [{"id": i, "judge": "keyword", "label": lab} for i, lab in zip(ids, labels, strict=True)],
+    )
     owner = torch.arange(total).repeat_interleave(tokens_per)
     run.activations.mkdir(parents=True)
     direction = rng.normal(size=d)
@@ -71,11 +99,20 @@ def write_synthetic_run(
     label_sign = np.concatenate([2 * y - 1, np.zeros(n_ambiguous)])
     for layer in range(n_layers):
         tokens = torch.from_numpy(rng.normal(size=(total * tokens_per, d)).astype(np.float32))
-        shift = torch.from_numpy((signal * (layer + 1) / n_layers * label_sign[:, None] * direction).astype(np.float32))
+        shift = torch.from_numpy(
+            (signal * (layer + 1) / n_layers * label_sign[:, None] * direction).astype(np.float32)
+        )
         tokens += shift.repeat_interleave(tokens_per, 0)
         per = tokens.view(total, tokens_per, d)
-        save_file({"last": per[:, -1].contiguous(), "mean": per.mean(1).contiguous(), "tokens": tokens,
-                   "token_owner": owner}, str(run.activation_file(layer)))
+        save_file(
+            {
+                "last": per[:, -1].contiguous(),
+                "mean": per.mean(1).contiguous(),
+                "tokens": tokens,
+                "token_owner": owner,
+            },
+            str(run.activation_file(layer)),
+        )
     write_json(run.activation_index, {"ids": ids, "layers": list(range(n_layers)), "d_model": d})
     return cfg, run
 
@@ -85,15 +122,21 @@ def test_metrics_equal_sklearn_and_resampled_metrics_equal_explicit_resamples():
     rng = np.random.default_rng(3)
     y = (rng.random(150) < 0.3).astype(int)
     s = np.round(rng.normal(size=150) + y, 1)  # rounding makes ties
-    assert stats.balanced_accuracy(y, s) == pytest.approx(balanced_accuracy_score(y, (s > 0).astype(int)), abs=1e-12)
+    assert stats.balanced_accuracy(y, s) == pytest.approx(
+        balanced_accuracy_score(y, (s > 0).astype(int)), abs=1e-12
+    )
     assert stats.auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     W = stats.stratified_multiplicities(y, 5, rng)
-    assert (W[:, y == 1].sum(1) == (y == 1).sum()).all() and (W[:, y == 0].sum(1) == (y == 0).sum()).all()
+    assert (W[:, y == 1].sum(1) == (y == 1).sum()).all() and (
+        W[:, y == 0].sum(1) == (y == 0).sum()
+    ).all()
     ba, au = stats.balanced_accuracy(y, s, W), stats.auroc(y, s, W)
     rec = stats.recall_at_fpr(y, s, 0.05, W)
     for b in range(5):
         idx = np.repeat(np.arange(150), W[b])  # the resample written out
-        assert ba[b] == pytest.approx(balanced_accuracy_score(y[idx], (s[idx] > 0).astype(int)), abs=1e-12)
+        assert ba[b] == pytest.approx(
+            balanced_accuracy_score(y[idx], (s[idx] > 0).astype(int)), abs=1e-12
+        )
         assert au[b] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
         assert rec[b] == pytest.approx(stats.recall_at_fpr(y[idx], s[idx], 0.05), abs=1e-12)
 
@@ -114,7 +157,9 @@ def test_recall_at_1pct_fpr_known_answer_and_roc_curve():
     s3 = np.round(rng.normal(size=400) + 1.5 * y3, 1)
     for level in (0.01, 0.05, 0.2):
         fpr, tpr, _ = roc_curve(y3, s3)
-        assert stats.recall_at_fpr(y3, s3, level) == pytest.approx(tpr[np.searchsorted(fpr, level, side="right") - 1])
+        assert stats.recall_at_fpr(y3, s3, level) == pytest.approx(
+            tpr[np.searchsorted(fpr, level, side="right") - 1]
+        )
 
 
 def test_holm_matches_statsmodels_and_ignores_nan():
@@ -200,9 +245,13 @@ def test_fast_solver_equals_tightly_converged_sklearn():
         X, y, _ = planted(n=n, d=d, strength=0.7, seed=n)
         tr = np.arange(n) % 4 != 0
         sc = StandardScaler().fit(X[tr])
-        ref = LogisticRegression(class_weight="balanced", max_iter=100_000, tol=1e-10).fit(sc.transform(X[tr]), y[tr])
+        ref = LogisticRegression(class_weight="balanced", max_iter=100_000, tol=1e-10).fit(
+            sc.transform(X[tr]), y[tr]
+        )
         Z, Zt = probing.fold_basis(X[tr], X[~tr])
-        beta = probing.fit_logistic_many(Z, y[tr][:, None], probing.balanced_weights(y[tr][:, None]))
+        beta = probing.fit_logistic_many(
+            Z, y[tr][:, None], probing.balanced_weights(y[tr][:, None])
+        )
         mine = Zt @ beta[:-1, 0] + beta[-1, 0]
         theirs = ref.decision_function(sc.transform(X[~tr]))
         np.testing.assert_allclose(mine, theirs, atol=2e-3 * np.abs(theirs).max())
@@ -231,12 +280,31 @@ def test_layer_profile_stage_writes_table_and_resumes(tmp_path, monkeypatch):
     cfg, run = write_synthetic_run(tmp_path, n_layers=3, signal=0.7)
     df = probing.layer_profile(run, cfg, progress=False)
     on_disk = pd.read_csv(run.results / "layer_profile.csv")
-    assert {"layer", "feature", "cv", "metric", "value", "ci_low", "ci_high", "p_value", "n", "note"} <= set(on_disk.columns)
+    assert {
+        "layer",
+        "feature",
+        "cv",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "n",
+        "note",
+    } <= set(on_disk.columns)
     assert len(on_disk) == len(df) == 3 * 2 * 2 * 3  # layers x features x CV modes x metrics
     controls = probing.read_probe_controls(run)
-    assert len(controls) == 3 * 2 * (2 * 2 + 1) and set(controls.target) == {"shuffled_labels", "scenario_identity"}
+    assert len(controls) == 3 * 2 * (2 * 2 + 1) and set(controls.target) == {
+        "shuffled_labels",
+        "scenario_identity",
+    }
     assert set(df.target) == {"deception"}
-    dec = df[(df.target == "deception") & (df.metric == "bal_acc") & (df.cv == "stratified") & (df.feature == "mean")]
+    dec = df[
+        (df.target == "deception")
+        & (df.metric == "bal_acc")
+        & (df.cv == "stratified")
+        & (df.feature == "mean")
+    ]
     assert (dec.n == 120).all()  # ambiguous completions dropped
     assert dec.set_index("layer").value.is_monotonic_increasing  # the planted profile rises
     assert 0.75 < dec.value.iloc[-1] < 1
@@ -248,7 +316,9 @@ def test_layer_profile_stage_writes_table_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(probing, "probe_feature", boom)
     again = probing.layer_profile(run, cfg, progress=False)
-    pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        again.reset_index(drop=True), df.reset_index(drop=True), check_dtype=False
+    )
     with pytest.raises(AssertionError, match="redone"):
         probing.layer_profile(run, cfg, progress=False, force=True)
 
@@ -298,22 +368,55 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
         path.mkdir(parents=True)
         save_file({"W": sae.W.detach(), "b": sae.b.detach()}, str(path / "sae_weights.safetensors"))
     standin_train.seen.clear()
-    df = probing.sae_probes(run, cfg, progress=False, leakage_free=True, fold_epochs=1, n_randomizations=2000,
-                            train_sae=standin_train, load_sae=standin_load)
+    df = probing.sae_probes(
+        run,
+        cfg,
+        progress=False,
+        leakage_free=True,
+        fold_epochs=1,
+        n_randomizations=2000,
+        train_sae=standin_train,
+        load_sae=standin_load,
+    )
     on_disk = pd.read_csv(run.results / "sae_probes.csv")
-    need = {"sae_id", "layer", "arch", "condition", "cv", "bal_acc", "bal_acc_ci_low", "bal_acc_ci_high", "auroc",
-            "raw_bal_acc", "delta", "delta_ci_low", "delta_ci_high", "p_value", "p_holm", "leakage_free"}
+    need = {
+        "sae_id",
+        "layer",
+        "arch",
+        "condition",
+        "cv",
+        "bal_acc",
+        "bal_acc_ci_low",
+        "bal_acc_ci_high",
+        "auroc",
+        "raw_bal_acc",
+        "delta",
+        "delta_ci_low",
+        "delta_ci_high",
+        "p_value",
+        "p_holm",
+        "leakage_free",
+    }
     assert need <= set(on_disk.columns)
-    assert len(df) == 6 * 3  # grid x {stratified, scenario}, per_fold (refit_all only in sae_leakage.csv)
-    assert set(df[df.leakage_free].sae_source) == {"per_fold"} and set(df[~df.leakage_free].sae_source) == {"grid"}
+    assert (
+        len(df) == 6 * 3
+    )  # grid x {stratified, scenario}, per_fold (refit_all only in sae_leakage.csv)
+    assert set(df[df.leakage_free].sae_source) == {"per_fold"} and set(
+        df[~df.leakage_free].sae_source
+    ) == {"grid"}
     missing = df[df.sae_id == cfg.sae_id(1, "jumprelu", "honest_only")]
     assert missing[missing.sae_source == "grid"].note.str.contains("not found").all()
     ok = df.dropna(subset=["p_value"])
     assert (ok.p_holm >= ok.p_value - 1e-12).all()
     # raw baseline equals the layer profile's stratified number at that layer
     prof = probing.read_layer_profile(run)
-    raw = prof[(prof.layer == 1) & (prof.feature == cfg.probe.sae_feature) & (prof.cv == "stratified")
-               & (prof.target == "deception") & (prof.metric == "bal_acc")].value.item()
+    raw = prof[
+        (prof.layer == 1)
+        & (prof.feature == cfg.probe.sae_feature)
+        & (prof.cv == "stratified")
+        & (prof.target == "deception")
+        & (prof.metric == "bal_acc")
+    ].value.item()
     assert np.allclose(df[df.cv == "stratified"].raw_bal_acc, raw)
     good = df[(df.sae_source == "grid") & (df.cv == "stratified") & (df.note == "")]
     assert (good.delta == good.bal_acc - good.raw_bal_acc).all()
@@ -324,11 +427,13 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
     # leakage-free: 5 fold SAEs + 1 refit per available condition, none trained on a test completion
     lab = probing.labelled_rows(run, cfg)
     folds = probing.cv_folds(lab.y, None, "stratified")
-    owner_of = {tuple(v.tolist()): int(o) for v, o in zip(layer.tokens, layer.token_owner, strict=True)}
+    owner_of = {
+        tuple(v.tolist()): int(o) for v, o in zip(layer.tokens, layer.token_owner, strict=True)
+    }
     row_to_pos = {int(r): i for i, r in enumerate(lab.rows)}
     assert len(standin_train.seen) == 6 * 6
     for cell in range(6):
-        xs = standin_train.seen[cell * 6: cell * 6 + 6]
+        xs = standin_train.seen[cell * 6 : cell * 6 + 6]
         fold_sets = xs[1:]  # the refit_all SAE is trained first, then folds 0..4
         for k, x in enumerate(fold_sets):
             positions = {row_to_pos[owner_of[tuple(v.tolist())]] for v in x}
@@ -339,19 +444,34 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
     np.testing.assert_allclose(lc.leakage, lc.bal_acc_reference - lc.bal_acc_per_fold)
     # cached: the second call trains nothing
     standin_train.seen.clear()
-    probing.sae_probes(run, cfg, progress=False, leakage_free=True, fold_epochs=1, n_randomizations=2000,
-                       train_sae=standin_train, load_sae=standin_load)
+    probing.sae_probes(
+        run,
+        cfg,
+        progress=False,
+        leakage_free=True,
+        fold_epochs=1,
+        n_randomizations=2000,
+        train_sae=standin_train,
+        load_sae=standin_load,
+    )
     assert standin_train.seen == []
 
 
 def test_sae_probes_with_the_real_sae_library(tmp_path):
     sae_lib = pytest.importorskip("lib.sae")
-    cfg, run = write_synthetic_run(tmp_path, n_layers=2, n=100, signal=2.0,
-                                   overrides={"sae.architectures": ["topk"], "sae.conditions": ["mixed"]})
+    cfg, run = write_synthetic_run(
+        tmp_path,
+        n_layers=2,
+        n=100,
+        signal=2.0,
+        overrides={"sae.architectures": ["topk"], "sae.conditions": ["mixed"]},
+    )
     layer = probing.read_layer(run, 1)
     sae, _ = sae_lib.train_sae(layer.tokens, "topk", cfg.sae, 0, progress=False)
     sae_lib.save_sae(sae, run.sae_dir(cfg.sae_id(1, "topk", "mixed")))
     df = probing.sae_probes(run, cfg, progress=False, leakage_free=True, n_randomizations=500)
     assert set(df.sae_source) == {"grid", "per_fold"}  # fold_epochs = sae.epochs: no refit needed
     assert df.note.eq("").all() and df.bal_acc.between(0.5, 1.0).all()
-    assert json.loads((run.cache / "probing" / f"sae_lf_{cfg.sae_id(1, 'topk', 'mixed')}.json").read_text())["folds"]
+    assert json.loads(
+        (run.cache / "probing" / f"sae_lf_{cfg.sae_id(1, 'topk', 'mixed')}.json").read_text()
+    )["folds"]

@@ -66,7 +66,13 @@ def test_any_completion_regenerates_alone(tmp_path, organism):
 
 def _flat_model():
     torch.manual_seed(0)
-    cfg = tf.LlamaConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    cfg = tf.LlamaConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     return tf.LlamaForCausalLM(cfg).eval()
 
 
@@ -88,7 +94,12 @@ def test_top_k_zero_samples_beyond_the_top_50():
     # with top_k=50 (what transformers' generate() applies unless told otherwise) nothing escapes
     s50 = s.model_copy(update={"top_k": 50})
     gens = [torch.Generator().manual_seed(i) for i in range(400)]
-    assert _top50_share(sampling.draw(filter_logits(logits.expand(400, -1), s50), gens).tolist(), logits) == 1.0
+    assert (
+        _top50_share(
+            sampling.draw(filter_logits(logits.expand(400, -1), s50), gens).tolist(), logits
+        )
+        == 1.0
+    )
 
 
 def test_generate_default_silently_truncates_to_top_50():
@@ -101,5 +112,13 @@ def test_generate_default_silently_truncates_to_top_50():
         out = model.generate(ids, do_sample=True, max_new_tokens=1, temperature=1.0, pad_token_id=0)
         assert _top50_share(out[:, -1].tolist(), logits) == 1.0
         torch.manual_seed(0)
-        out = model.generate(ids, do_sample=True, max_new_tokens=1, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0)
+        out = model.generate(
+            ids,
+            do_sample=True,
+            max_new_tokens=1,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=0,
+        )
         assert _top50_share(out[:, -1].tolist(), logits) < 0.2

@@ -16,8 +16,15 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lib.activations import capture_batch, pad_right
 from lib.models import decoder_layers
 
-TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                 num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048)
+TINYLLAMA = dict(
+    vocab_size=32000,
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=22,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+)
 
 
 class _Tok:
@@ -50,8 +57,12 @@ def measure(model, seqs, repeats: int) -> dict:
     n_tokens = int(mask.sum())
     bare = _time(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False), repeats)
     cap = _time(lambda: capture_batch(model, _Tok(), seqs, layers), repeats)
-    return {"tokens": n_tokens, "bare_tok_s": n_tokens / bare, "capture_tok_s": n_tokens / cap,
-            "overhead": cap / bare - 1}
+    return {
+        "tokens": n_tokens,
+        "bare_tok_s": n_tokens / bare,
+        "capture_tok_s": n_tokens / cap,
+        "overhead": cap / bare - 1,
+    }
 
 
 def test_bench_capture():
@@ -65,8 +76,10 @@ def test_bench_capture():
     tiny = LlamaForCausalLM(LlamaConfig(**TINYLLAMA)).to(torch.bfloat16).eval()
     results["TinyLlama-shaped random (bf16)"] = measure(tiny, _seqs(2, 120, 40, 32000), repeats=2)
     for name, r in results.items():
-        print(f"capture {name}: bare {r['bare_tok_s']:.0f} tok/s, capture {r['capture_tok_s']:.0f} tok/s, "
-              f"overhead {100 * r['overhead']:+.1f}% ({r['tokens']} tokens per pass)")
+        print(
+            f"capture {name}: bare {r['bare_tok_s']:.0f} tok/s, capture {r['capture_tok_s']:.0f} tok/s, "
+            f"overhead {100 * r['overhead']:+.1f}% ({r['tokens']} tokens per pass)"
+        )
 
 
 if __name__ == "__main__":

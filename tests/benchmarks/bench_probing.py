@@ -44,14 +44,24 @@ BUDGET_S = 300.0
 
 def write_tinyllama_shaped_run(root: Path, seed: int = 0):
     rng = np.random.default_rng(seed)
-    cfg = load_config("tinyllama", {"name": "bench", "judge.judges": ["keyword"], "judge.primary": "keyword"})
+    cfg = load_config(
+        "tinyllama", {"name": "bench", "judge.judges": ["keyword"], "judge.primary": "keyword"}
+    )
     run = RunDir(root / cfg.name)
     ids = [f"c{i:04d}" for i in range(N)]
     scen = np.arange(N) % N_SCENARIOS
     y = (rng.random(N) < 0.35).astype(int)
-    append_jsonl(run.completions, [{"id": i, "scenario": f"scenario{s}"} for i, s in zip(ids, scen, strict=True)])
-    append_jsonl(run.labels, [{"id": i, "judge": "keyword", "label": "deceptive" if v else "honest"}
-                              for i, v in zip(ids, y, strict=True)])
+    append_jsonl(
+        run.completions,
+        [{"id": i, "scenario": f"scenario{s}"} for i, s in zip(ids, scen, strict=True)],
+    )
+    append_jsonl(
+        run.labels,
+        [
+            {"id": i, "judge": "keyword", "label": "deceptive" if v else "honest"}
+            for i, v in zip(ids, y, strict=True)
+        ],
+    )
     run.activations.mkdir(parents=True)
     basis = rng.normal(size=(64, D)) / np.sqrt(D)
     spectrum = 30.0 / np.arange(1, 65) ** 0.7
@@ -65,10 +75,16 @@ def write_tinyllama_shaped_run(root: Path, seed: int = 0):
         feats = {}
         for name in ("last", "mean"):
             x = offset + (rng.normal(size=(N, 64)) * spectrum) @ basis * np.sqrt(D)
-            x += rng.normal(size=(N, D)) + scen_dirs[scen] + strength * (2 * y[:, None] - 1) * label_dir
+            x += (
+                rng.normal(size=(N, D))
+                + scen_dirs[scen]
+                + strength * (2 * y[:, None] - 1) * label_dir
+            )
             feats[name] = torch.from_numpy(x.astype(np.float32))
         tokens = feats["mean"].repeat_interleave(TOKENS_PER, 0)
-        save_file({**feats, "tokens": tokens, "token_owner": owner}, str(run.activation_file(layer)))
+        save_file(
+            {**feats, "tokens": tokens, "token_owner": owner}, str(run.activation_file(layer))
+        )
     write_json(run.activation_index, {"ids": ids, "layers": list(range(N_LAYERS)), "d_model": D})
     return cfg, run
 
@@ -77,10 +93,14 @@ def main(jobs: int = 2) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         cfg, run = write_tinyllama_shaped_run(Path(tmp))
-        print(f"synthetic run written in {time.perf_counter() - t0:.1f} s "
-              f"({N_LAYERS} layers, d={D}, n={N}, {N_SCENARIOS} scenarios)")
-        print(f"probe settings: n_bootstrap={cfg.probe.n_bootstrap}, n_permutations={cfg.probe.n_permutations}, "
-              f"features={cfg.probe.features}, n_jobs={jobs}")
+        print(
+            f"synthetic run written in {time.perf_counter() - t0:.1f} s "
+            f"({N_LAYERS} layers, d={D}, n={N}, {N_SCENARIOS} scenarios)"
+        )
+        print(
+            f"probe settings: n_bootstrap={cfg.probe.n_bootstrap}, n_permutations={cfg.probe.n_permutations}, "
+            f"features={cfg.probe.features}, n_jobs={jobs}"
+        )
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         df = probing.layer_profile(run, cfg, progress=False, n_jobs=jobs)
@@ -90,17 +110,24 @@ def main(jobs: int = 2) -> float:
         get_reusable_executor().shutdown(wait=True)  # reap the workers so their CPU time is counted
         cpu = _cpu_seconds() - cpu0
         peak = probing.peak_layer(df)
-        print(f"rows={len(df)} peak layer {peak['layer']} ({peak['feature']}) bal_acc={peak['value']:.3f}")
+        print(
+            f"rows={len(df)} peak layer {peak['layer']} ({peak['feature']}) bal_acc={peak['value']:.3f}"
+        )
         verdict = "within" if seconds <= BUDGET_S else "OVER"
-        print(f"layer_profile_seconds {seconds:.1f} ({verdict} the {BUDGET_S:.0f} s goal); "
-              f"CPU seconds incl. workers {cpu:.1f}; load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"layer_profile_seconds {seconds:.1f} ({verdict} the {BUDGET_S:.0f} s goal); "
+            f"CPU seconds incl. workers {cpu:.1f}; load average {os.getloadavg()[0]:.1f}"
+        )
         return seconds
 
 
 def _cpu_seconds() -> float:
     import resource
 
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
