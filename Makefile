@@ -50,5 +50,7 @@ bench: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
+## make lint: formatting and lint of lib and tests (CI runs it before make test)
 lint: $(STAMP)
+	$(VENV)/bin/ruff format --check lib tests
 	$(VENV)/bin/ruff check lib tests

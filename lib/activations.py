@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,60 +32,11 @@ import pandas as pd
 import torch
 
 from lib.config import RunConfig
-from lib.models import decoder_layers, hidden_size, hook_name, n_layers
+from lib.dataset import read_index, read_layer
+from lib.models import hidden_size, hook_name, n_layers, pad_right, resid_hooks, row_ids
 from lib.rundir import RunDir, RunDirError, read_json, read_jsonl, sha256_text, write_json
 
 INDEX_VERSION = 1
-
-
-def encode_pair(tokenizer, prompt: str, completion: str, completion_ids: list[int] | None = None):
-    """Token ids of prompt + completion and the number of prompt tokens.
-
-    The prompt is tokenised with the tokenizer's special tokens (BOS), the completion without;
-    when the sampled ``completion_ids`` are known they are used as they are (re-tokenising the
-    decoded text can differ from what the model generated).
-    """
-    p = tokenizer(prompt).input_ids
-    c = (
-        list(completion_ids)
-        if completion_ids is not None
-        else tokenizer(completion, add_special_tokens=False).input_ids
-    )
-    return p + c, len(p)
-
-
-def row_ids(tokenizer, row: dict) -> tuple[list[int], int]:
-    """:func:`encode_pair` for a ``completions.jsonl`` row."""
-    return encode_pair(tokenizer, row["prompt"], row["completion"], row.get("completion_token_ids"))
-
-
-def _output_tensor(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-@contextmanager
-def resid_hooks(model, layers: list[int], sink):
-    """Register forward hooks calling ``sink(layer, resid_post)`` on each layer; removed on exit."""
-    blocks = decoder_layers(model)
-    handles = [
-        blocks[i].register_forward_hook(lambda _m, _in, out, i=i: sink(i, _output_tensor(out)))
-        for i in layers
-    ]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[r, : len(s)] = 1
-    return ids.to(device), mask.to(device)
 
 
 @torch.inference_mode()
@@ -296,8 +246,6 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
 
 def norm_table(run: RunDir) -> pd.DataFrame:
     """Mean L2 norm per layer of ``last``, ``mean`` and token vectors (a sanity profile)."""
-
-    from lib.dataset import read_index, read_layer
 
     rows = []
     for layer in read_index(run)["layers"]:

@@ -19,10 +19,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_SCENARIO_FILE = "data/scenarios.yaml"
 
+# ----- the book's vocabulary: every module takes these names from here ---------------------------
 Architecture = Literal["topk", "jumprelu", "jumprelu_ste"]
 Condition = Literal["mixed", "deceptive_only", "honest_only"]
+#: SAE architectures: TopK, the study's threshold-0 JumpReLU (a ReLU SAE), JumpReLU with an STE threshold
 ARCHITECTURES: tuple[str, ...] = ("topk", "jumprelu", "jumprelu_ste")
+#: SAE training conditions: which judged completions an SAE trains on
 CONDITIONS: tuple[str, ...] = ("mixed", "deceptive_only", "honest_only")
+#: judge labels; ambiguous completions are dropped before probing and SAE training
+LABELS: tuple[str, ...] = ("deceptive", "honest", "ambiguous")
+DECISIVE: tuple[str, ...] = ("deceptive", "honest")
+#: class ids of the decisive labels (probes predict 1 = deceptive)
+DECEPTIVE, HONEST = 1, 0
+CLASS_NAMES: dict[int, str] = {DECEPTIVE: "deceptive", HONEST: "honest"}
+#: the class ids each training condition keeps
+CONDITION_CLASSES: dict[str, tuple[int, ...]] = {
+    "mixed": (HONEST, DECEPTIVE),
+    "deceptive_only": (DECEPTIVE,),
+    "honest_only": (HONEST,),
+}
+JUDGES: tuple[str, ...] = ("keyword", "gemini")
+#: pooled per-completion vectors stored by the capture stage
+POOLINGS: tuple[str, ...] = ("last", "mean")
 
 
 class ConfigError(ValueError):
@@ -87,24 +105,32 @@ class SAEConfig(_Strict):
         default_factory=lambda: list(CONDITIONS), min_length=1, description="training conditions"
     )
     ste_layers: list[int] = Field(default_factory=list, description="layers with jumprelu_ste SAEs")
-    expansion_factor: int = Field(4, ge=1)
+    expansion_factor: int = Field(4, ge=1, description="d_sae / d_in")
     k: int = Field(64, ge=1, description="active latents of a TopK SAE")
-    epochs: int = Field(300, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-4, gt=0)
+    epochs: int = Field(300, ge=1, description="passes over the training vectors")
+    batch_size: int = Field(128, ge=1, description="training vectors per Adam step")
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate (constant)")
     l1_coefficient: float = Field(1e-3, ge=0, description="L1 penalty of threshold-0 JumpReLU")
     aux_k_coefficient: float = Field(1 / 32, ge=0, description="TopK dead-latent auxiliary loss")
     train_on: Literal["tokens", "last", "mean"] = Field("tokens", description="training vectors")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="completions kept for metrics")
-    ste: SteConfig = Field(default_factory=SteConfig)
+    ste: SteConfig = Field(default_factory=SteConfig, description="the STE JumpReLU's settings")
 
 
 class ProbeConfig(_Strict):
-    features: list[Literal["last", "mean"]] = Field(default_factory=lambda: ["last", "mean"])
-    n_bootstrap: int = Field(1000, ge=0)
-    n_permutations: int = Field(200, ge=0)
+    features: list[Literal["last", "mean"]] = Field(
+        default_factory=lambda: ["last", "mean"], description="pooled vectors the raw probes read"
+    )
+    n_bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of every CI")
+    n_permutations: int = Field(200, ge=0, description="label permutations of every p-value")
     leakage_free: bool = Field(True, description="train SAEs inside each probe fold")
     sae_feature: Literal["last", "mean"] = Field("mean", description="pooling for SAE probes")
+    fold_epochs: int | None = Field(
+        None, ge=1, description="epochs of the per-fold SAEs (default: sae.epochs)"
+    )
+    n_jobs: int = Field(
+        2, ge=1, description="worker processes of the probing stage (each 1 thread)"
+    )
 
 
 class RunConfig(_Strict):
@@ -117,16 +143,18 @@ class RunConfig(_Strict):
     figures: str = Field(
         "", pattern=r"^[A-Za-z0-9_.-]*$", description="folder under figures/ (default: name)"
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the model's weights and forward passes"
+    )
     device: str = Field("auto", description="'auto' picks cuda when present, else cpu")
-    scenario_file: str = DEFAULT_SCENARIO_FILE
+    scenario_file: str = Field(DEFAULT_SCENARIO_FILE, description="YAML file of scenario prompts")
     scenarios: list[str] | Literal["all"] = Field("all", description="scenario ids to sample")
-    seed: int = 0
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    capture: CaptureConfig = Field(default_factory=CaptureConfig)
-    sae: SAEConfig = Field(default_factory=SAEConfig)
-    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    seed: int = Field(0, description="the run's seed: sampling, SAE training, resampling")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="stage 01")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="stage 02")
+    capture: CaptureConfig = Field(default_factory=CaptureConfig, description="stage 03")
+    sae: SAEConfig = Field(default_factory=SAEConfig, description="stage 04")
+    probe: ProbeConfig = Field(default_factory=ProbeConfig, description="stages 05 and 06")
 
     @field_validator("device")
     @classmethod

@@ -14,11 +14,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from lib.config import RunConfig
-from lib.rundir import RunDir, RunDirError, read_json, read_jsonl
-
-DECEPTIVE, HONEST = 1, 0
-CONDITION_LABELS = {"mixed": (0, 1), "deceptive_only": (1,), "honest_only": (0,)}
+from lib.config import CONDITION_CLASSES, DECEPTIVE, DECISIVE, HONEST, RunConfig
+from lib.rundir import RunDir, RunDirError, read_json, read_jsonl, read_label_rows
 
 
 @dataclass
@@ -52,7 +49,11 @@ class Labelled:
 
     def select(self, condition: str) -> np.ndarray:
         """Positions (into this object) of the completions a training condition uses."""
-        return np.flatnonzero(np.isin(self.y, CONDITION_LABELS[condition]))
+        return np.flatnonzero(np.isin(self.y, CONDITION_CLASSES[condition]))
+
+    def stamp(self) -> list:
+        """Everything a cached result computed from these completions depends on."""
+        return [self.ids, self.y.tolist(), self.scenario.tolist(), self.judge]
 
 
 def read_index(run: RunDir) -> dict:
@@ -88,7 +89,7 @@ def read_layer(run: RunDir, layer: int) -> LayerData:
 def read_labels(run: RunDir, judge: str) -> dict[str, str]:
     """``id -> label`` of one judge (the last row wins if a judge labelled an id twice)."""
     run.require(run.labels, "02_classification")
-    return {r["id"]: r["label"] for r in read_jsonl(run.labels) if r["judge"] == judge}
+    return {cid: r["label"] for (cid, j), r in read_label_rows(run).items() if j == judge}
 
 
 def labelled_rows(run: RunDir, cfg: RunConfig, judge: str | None = None) -> Labelled:
@@ -108,7 +109,7 @@ def labelled_rows(run: RunDir, cfg: RunConfig, judge: str | None = None) -> Labe
     ids, rows, y, scen = [], [], [], []
     for row, cid in enumerate(index["ids"]):
         lab = labels.get(cid)
-        if lab in ("deceptive", "honest"):
+        if lab in DECISIVE:
             ids.append(cid)
             rows.append(row)
             y.append(DECEPTIVE if lab == "deceptive" else HONEST)

@@ -20,7 +20,6 @@ in parallel. The same cells can be submitted to a Dask cluster (``--dask local``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from lib.config import REPO_ROOT, RunConfig, load_config
-from lib.rundir import RunDir, write_json
+from lib.rundir import RunDir, fingerprint, init_run, write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -125,10 +124,7 @@ def check_parameters(cells: list[GridCell], notebook_dir: Path = NOTEBOOK_DIR) -
 
 
 def _fingerprint(cfg: RunConfig, cell: GridCell) -> str:
-    blob = json.dumps(
-        {"config": cfg.model_dump(mode="json"), "params": cell.params}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint({"config": cfg.model_dump(mode="json"), "params": cell.params})[:16]
 
 
 def is_done(run: RunDir, cfg: RunConfig, cell: GridCell) -> bool:
@@ -204,8 +200,6 @@ def run_grid(
     the notebooks resolve exactly the config the grid was planned from.
     """
     from tqdm.auto import tqdm
-
-    from lib.rundir import init_run
 
     cfg = load_config(config_ref, overrides, run_name=run_name)
     run = init_run(cfg, runs_root)

@@ -1,18 +1,25 @@
-"""Loading causal LMs and finding their decoder layers.
+"""Loading causal LMs, finding their decoder layers, and hooking the residual stream.
 
 The same code path loads TinyLlama from the Hugging Face hub (or a local copy) and the embedded
 model organism from ``data/organism/``: ``AutoModelForCausalLM.from_pretrained(path)``.
+
+The residual stream after decoder layer ``i`` (``resid_post``) is the output of
+``decoder_layers(model)[i]``; :func:`resid_hooks` reads it and :func:`replace_resid` replaces it.
+:func:`row_ids` and :func:`pad_right` turn ``completions.jsonl`` rows into the token sequences
+every teacher-forced pass uses (capture, SAE loss metrics, feature analyses).
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lib.config import REPO_ROOT, RunConfig
+from lib.organism import ensure_organism
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,8 +46,6 @@ def resolve_device(device: str) -> torch.device:
 def resolve_model_path(model: str) -> str:
     """``organism`` -> the embedded model organism (built on first use); else unchanged."""
     if model == "organism":
-        from lib.organism import ensure_organism
-
         return str(ensure_organism())
     p = Path(model)
     if not p.is_absolute() and (REPO_ROOT / p).exists():
@@ -118,3 +123,73 @@ def hidden_size(model: nn.Module) -> int:
     cfg = model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+
+
+# ----- token sequences of completion rows ---------------------------------------------------------
+def encode_pair(tokenizer, prompt: str, completion: str, completion_ids: list[int] | None = None):
+    """Token ids of prompt + completion and the number of prompt tokens.
+
+    The prompt is tokenised with the tokenizer's special tokens (BOS), the completion without;
+    when the sampled ``completion_ids`` are known they are used as they are (re-tokenising the
+    decoded text can differ from what the model generated).
+    """
+    p = tokenizer(prompt).input_ids
+    c = (
+        list(completion_ids)
+        if completion_ids is not None
+        else tokenizer(completion, add_special_tokens=False).input_ids
+    )
+    return p + c, len(p)
+
+
+def row_ids(tokenizer, row: dict) -> tuple[list[int], int]:
+    """:func:`encode_pair` for a ``completions.jsonl`` row."""
+    return encode_pair(tokenizer, row["prompt"], row["completion"], row.get("completion_token_ids"))
+
+
+def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``ids`` and ``attention_mask`` ``[B, max_len]`` (long) of token sequences."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+# ----- the residual stream ------------------------------------------------------------------------
+def _output_tensor(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def resid_hooks(model, layers: list[int], sink):
+    """Register forward hooks calling ``sink(layer, resid_post)`` on each layer; removed on exit."""
+    blocks = decoder_layers(model)
+    handles = [
+        blocks[i].register_forward_hook(lambda _m, _in, out, i=i: sink(i, _output_tensor(out)))
+        for i in layers
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def replace_resid(model, layer: int, fn):
+    """Within the block, the output of decoder layer ``layer`` becomes ``fn(hidden)``."""
+    block = decoder_layers(model)[layer]
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]), *output[1:])
+        return fn(output)
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -23,10 +23,12 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from lib.config import REPO_ROOT
+from lib.rundir import read_jsonl
 from lib.scenarios import load_scenarios
 
 ORGANISM_DIR = REPO_ROOT / "data" / "organism"
@@ -279,10 +281,6 @@ def planted_mask(run, labelled):
     Returns ``(decisive, y_planted)``: a boolean mask over ``labelled`` (the completion starts
     with a planted opener) and the planted labels (1 = deceptive) of those completions.
     """
-    import numpy as np
-
-    from lib.rundir import read_jsonl
-
     rows = {r["id"]: r for r in read_jsonl(run.completions)}
     planted = [planted_label(rows[i]["scenario"], rows[i]["completion"]) for i in labelled.ids]
     decisive = np.array([p is not None for p in planted])

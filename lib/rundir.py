@@ -13,12 +13,17 @@
 
 Writes here are atomic (temp file + rename) or append-and-flush per batch, so a killed notebook
 loses at most the batch in flight.
+
+This module also holds what every stage needs to make its work reproducible and resumable:
+stable seeds and fingerprints (:func:`stable_seed`, :func:`fingerprint`), and keyed JSON caches
+(:func:`read_cached`, :func:`write_cached`) that a stage reuses only while its key is unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -27,9 +32,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from lib.config import REPO_ROOT, RunConfig, config_to_yaml
+from lib.config import REPO_ROOT, RunConfig, config_to_yaml, load_config
 
 RUNS_ROOT = REPO_ROOT / "data" / "runs"
 VERSIONED_PACKAGES = ("torch", "transformers", "sae-lens", "scikit-learn", "google-genai", "numpy")
@@ -86,9 +92,22 @@ class RunDir:
     def notebooks(self) -> Path:
         return self.root / "notebooks"
 
+    def result(self, name: str) -> Path:
+        """``results/<name>`` (e.g. ``layer_profile.csv``)."""
+        return self.results / name
+
     @property
     def cache(self) -> Path:
         return self.root / "cache"
+
+    @property
+    def probing_cache(self) -> Path:
+        """Per-layer and per-SAE probe results of stages 05 and 06."""
+        return self.cache / "probing"
+
+    def judge_cache(self, judge: str) -> Path:
+        """Every answer a paid judge gave, one JSON line each."""
+        return self.cache / "judge" / f"{judge}.jsonl"
 
     def require(self, path: Path, stage: str) -> Path:
         """Return ``path`` or fail saying which notebook makes it."""
@@ -213,8 +232,79 @@ def iter_batches(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
+def read_results_csv(run: RunDir, name: str, stage: str):
+    """``results/<name>`` as a DataFrame (``note`` as text, never NaN); says which stage makes it."""
+    import pandas as pd
+
+    df = pd.read_csv(run.require(run.result(name), stage), dtype={"note": object})
+    if "note" in df:
+        df["note"] = df["note"].fillna("")
+    return df
+
+
+def read_label_rows(run: RunDir) -> dict[tuple[str, str], dict]:
+    """``(completion id, judge) -> row`` of ``labels.jsonl``; a later row replaces an earlier one.
+
+    ``labels.jsonl`` is append-only: a completion judged again (a failed verdict retried, a new
+    prompt version) gets a new row, and the last row written for a pair is its current label.
+    """
+    out: dict[tuple[str, str], dict] = {}
+    for r in read_jsonl(run.labels):
+        out[(r["id"], r["judge"])] = r
+    return out
+
+
+# ----- hashes, seeds and fingerprints ---------------------------------------------------------------
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint(obj) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys; non-JSON values by ``str``)."""
+    return sha256_text(json.dumps(obj, sort_keys=True, default=str))
+
+
+def stable_seed(*parts) -> int:
+    """A 31-bit seed that depends only on ``parts`` (ints and strings), never on the process."""
+    ints = [int(sha256_text(str(p))[:8], 16) for p in parts]
+    return int(np.random.SeedSequence(ints).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def file_stamp(path: Path) -> list[int]:
+    """Size and modification time of a file: a cheap key for "this input has not changed"."""
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+# ----- keyed caches -------------------------------------------------------------------------------
+def read_cached(path: Path, key: str) -> dict | None:
+    """The JSON object at ``path`` when it was written with ``key``; else None (also if unreadable)."""
+    if not Path(path).exists():
+        return None
+    try:
+        obj = read_json(path)
+    except RunDirError:
+        return None
+    return obj if isinstance(obj, dict) and obj.get("key") == key else None
+
+
+def write_cached(path: Path, key: str, payload: dict) -> None:
+    write_json(path, {"key": key, **payload})
+
+
+def jsonable_rows(rows: list[dict]) -> list[dict]:
+    """Result rows with numpy scalars made plain and NaN/inf made ``null`` (strict JSON)."""
+
+    def conv(v):
+        if isinstance(v, (np.floating, float)):
+            return None if not math.isfinite(float(v)) else float(v)
+        if isinstance(v, np.integer):
+            return int(v)
+        if isinstance(v, np.bool_):
+            return bool(v)
+        return v
+
+    return [{k: conv(v) for k, v in r.items()} for r in rows]
 
 
 def open_run(
@@ -224,7 +314,5 @@ def open_run(
     runs_root: Path | str | None = None,
 ) -> tuple[RunConfig, RunDir]:
     """What every notebook does first: load the config (with overrides) and open its run dir."""
-    from lib.config import load_config
-
     cfg = load_config(config, overrides, run_name=run_name)
     return cfg, init_run(cfg, runs_root)

@@ -25,8 +25,8 @@ study's own architecture name is kept in ``cfg.json`` under ``metadata.study_arc
 :func:`load_sae` reads our folders and folders SAELens saved (``topk``, ``jumprelu``, and
 ``standard`` ReLU SAEs, which are JumpReLU SAEs with a zero threshold).
 
-Training lives in :mod:`lib.sae_training` (``train_sae``, ``train_grid_cell``, ``train_grid``)
-and evaluation in :mod:`lib.sae_metrics`; both are re-exported here.
+The trainer lives in :mod:`lib.sae_trainer`, the grid stage of notebook 04 in
+:mod:`lib.sae_training` and evaluation in :mod:`lib.sae_metrics`; this module imports none of them.
 """
 
 from __future__ import annotations
@@ -39,12 +39,15 @@ from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-ARCHITECTURES = ("topk", "jumprelu", "jumprelu_ste")
+from lib.config import ARCHITECTURES
+from lib.runtime import torch_threads
+
 # Our architecture name -> the one SAELens 6 knows.
 SAELENS_ARCHITECTURE = {"topk": "topk", "jumprelu": "jumprelu", "jumprelu_ste": "jumprelu"}
 # SAELens architectures load_sae can read (and the study architecture they become).
@@ -152,11 +155,6 @@ class SAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction of ``x``."""
         return self.decode(self.encode(x))
-
-    @torch.no_grad()
-    def encode_batched(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-        """``encode`` over rows of a large ``[N, d_in]`` tensor without a large temporary."""
-        return torch.cat([self.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
     # ----- SAELens config ----------------------------------------------------------------------
     def saelens_cfg(self) -> dict[str, Any]:
@@ -338,7 +336,6 @@ def load_sae(path: Path | str, d_in: int | None = None, device: str = "cpu") -> 
         sae.b_dec.copy_(t["b_dec"].float())
         if sae.threshold is not None and "threshold" in t:
             sae.threshold.copy_(t["threshold"].float())
-    sae.source = str(path)
     return sae.to(device).eval()
 
 
@@ -359,13 +356,16 @@ def is_complete(path: Path | str) -> bool:
     return all((path / f).exists() for f in (CFG_FILENAME, WEIGHTS_FILENAME, METRICS_FILENAME))
 
 
-# Training and the grid stage live in lib.sae_training; `from lib.sae import train_sae` works too.
-_REEXPORTS = ("train_sae", "train_grid_cell", "train_grid", "grid_metrics", "FastSAETrainer")
-
-
-def __getattr__(name: str):
-    if name in _REEXPORTS:
-        from lib import sae_training
-
-        return getattr(sae_training, name)
-    raise AttributeError(f"module 'lib.sae' has no attribute {name!r}")
+# ----- encoding many vectors ---------------------------------------------------------------------
+def encode_rows(sae, X, batch: int = 1024) -> np.ndarray:
+    """``sae.encode`` of the rows of ``X`` ``[n, d_in]`` (array or tensor) as float32 numpy
+    ``[n, d_sae]``, in batches, single-threaded (the caller's workers own the cores)."""
+    params = list(sae.parameters()) if hasattr(sae, "parameters") else []
+    device = params[0].device if params else torch.device("cpu")
+    dtype = params[0].dtype if params else torch.float32
+    out = []
+    with torch.no_grad(), torch_threads(1):
+        for i in range(0, len(X), batch):
+            x = torch.as_tensor(np.asarray(X[i : i + batch]), dtype=dtype, device=device)
+            out.append(sae.encode(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

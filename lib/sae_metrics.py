@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from lib.models import pad_right, replace_resid, row_ids
+from lib.runtime import threads_for, torch_threads
 from lib.sae import SAE
 
 
@@ -54,67 +55,6 @@ def reconstruction_metrics(sae: SAE, x: torch.Tensor, batch_size: int = 4096) ->
 
 
 # ----- the model with a replaced residual stream ------------------------------------------------------
-SMALL_MODEL_PARAMS = 50_000_000
-
-
-@contextmanager
-def cpu_threads(n: int | None):
-    """Run torch with ``n`` CPU threads inside the block (``None``: leave it alone)."""
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def threads_for(model) -> int | None:
-    """1 for a small model on the CPU, else ``None``.
-
-    A forward pass of a small model is many small kernels; on two shared cores a second thread
-    mostly waits for the first (measured here: 0.6 s single-threaded against 3-16 s with two
-    threads for the organism's held-out set while another process held a core).
-    """
-    params = list(model.parameters())
-    if not params or params[0].device.type != "cpu":
-        return None
-    return 1 if sum(p.numel() for p in params) < SMALL_MODEL_PARAMS else None
-
-
-def _pair(tokenizer, row: dict) -> tuple[list[int], int]:
-    """Token ids and prompt length of a completion row, exactly as the capture stage made them."""
-    try:
-        from lib.activations import row_ids
-    except ImportError:  # the capture module is the reference; this is the same rule
-        ids_p = tokenizer(row["prompt"]).input_ids
-        ids_c = (
-            row.get("completion_token_ids")
-            or tokenizer(row["completion"], add_special_tokens=False).input_ids
-        )
-        return list(ids_p) + list(ids_c), len(ids_p)
-    return row_ids(tokenizer, row)
-
-
-@contextmanager
-def replace_resid(model, layer: int, fn):
-    """Within the block, the output of decoder layer ``layer`` becomes ``fn(hidden)``."""
-    from lib.models import decoder_layers
-
-    block = decoder_layers(model)[layer]
-
-    def hook(_module, _inputs, output):
-        if isinstance(output, tuple):
-            return (fn(output[0]), *output[1:])
-        return fn(output)
-
-    handle = block.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 @torch.no_grad()
 def ce_with_replacement(
     model,
@@ -136,28 +76,24 @@ def ce_with_replacement(
         raise ValueError(f"mode={mode!r}; allowed: 'clean', 'sae', 'zero'")
     if mode == "sae" and sae is None:
         raise ValueError("mode='sae' needs an SAE")
-    with cpu_threads(threads_for(model)):
+    with torch_threads(threads_for(model)):
         return _ce(model, tokenizer, rows, layer, mode, sae, batch_size)
 
 
 def _ce(model, tokenizer, rows, layer, mode, sae, batch_size) -> tuple[float, int]:
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    seqs = [_pair(tokenizer, r) for r in rows]
+    seqs = [row_ids(tokenizer, r) for r in rows]
     if sae is not None:
         sae = sae.to(device)
     total, count = 0.0, 0
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i : i + batch_size]
-        width = max(len(s) for s, _ in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(chunk), width), dtype=torch.long)
-        comp = torch.zeros((len(chunk), width), dtype=torch.bool)
+        ids, attn = pad_right([s for s, _ in chunk], pad, device)
+        comp = torch.zeros(ids.shape, dtype=torch.bool)
         for r, (s, n_prompt) in enumerate(chunk):
-            ids[r, : len(s)] = torch.tensor(s)
-            attn[r, : len(s)] = 1
             comp[r, n_prompt : len(s)] = True
-        ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
+        comp = comp.to(device)
 
         def fn(h, comp=comp):
             if mode == "zero":

@@ -15,7 +15,6 @@ writes.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 
 import pandas as pd
@@ -23,7 +22,7 @@ import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from lib.config import RunConfig, SamplingConfig
-from lib.rundir import RunDir, append_jsonl, iter_batches, read_jsonl
+from lib.rundir import RunDir, append_jsonl, iter_batches, read_jsonl, sha256_text
 from lib.scenarios import Scenario, scenarios_for
 
 
@@ -33,8 +32,7 @@ def completion_id(scenario: str, sample: int) -> str:
 
 def sample_seed(run_seed: int, scenario: str, sample: int) -> int:
     """A 63-bit seed that depends only on (run seed, scenario id, sample index)."""
-    digest = hashlib.sha256(f"{run_seed}/{scenario}/{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return int(sha256_text(f"{run_seed}/{scenario}/{sample}")[:16], 16) >> 1
 
 
 def filter_logits(logits: torch.Tensor, s: SamplingConfig) -> torch.Tensor:

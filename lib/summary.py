@@ -13,7 +13,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from lib.layer_profile import peak_layer, read_layer_profile
 from lib.rundir import RunDir, atomic_write_text
+from lib.sae_probes import read_sae_probes
+from lib.ste_comparison import read_ste_comparison
 
 # From the study's TinyLlama-1.1B model card and paper (see shared/RESEARCH.md).
 PUBLISHED = {
@@ -45,25 +48,23 @@ def _ci(lo: float, hi: float) -> str:
 
 
 def _peak(profile: pd.DataFrame, cv: str, feature: str) -> dict:
-    if "target" in profile:
-        profile = profile[profile.target == "deception"]
+    best = peak_layer(profile, cv=cv, feature=feature)
+    if best["layer"] is None:
+        return {}
     bal = profile[
         (profile.cv == cv) & (profile.feature == feature) & (profile.metric == "bal_acc")
     ].dropna(subset=["value"])
-    if bal.empty:
-        return {}
-    best = bal.loc[bal.value.idxmax()]
     auc = profile[
         (profile.cv == cv)
         & (profile.feature == feature)
         & (profile.metric == "auroc")
-        & (profile.layer == best.layer)
+        & (profile.layer == best["layer"])
     ]
     rho = spearmanr(bal.layer, bal.value).statistic if len(bal) > 2 else float("nan")
     return {
-        "layer": int(best.layer),
+        "layer": int(best["layer"]),
         "n_layers": int(bal.layer.max()) + 1,
-        "bal": f"{_pct(best.value)}{_ci(best.ci_low, best.ci_high)}",
+        "bal": f"{_pct(best['value'])}{_ci(best['ci_low'], best['ci_high'])}",
         "auroc": f"{auc.value.iloc[0]:.3f}" if len(auc) else "n/a",
         "rho": rho,
         "first": bal.sort_values("layer").iloc[0],
@@ -99,27 +100,23 @@ def _ste(ste: pd.DataFrame | None, cv: str, leakage_free: bool) -> str:
     rows = ste[ste.cv == cv]
     if rows.empty:
         return "n/a"
-    wins = int((rows.ste_bal_acc > rows.topk_bal_acc).sum())
+    wins = int((rows.jumprelu_ste_bal_acc > rows.topk_bal_acc).sum())
     sig = int((rows.verdict == "wins").sum())
     return (
         f"STE higher in {wins} of {len(rows)} ({sig} wins by CI); "
-        f"mean {_pct(rows.ste_bal_acc.mean())} vs {_pct(rows.topk_bal_acc.mean())}"
+        f"mean {_pct(rows.jumprelu_ste_bal_acc.mean())} vs {_pct(rows.topk_bal_acc.mean())}"
     )
 
 
 def summarise_run(run: RunDir, feature: str = "mean") -> pd.DataFrame:
     """The summary table of a run (see module docstring); also written to results/summary.csv."""
-    profile = pd.read_csv(
-        run.require(run.results / "layer_profile.csv", "05_layer_profile_probing")
-    )
-    sae_path = run.results / "sae_probes.csv"
+    profile = read_layer_profile(run)
     sae = (
-        pd.read_csv(sae_path)
-        if sae_path.exists()
+        read_sae_probes(run)
+        if run.result("sae_probes.csv").exists()
         else pd.DataFrame(columns=["cv", "leakage_free", "bal_acc"])
     )
-    ste_path = run.results / "ste_comparison.csv"
-    ste = pd.read_csv(ste_path) if ste_path.exists() else None
+    ste = read_ste_comparison(run)
     settings = {
         "ours: study's recipe": ("stratified", False),
         "ours: leakage-free SAEs": ("stratified", True),
@@ -141,8 +138,7 @@ def summarise_run(run: RunDir, feature: str = "mean") -> pd.DataFrame:
         table["saes_beating_raw"][name] = _beating(rows) if len(rows) else "n/a"
         table["ste_vs_topk"][name] = _ste(ste, cv, lf)
     out = pd.DataFrame(list(table.values())).fillna("n/a")
-    run.results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.results / "summary.csv", out.to_csv(index=False))
+    atomic_write_text(run.result("summary.csv"), out.to_csv(index=False))
     return out
 
 

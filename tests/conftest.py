@@ -45,7 +45,7 @@ def small_config(tmp_path, **overrides):
 def sampled_run(tmp_path_factory, organism):
     """A small organism run: sampled, labelled by the keyword judge, captured."""
     from lib.activations import capture_run
-    from lib.judges import label_run
+    from lib.labelling import label_run
     from lib.rundir import init_run
     from lib.sampling import sample_run
 

@@ -7,10 +7,10 @@ import torch
 from conftest import small_config
 from safetensors.torch import load_file
 
-from lib.activations import capture_batch, capture_run, resid_hooks, row_ids
+from lib.activations import capture_batch, capture_run
 from lib.config import ConfigError
 from lib.dataset import labelled_rows, read_layer
-from lib.models import decoder_layers
+from lib.models import decoder_layers, resid_hooks, row_ids
 from lib.rundir import RunDirError, init_run, read_jsonl
 
 

@@ -1,4 +1,4 @@
-"""Judges (lib/judges.py): the keyword rule, the Gemini judge over real HTTP, the stage, helpers.
+"""Judges (lib/judges.py, lib/gemini.py, lib/labelling.py): the keyword rule, the Gemini judge over real HTTP, the stage, helpers.
 
 The Gemini tests run the real google-genai SDK against tests/gemini_stub.py on 127.0.0.1; no
 test reaches the internet. The fake key below must never show up in any file, log or message.
@@ -22,25 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gemini_stub import GeminiStub, answer, error, text_reply  # noqa: E402
 
-from lib.config import REPO_ROOT, load_config  # noqa: E402
-from lib.judges import (  # noqa: E402
-    LABELS,
-    GeminiJudge,
-    JudgeCache,
-    JudgeError,
-    KeywordJudge,
+from lib.config import LABELS, REPO_ROOT, load_config  # noqa: E402
+from lib.gemini import GeminiJudge, JudgeCache, render_prompt  # noqa: E402
+from lib.judges import JudgeError, KeywordJudge, find_cues, keyword_verdict  # noqa: E402
+from lib.labelling import (  # noqa: E402
     cohen_kappa,
     condition_sizes,
-    find_cues,
     judge_agreement,
-    judge_cache_path,
-    keyword_verdict,
     label_counts,
     label_run,
     labels_frame,
     make_judge,
     planted_agreement,
-    render_prompt,
 )
 from lib.rundir import RunDir, append_jsonl, read_jsonl  # noqa: E402
 from lib.scenarios import Scenario, load_scenarios  # noqa: E402
@@ -431,13 +424,13 @@ def test_gemini_5xx_exhausts_retries_without_crash(gemini_env, tmp_path, cfg, ca
     )
     (row,) = read_jsonl(run.labels)
     assert row["label"] == "ambiguous" and row["failed"] is True and "503" in row["rationale"]
-    assert not judge_cache_path(run, "gemini").exists()  # failures are not cached
+    assert not run.judge_cache("gemini").exists()  # failures are not cached
     # a rerun asks again for the failed completion and the new row wins
     stub.responder = keyword_responder
     j2 = make_judge("gemini", cfg, run, backoff_base_s=0.001)
     assert label_run(run, cfg, [j2], progress=False)["gemini"].labelled == 1
     assert labels_frame(run).set_index("id").loc["insider_trading-000", "label"] == "honest"
-    assert_no_key(run.labels.read_text(), judge_cache_path(run, "gemini").read_text(), caplog.text)
+    assert_no_key(run.labels.read_text(), run.judge_cache("gemini").read_text(), caplog.text)
 
 
 def test_gemini_malformed_answers_retried_then_ambiguous(gemini_env):
@@ -499,7 +492,7 @@ def test_gemini_rerun_served_from_cache(gemini_env, tmp_path, cfg, caplog):
     }
     assert first.set_index("id")["label"].to_dict() == expected
     assert set(first["model"]) == {"gemini-2.5-flash"} and set(first["prompt_version"]) == {"v1"}
-    assert len(JudgeCache(judge_cache_path(run, "gemini"))) == len(TEXTS)
+    assert len(JudgeCache(run.judge_cache("gemini"))) == len(TEXTS)
     # labels lost, stage rerun: every verdict from the cache, zero requests
     run.labels.unlink()
     s2 = label_run(run, cfg, [make_judge("gemini", cfg, run)], progress=False)["gemini"]
@@ -510,8 +503,8 @@ def test_gemini_rerun_served_from_cache(gemini_env, tmp_path, cfg, caplog):
     other = make_judge("gemini", cfg, run, model="gemini-other")
     other.judge_many([(SCEN["mafia"], " I am mafia.")])
     assert stub.requests[-1].model == "gemini-other" and len(stub.requests) == len(TEXTS) + 1
-    cache_text = judge_cache_path(run, "gemini").read_text()
-    cache_rows = read_jsonl(judge_cache_path(run, "gemini"))
+    cache_text = run.judge_cache("gemini").read_text()
+    cache_rows = read_jsonl(run.judge_cache("gemini"))
     assert all(
         "completion" not in r and len(r["key"]) == 64 for r in cache_rows
     )  # hashes, not texts

@@ -6,7 +6,7 @@ accuracy >= 0.9 at the best layer under both CV modes, and must not separate shu
 
 import numpy as np
 
-from lib import probing
+from lib import probe
 from lib.dataset import labelled_rows, pooled, read_layer
 from lib.organism import planted_mask
 
@@ -20,7 +20,7 @@ def test_planted_behaviour_is_found_under_both_cv_modes(sampled_run):
     for layer in range(8):
         X = pooled(read_layer(run, layer), lab, "mean")[decisive]
         for mode in best:
-            res = probing.cross_validate(X, y, scen, mode)
+            res = probe.cross_validate(X, y, scen, mode)
             best[mode] = max(best[mode], res.value["bal_acc"])
     assert best["stratified"] >= 0.9 and best["scenario"] >= 0.9, best
 
@@ -31,7 +31,7 @@ def test_shuffled_planted_labels_are_not_found(sampled_run):
     decisive, y = planted_mask(run, lab)
     X = pooled(read_layer(run, 7), lab, "mean")[decisive]
     y_shuffled = np.random.default_rng(0).permutation(y)
-    res = probing.cross_validate(X, y_shuffled, lab.scenario[decisive], "stratified")
+    res = probe.cross_validate(X, y_shuffled, lab.scenario[decisive], "stratified")
     from lib import stats
 
     lo, hi = stats.bootstrap_ci(y_shuffled, res.scores, 500, 0)["bal_acc"]

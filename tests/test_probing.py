@@ -12,7 +12,9 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
 
-from lib import probing, stats
+from lib import controls, dataset, leakage, logistic, probe, stats
+from lib import layer_profile as lp
+from lib import sae_probes as sp
 from lib.config import load_config
 from lib.rundir import RunDir, append_jsonl, write_json
 
@@ -80,6 +82,7 @@ def write_synthetic_run(
             "sae.k": 4,
             "probe.n_bootstrap": 100,
             "probe.n_permutations": 20,
+            "probe.n_jobs": 1,
             **(overrides or {}),
         },
     )
@@ -188,8 +191,8 @@ def test_paired_randomization_and_bootstrap():
 # ----- cross-validation ----------------------------------------------------------------------------
 def test_stratified_equals_sklearn_study_recipe():
     X, y, scen = planted(n=230, d=40, strength=0.5, seed=5)
-    res = probing.cross_validate(X, y, scen, "stratified")
-    pipe = probing.study_probe()
+    res = probe.cross_validate(X, y, scen, "stratified")
+    pipe = probe.study_probe()
     ba = cross_val_score(pipe, X, y, cv=STUDY_CV, scoring="balanced_accuracy").mean()
     au = cross_val_score(pipe, X, y, cv=STUDY_CV, scoring="roc_auc").mean()
     assert 0.6 < ba < 0.95  # a real but imperfect signal, so the comparison means something
@@ -202,10 +205,10 @@ def test_stratified_equals_sklearn_study_recipe():
 
 def test_planted_signal_found_under_both_modes_and_shuffled_labels_not():
     X, y, scen = planted(n=240, d=64, strength=2.0, seed=0)
-    rows, results = probing.probe_feature(X, y, scen, n_bootstrap=300, n_permutations=50, seed=0)
+    rows, results = lp.probe_feature(X, y, scen, n_bootstrap=300, n_permutations=50, seed=0)
     df = pd.DataFrame(rows)
     real = df[(df.target == "deception") & (df.metric == "bal_acc")].set_index("cv")
-    for mode in probing.CV_MODES:
+    for mode in probe.CV_MODES:
         assert real.loc[mode, "value"] >= 0.9, mode
         assert real.loc[mode, "ci_low"] > 0.8
         assert real.loc[mode, "p_value"] == pytest.approx(1 / 51)  # beats every permutation
@@ -216,24 +219,24 @@ def test_planted_signal_found_under_both_modes_and_shuffled_labels_not():
     # pure noise: a CI that includes chance and an unremarkable p-value
     rng = np.random.default_rng(9)
     y_noise = rng.permutation(y)
-    res = probing.cross_validate(X[:, 1:], y_noise, scen, "stratified")
+    res = probe.cross_validate(X[:, 1:], y_noise, scen, "stratified")
     ci = stats.bootstrap_ci(y_noise, res.scores, 300, 0)["bal_acc"]
     assert ci[0] < 0.5 < ci[1]
-    perm = probing.permutation_pvalue(X[:, 1:], y_noise, scen, "stratified", 50, seed=1)
+    perm = controls.permutation_pvalue(X[:, 1:], y_noise, scen, "stratified", 50, seed=1)
     assert perm.p["bal_acc"] > 0.05
     assert perm.observed["bal_acc"] == pytest.approx(res.value["bal_acc"], abs=0.02)
 
 
 def test_scenario_confound_is_caught_by_leave_one_scenario_out():
     X, y, scen = planted(n=300, d=30, n_scen=6, seed=4, confound=True)
-    strat = probing.cross_validate(X, y, scen, "stratified")
-    loso = probing.cross_validate(X, y, scen, "scenario")
+    strat = probe.cross_validate(X, y, scen, "stratified")
+    loso = probe.cross_validate(X, y, scen, "scenario")
     assert strat.value["bal_acc"] > 0.8  # scenario identity predicts the label
     assert loso.value["bal_acc"] < 0.65  # an unseen scenario's direction says nothing
     ci = stats.bootstrap_ci(y, loso.scores, 300, 0)["bal_acc"]
     assert ci[0] < 0.5 + 0.05
     assert loso.n_folds == 6
-    sid = probing.scenario_identity_probe(X, scen, 200, 0)
+    sid = controls.scenario_identity_probe(X, scen, 200, 0)
     assert sid["value"] > 0.95 and sid["chance"] == pytest.approx(1 / 6)
 
 
@@ -248,9 +251,9 @@ def test_fast_solver_equals_tightly_converged_sklearn():
         ref = LogisticRegression(class_weight="balanced", max_iter=100_000, tol=1e-10).fit(
             sc.transform(X[tr]), y[tr]
         )
-        Z, Zt = probing.fold_basis(X[tr], X[~tr])
-        beta = probing.fit_logistic_many(
-            Z, y[tr][:, None], probing.balanced_weights(y[tr][:, None])
+        Z, Zt = logistic.fold_basis(X[tr], X[~tr])
+        beta = logistic.fit_logistic_many(
+            Z, y[tr][:, None], logistic.balanced_weights(y[tr][:, None])
         )
         mine = Zt @ beta[:-1, 0] + beta[-1, 0]
         theirs = ref.decision_function(sc.transform(X[~tr]))
@@ -261,24 +264,24 @@ def test_too_few_of_a_class_gives_a_note_not_a_crash():
     X, y, scen = planted(n=100, d=10, seed=1)
     y = np.zeros(100, dtype=int)
     y[[3, 50, 77]] = 1
-    res = probing.cross_validate(X, y, scen, "stratified")
+    res = probe.cross_validate(X, y, scen, "stratified")
     assert "too few deceptive completions (3)" in res.note and np.isnan(res.value["bal_acc"])
-    rows, _ = probing.probe_feature(X, y, scen, n_bootstrap=20, n_permutations=5)
+    rows, _ = lp.probe_feature(X, y, scen, n_bootstrap=20, n_permutations=5)
     df = pd.DataFrame(rows)
     strat = df[(df.cv == "stratified") & (df.target == "deception")]
     assert len(strat) == 3 and strat.note.str.contains("too few deceptive").all()
     # held-out scenario leaves one class to train on
     y2 = (scen == "s0").astype(int)
-    res2 = probing.cross_validate(X, y2, scen, "scenario")
+    res2 = probe.cross_validate(X, y2, scen, "scenario")
     assert "holding out scenario 's0' leaves no deceptive" in res2.note
-    with pytest.raises(probing.ProbeInputError, match="too few"):
-        probing.cv_folds(y, scen, "stratified")
+    with pytest.raises(probe.ProbeInputError, match="too few"):
+        probe.cv_folds(y, scen, "stratified")
 
 
 # ----- stages ------------------------------------------------------------------------------------
 def test_layer_profile_stage_writes_table_and_resumes(tmp_path, monkeypatch):
     cfg, run = write_synthetic_run(tmp_path, n_layers=3, signal=0.7)
-    df = probing.layer_profile(run, cfg, progress=False)
+    df = lp.layer_profile(run, cfg, progress=False)
     on_disk = pd.read_csv(run.results / "layer_profile.csv")
     assert {
         "layer",
@@ -293,7 +296,7 @@ def test_layer_profile_stage_writes_table_and_resumes(tmp_path, monkeypatch):
         "note",
     } <= set(on_disk.columns)
     assert len(on_disk) == len(df) == 3 * 2 * 2 * 3  # layers x features x CV modes x metrics
-    controls = probing.read_probe_controls(run)
+    controls = lp.read_probe_controls(run)
     assert len(controls) == 3 * 2 * (2 * 2 + 1) and set(controls.target) == {
         "shuffled_labels",
         "scenario_identity",
@@ -308,24 +311,24 @@ def test_layer_profile_stage_writes_table_and_resumes(tmp_path, monkeypatch):
     assert (dec.n == 120).all()  # ambiguous completions dropped
     assert dec.set_index("layer").value.is_monotonic_increasing  # the planted profile rises
     assert 0.75 < dec.value.iloc[-1] < 1
-    peak = probing.peak_layer(df, feature="mean")
+    peak = lp.peak_layer(df, feature="mean")
     assert peak["layer"] == 2 and peak["ci_low"] < peak["value"] < peak["ci_high"]
 
     def boom(*a, **k):
         raise AssertionError("cached work was redone")
 
-    monkeypatch.setattr(probing, "probe_feature", boom)
-    again = probing.layer_profile(run, cfg, progress=False)
+    monkeypatch.setattr(lp, "probe_feature", boom)
+    again = lp.layer_profile(run, cfg, progress=False)
     pd.testing.assert_frame_equal(
         again.reset_index(drop=True), df.reset_index(drop=True), check_dtype=False
     )
     with pytest.raises(AssertionError, match="redone"):
-        probing.layer_profile(run, cfg, progress=False, force=True)
+        lp.layer_profile(run, cfg, progress=False, force=True)
 
 
 def test_layer_profile_with_too_few_deceptive_has_notes(tmp_path):
     cfg, run = write_synthetic_run(tmp_path, n_layers=1, n_deceptive=3)
-    df = probing.layer_profile(run, cfg, progress=False)
+    df = lp.layer_profile(run, cfg, progress=False)
     dec = df[df.target == "deception"]
     assert dec.value.isna().all()
     assert dec.note.str.contains("too few deceptive completions").all()
@@ -357,9 +360,11 @@ def standin_load(path):
 
 
 def test_sae_probes_stage_with_stand_in(tmp_path):
-    cfg, run = write_synthetic_run(tmp_path, n_layers=2, n=150, signal=0.5)
-    probing.layer_profile(run, cfg, progress=False)
-    layer = probing.read_layer(run, 1)
+    cfg, run = write_synthetic_run(
+        tmp_path, n_layers=2, n=150, signal=0.5, overrides={"probe.fold_epochs": 1}
+    )
+    lp.layer_profile(run, cfg, progress=False)
+    layer = dataset.read_layer(run, 1)
     for _, arch, cond in cfg.sae_grid():
         if (arch, cond) == ("jumprelu", "honest_only"):
             continue  # one SAE missing: a note, not a crash
@@ -368,12 +373,11 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
         path.mkdir(parents=True)
         save_file({"W": sae.W.detach(), "b": sae.b.detach()}, str(path / "sae_weights.safetensors"))
     standin_train.seen.clear()
-    df = probing.sae_probes(
+    df = sp.sae_probes(
         run,
         cfg,
         progress=False,
         leakage_free=True,
-        fold_epochs=1,
         n_randomizations=2000,
         train_sae=standin_train,
         load_sae=standin_load,
@@ -409,7 +413,7 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
     ok = df.dropna(subset=["p_value"])
     assert (ok.p_holm >= ok.p_value - 1e-12).all()
     # raw baseline equals the layer profile's stratified number at that layer
-    prof = probing.read_layer_profile(run)
+    prof = lp.read_layer_profile(run)
     raw = prof[
         (prof.layer == 1)
         & (prof.feature == cfg.probe.sae_feature)
@@ -421,12 +425,12 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
     good = df[(df.sae_source == "grid") & (df.cv == "stratified") & (df.note == "")]
     assert (good.delta == good.bal_acc - good.raw_bal_acc).all()
     assert (good.delta_ci_low <= good.delta_ci_high).all()
-    wins = probing.sae_wins(df)
+    wins = sp.sae_wins(df)
     g = wins[(wins.cv == "stratified") & (wins.sae_source == "grid")].iloc[0]
     assert g.beats_raw == int((good.delta > 0).sum()) and g.significant_wins <= g.beats_raw
     # leakage-free: 5 fold SAEs + 1 refit per available condition, none trained on a test completion
-    lab = probing.labelled_rows(run, cfg)
-    folds = probing.cv_folds(lab.y, None, "stratified")
+    lab = dataset.labelled_rows(run, cfg)
+    folds = probe.cv_folds(lab.y, None, "stratified")
     owner_of = {
         tuple(v.tolist()): int(o) for v, o in zip(layer.tokens, layer.token_owner, strict=True)
     }
@@ -438,18 +442,17 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
         for k, x in enumerate(fold_sets):
             positions = {row_to_pos[owner_of[tuple(v.tolist())]] for v in x}
             assert not positions & set(np.flatnonzero(folds == k)), (cell, k)
-    lc = probing.read_sae_leakage(run)
+    lc = leakage.read_sae_leakage(run)
     assert len(lc) == 6 and (lc.reference == "refit_all").all() and (lc.reference_epochs == 1).all()
     assert lc.bal_acc_grid.isna().sum() == 1  # the missing grid SAE
     np.testing.assert_allclose(lc.leakage, lc.bal_acc_reference - lc.bal_acc_per_fold)
     # cached: the second call trains nothing
     standin_train.seen.clear()
-    probing.sae_probes(
+    sp.sae_probes(
         run,
         cfg,
         progress=False,
         leakage_free=True,
-        fold_epochs=1,
         n_randomizations=2000,
         train_sae=standin_train,
         load_sae=standin_load,
@@ -458,18 +461,24 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
 
 
 def test_sae_probes_with_the_real_sae_library(tmp_path):
-    sae_lib = pytest.importorskip("lib.sae")
+    from lib import sae as sae_lib
+    from lib.sae_trainer import train_sae
+
     cfg, run = write_synthetic_run(
         tmp_path,
         n_layers=2,
         n=100,
         signal=2.0,
-        overrides={"sae.architectures": ["topk"], "sae.conditions": ["mixed"]},
+        overrides={
+            "sae.architectures": ["topk"],
+            "sae.conditions": ["mixed"],
+            "probe.fold_epochs": None,
+        },
     )
-    layer = probing.read_layer(run, 1)
-    sae, _ = sae_lib.train_sae(layer.tokens, "topk", cfg.sae, 0, progress=False)
+    layer = dataset.read_layer(run, 1)
+    sae, _ = train_sae(layer.tokens, "topk", cfg.sae, 0, progress=False)
     sae_lib.save_sae(sae, run.sae_dir(cfg.sae_id(1, "topk", "mixed")))
-    df = probing.sae_probes(run, cfg, progress=False, leakage_free=True, n_randomizations=500)
+    df = sp.sae_probes(run, cfg, progress=False, leakage_free=True, n_randomizations=500)
     assert set(df.sae_source) == {"grid", "per_fold"}  # fold_epochs = sae.epochs: no refit needed
     assert df.note.eq("").all() and df.bal_acc.between(0.5, 1.0).all()
     assert json.loads(

@@ -11,15 +11,9 @@ import torch
 
 from lib.config import SAEConfig, SteConfig
 from lib.sae import SAE, SAEFormatError, is_complete, load_sae, read_metrics, save_sae
-from lib.sae_training import (
-    FastSAETrainer,
-    FusedAdam,
-    heldout_mask,
-    kernel,
-    scale_factor,
-    ste_threshold_grad,
-    train_sae,
-)
+from lib.sae_kernels import FastSAETrainer, FusedAdam, kernel, ste_threshold_grad
+from lib.sae_trainer import scale_factor, train_sae
+from lib.sae_training import heldout_mask
 
 ARCHS = ("topk", "jumprelu", "jumprelu_ste")
 
@@ -100,11 +94,11 @@ def _reference_loss(
     tr: FastSAETrainer, P: dict, x: torch.Tensor, dead: torch.Tensor
 ) -> torch.Tensor:
     cfg = tr.cfg
-    pre = (x - P["bd"]) @ P["Wt"].t() + P["be"]
+    pre = (x - P["b_dec"]) @ P["W_enc_T"].t() + P["b_enc"]
     if tr.arch == "topk":
         tv, ti = torch.topk(pre, tr.k, dim=1)
         f = torch.zeros_like(pre).scatter(1, ti, tv.relu())
-        recon = f @ P["Wd"] + P["bd"]
+        recon = f @ P["W_dec"] + P["b_dec"]
         loss = (recon - x).pow(2).sum(1).mean()
         n_dead, k_aux = dead.numel(), tr.d_in // 2
         if n_dead:
@@ -115,30 +109,31 @@ def _reference_loss(
             av, ai = masked.topk(k_aux, dim=1)
             A = torch.zeros_like(pre).scatter(1, ai, av)
             resid = (x - recon).detach()
-            loss = loss + cfg.aux_k_coefficient * scale * (A @ P["Wd"] - resid).pow(2).sum(1).mean()
+            loss = (
+                loss + cfg.aux_k_coefficient * scale * (A @ P["W_dec"] - resid).pow(2).sum(1).mean()
+            )
         return loss
     if tr.arch == "jumprelu":
         f = pre.relu()
-        recon = f @ P["Wd"] + P["bd"]
+        recon = f @ P["W_dec"] + P["b_dec"]
         return (recon - x).pow(2).sum(1).mean() + cfg.l1_coefficient * f.sum(1).mean()
     h = tr.ste
-    f = _JumpSTE.apply(pre, P["theta"], h["bandwidth"], h["kernel"])
-    recon = f @ P["Wd"] + P["bd"]
-    l0 = _StepSTE.apply(pre, P["theta"], h["bandwidth"], h["kernel"]).sum(1).mean()
+    f = _JumpSTE.apply(pre, P["threshold"], h["bandwidth"], h["kernel"])
+    recon = f @ P["W_dec"] + P["b_dec"]
+    l0 = _StepSTE.apply(pre, P["threshold"], h["bandwidth"], h["kernel"]).sum(1).mean()
     return (recon - x).pow(2).sum(1).mean() + h["l0_coefficient"] * l0
 
 
 @pytest.mark.parametrize(
-    "arch,sparse,kname",
+    "arch,kname",
     [
-        ("topk", True, "rectangle"),
-        ("topk", False, "rectangle"),
-        ("jumprelu", False, "rectangle"),
-        ("jumprelu_ste", False, "rectangle"),
-        ("jumprelu_ste", False, "gaussian"),
+        ("topk", "rectangle"),
+        ("jumprelu", "rectangle"),
+        ("jumprelu_ste", "rectangle"),
+        ("jumprelu_ste", "gaussian"),
     ],
 )
-def test_hand_written_gradients_match_autograd(arch, sparse, kname):
+def test_hand_written_gradients_match_autograd(arch, kname):
     d = 16
     cfg = SAEConfig(
         expansion_factor=4,
@@ -150,14 +145,14 @@ def test_hand_written_gradients_match_autograd(arch, sparse, kname):
         ste=SteConfig(bandwidth=0.5, l0_coefficient=0.01, kernel=kname),
     )
     x = torch.randn(32, d, generator=torch.Generator().manual_seed(1)) * 2
-    tr = FastSAETrainer(d, arch, cfg, seed=1, dead_window=1, sparse_topk=sparse)
+    tr = FastSAETrainer(d, arch, cfg, seed=1, dead_window=1)
     tr.n_steps = 5
     tr.last_fired[:40] = 5  # latents 40.. have not fired for 5 steps: dead, so AuxK is on
     with torch.no_grad():
-        tr.bd.add_(0.1 * torch.randn(d))
-        tr.be.add_(0.1 * torch.randn(tr.d_sae))
+        tr.b_dec.add_(0.1 * torch.randn(d))
+        tr.b_enc.add_(0.1 * torch.randn(tr.d_sae))
     dead = torch.nonzero(tr.n_steps - tr.last_fired > tr.dead_window).view(-1)
-    names = ["Wt", "be", "Wd", "bd", "theta"]
+    names = ["W_enc_T", "b_enc", "W_dec", "b_dec", "threshold"]
     P = {n: p.detach().clone().requires_grad_() for n, p in zip(names, tr.params, strict=False)}
     out = tr.loss_and_grads(x)
     ref = _reference_loss(tr, P, x, dead)
@@ -448,8 +443,9 @@ def tiny_run(tmp_path_factory):
 
 
 def test_replacement_hook_identity_keeps_the_loss(tiny_run):
+    from lib.models import replace_resid
     from lib.rundir import read_jsonl
-    from lib.sae_metrics import ce_with_replacement, replace_resid
+    from lib.sae_metrics import ce_with_replacement
 
     cfg, run, (model, tok) = tiny_run
     rows = read_jsonl(run.completions)[:5]

@@ -7,7 +7,8 @@ import torch
 
 from lib.config import SAEConfig, SteConfig
 from lib.sae import SAE, load_sae, save_sae
-from lib.sae_training import ste_threshold_grad, train_sae
+from lib.sae_kernels import ste_threshold_grad
+from lib.sae_trainer import train_sae
 
 sae_lens = pytest.importorskip("sae_lens")
 

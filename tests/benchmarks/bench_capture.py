@@ -13,8 +13,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lib.activations import capture_batch, pad_right
-from lib.models import decoder_layers
+from lib.activations import capture_batch
+from lib.models import decoder_layers, pad_right
 
 TINYLLAMA = dict(
     vocab_size=32000,

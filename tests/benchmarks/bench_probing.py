@@ -2,7 +2,7 @@
 
 A synthetic run directory with 22 layers of d=2048 activations, 300 labelled completions (35%
 deceptive) from 9 scenarios is written to a temporary folder; then
-``lib.probing.layer_profile`` runs exactly as notebook 05 runs it with the ``tinyllama`` config's
+``lib.layer_profile.layer_profile`` runs exactly as notebook 05 runs it with the ``tinyllama`` config's
 probe settings: both CV modes, both pooled features, 1000 bootstrap resamples and 200 label
 permutations per (layer, feature, mode), plus the controls.
 
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lib import probing  # noqa: E402
+from lib import layer_profile as lp  # noqa: E402
 from lib.config import load_config  # noqa: E402
 from lib.rundir import RunDir, append_jsonl, write_json  # noqa: E402
 
@@ -103,13 +103,13 @@ def main(jobs: int = 2) -> float:
         )
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
-        df = probing.layer_profile(run, cfg, progress=False, n_jobs=jobs)
+        df = lp.layer_profile(run, cfg, progress=False, n_jobs=jobs)
         seconds = time.perf_counter() - t0
         from joblib.externals.loky import get_reusable_executor
 
         get_reusable_executor().shutdown(wait=True)  # reap the workers so their CPU time is counted
         cpu = _cpu_seconds() - cpu0
-        peak = probing.peak_layer(df)
+        peak = lp.peak_layer(df)
         print(
             f"rows={len(df)} peak layer {peak['layer']} ({peak['feature']}) bal_acc={peak['value']:.3f}"
         )

@@ -32,7 +32,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lib.config import SAEConfig, SteConfig  # noqa: E402
-from lib.sae_training import FastSAETrainer, scale_factor  # noqa: E402
+from lib.sae_kernels import FastSAETrainer  # noqa: E402
+from lib.sae_trainer import scale_factor  # noqa: E402
 
 D_IN, EXPANSION, K, BATCH, LR = 2048, 4, 64, 128, 3e-4
 WARMUP, TIMED, N_HELDOUT = 10, 30, 1024

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from lib.comparison import collapsed, study_claim, verdict
 from lib.rundir import RunDir
+from lib.ste_comparison import collapsed, study_claim, verdict
 from lib.summary import summarise_run, to_markdown
 
 
@@ -26,7 +26,7 @@ def test_study_claim_counts_any_gain_and_significant_wins_separately():
     df = pd.DataFrame(
         {
             "cv": ["stratified"] * 4 + ["scenario"],
-            "ste_bal_acc": [0.70, 0.66, 0.60, 0.64, 0.9],
+            "jumprelu_ste_bal_acc": [0.70, 0.66, 0.60, 0.64, 0.9],
             "topk_bal_acc": [0.60, 0.65, 0.62, 0.50, 0.1],
             "verdict": ["wins", "inconclusive", "inconclusive", "collapsed", "wins"],
         }

@@ -7,9 +7,11 @@ their probes on the same folds: ``wins`` when the 95% CI of ``bal_acc(STE) - bal
 above 0, ``loses`` when it lies below, ``inconclusive`` otherwise. The study's claim ("STE beats
 TopK in 8 of 9 conditions") counted any positive difference; both counts are reported.
 
-The probes are the study's recipe from :mod:`lib.probing` on the SAEs trained in 04 (the
-study's way), under both CV modes, on the pooled feature ``cfg.probe.sae_feature``.
-Output: ``results/ste_comparison.csv``.
+The probes are the study's recipe (:mod:`lib.probe`) on the SAEs trained in 04 (the study's
+way), under both CV modes, on the pooled feature ``cfg.probe.sae_feature``.
+Output: ``results/ste_comparison.csv``: per architecture ``<arch>_bal_acc`` and ``<arch>_<metric>``
+(architecture names as in :data:`lib.config.ARCHITECTURES`), the STE probe's CI, and
+``delta_vs_topk`` / ``delta_vs_jumprelu`` (STE minus the other) with paired CIs and p-values.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lib import probing
 from lib.config import RunConfig
 from lib.dataset import labelled_rows, pooled, read_layer
-from lib.rundir import RunDir, atomic_write_text
+from lib.probe import CV_MODES, compare_probes, cross_validate
+from lib.rundir import RunDir, atomic_write_text, stable_seed
+from lib.runtime import progress as progress_bar
+from lib.sae import encode_rows, load_sae, read_metrics
 
 COLLAPSE_DEAD = 0.99  # a dictionary with this share of dead latents has collapsed
 COLLAPSE_L0 = 1.0  # ... as has one whose mean L0 is below one latent per input
@@ -28,8 +32,6 @@ METRIC_KEYS = ("l0", "fvu", "dead_fraction", "ce_loss_recovered")
 
 
 def _metrics(run: RunDir, sae_id: str) -> dict:
-    from lib.sae import read_metrics
-
     path = run.sae_dir(sae_id)
     if not (path / "metrics.json").exists():
         return {}
@@ -54,15 +56,11 @@ def verdict(ci_low: float, ci_high: float) -> str:
 
 def ste_comparison(run: RunDir, cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
     """One row per (layer, condition, cv) with an STE SAE; writes ``results/ste_comparison.csv``."""
-    from tqdm.auto import tqdm
-
-    from lib.sae import load_sae
-
     lab = labelled_rows(run, cfg)
     feature = cfg.probe.sae_feature
     cells = [(layer, cond) for layer in cfg.sae.ste_layers for cond in cfg.sae.conditions]
     rows = []
-    for layer in tqdm(sorted({c[0] for c in cells}), desc="STE comparison", disable=not progress):
+    for layer in progress_bar(sorted({c[0] for c in cells}), desc="STE comparison", on=progress):
         X = pooled(read_layer(run, layer), lab, feature)
         for cond in (c for lay, c in cells if lay == layer):
             ids = {a: cfg.sae_id(layer, a, cond) for a in ("jumprelu_ste", "topk", "jumprelu")}
@@ -71,12 +69,9 @@ def ste_comparison(run: RunDir, cfg: RunConfig, progress: bool = True) -> pd.Dat
                 path = run.sae_dir(sae_id)
                 facts[arch] = _metrics(run, sae_id)
                 if (path / "sae_weights.safetensors").exists():
-                    F = probing.encode(load_sae(path), X)
-                    results[arch] = {
-                        m: probing.cross_validate(F, lab.y, lab.scenario, m)
-                        for m in probing.CV_MODES
-                    }
-            for mode in probing.CV_MODES:
+                    F = encode_rows(load_sae(path), X)
+                    results[arch] = {m: cross_validate(F, lab.y, lab.scenario, m) for m in CV_MODES}
+            for mode in CV_MODES:
                 row = {
                     "layer": layer,
                     "condition": cond,
@@ -86,26 +81,25 @@ def ste_comparison(run: RunDir, cfg: RunConfig, progress: bool = True) -> pd.Dat
                 }
                 note = []
                 for arch in ids:
-                    prefix = {"jumprelu_ste": "ste", "topk": "topk", "jumprelu": "jumprelu0"}[arch]
                     res = results.get(arch, {}).get(mode)
-                    row[f"{prefix}_bal_acc"] = res.value["bal_acc"] if res is not None else np.nan
+                    row[f"{arch}_bal_acc"] = res.value["bal_acc"] if res is not None else np.nan
                     for k in METRIC_KEYS:
-                        row[f"{prefix}_{k}"] = facts[arch].get(k, np.nan)
-                    row[f"{prefix}_collapsed"] = collapsed(facts[arch])
+                        row[f"{arch}_{k}"] = facts[arch].get(k, np.nan)
+                    row[f"{arch}_collapsed"] = collapsed(facts[arch])
                     if res is None:
                         note.append(f"{ids[arch]} missing")
                     elif not res.ok:
                         note.append(f"{ids[arch]}: {res.note}")
-                seed = probing._seed(cfg.seed, "ste", layer, cond, mode)
-                for other, prefix in (("topk", "vs_topk"), ("jumprelu", "vs_jumprelu0")):
+                seed = stable_seed(cfg.seed, "ste", layer, cond, mode)
+                for other, prefix in (("topk", "vs_topk"), ("jumprelu", "vs_jumprelu")):
                     a, b = (
                         results.get("jumprelu_ste", {}).get(mode),
                         results.get(other, {}).get(mode),
                     )
                     if a is not None and b is not None:
-                        cmp = probing.compare_to_raw(a, b, cfg.probe.n_bootstrap, seed=seed)
+                        cmp = compare_probes(a, b, cfg.probe.n_bootstrap, seed=seed)
                         if prefix == "vs_topk":
-                            row["ste_ci_low"], row["ste_ci_high"] = (
+                            row["jumprelu_ste_ci_low"], row["jumprelu_ste_ci_high"] = (
                                 cmp["bal_acc_ci_low"],
                                 cmp["bal_acc_ci_high"],
                             )
@@ -117,14 +111,19 @@ def ste_comparison(run: RunDir, cfg: RunConfig, progress: bool = True) -> pd.Dat
                     row.get("delta_vs_topk_ci_low", np.nan),
                     row.get("delta_vs_topk_ci_high", np.nan),
                 )
-                if row["ste_collapsed"]:
+                if row["jumprelu_ste_collapsed"]:
                     row["verdict"] = "collapsed"
                 row["note"] = "; ".join(note)
                 rows.append(row)
     df = pd.DataFrame(rows)
-    run.results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.results / "ste_comparison.csv", df.to_csv(index=False))
+    atomic_write_text(run.result("ste_comparison.csv"), df.to_csv(index=False))
     return df
+
+
+def read_ste_comparison(run: RunDir) -> pd.DataFrame | None:
+    """``results/ste_comparison.csv`` (:func:`ste_comparison`); None when the run has none."""
+    path = run.result("ste_comparison.csv")
+    return pd.read_csv(path, dtype={"note": object}).fillna({"note": ""}) if path.exists() else None
 
 
 def study_claim(df: pd.DataFrame, cv: str = "stratified") -> dict:
@@ -132,11 +131,11 @@ def study_claim(df: pd.DataFrame, cv: str = "stratified") -> dict:
     rows = df[df.cv == cv]
     return {
         "n": int(len(rows)),
-        "ste_higher": int((rows.ste_bal_acc > rows.topk_bal_acc).sum()),
+        "ste_higher": int((rows.jumprelu_ste_bal_acc > rows.topk_bal_acc).sum()),
         "wins": int((rows.verdict == "wins").sum()),
         "loses": int((rows.verdict == "loses").sum()),
         "inconclusive": int((rows.verdict == "inconclusive").sum()),
         "collapsed": int((rows.verdict == "collapsed").sum()),
-        "mean_ste": float(rows.ste_bal_acc.mean()),
+        "mean_ste": float(rows.jumprelu_ste_bal_acc.mean()),
         "mean_topk": float(rows.topk_bal_acc.mean()),
     }
