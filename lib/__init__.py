@@ -27,6 +27,7 @@ floor  module                 concept                                           
 3      ``gemini``             the Gemini judge: client, retries, cache, key handling     02
 3      ``sae_trainer``        training one SAE on a matrix of activations                04
 3      ``controls``           permutation p-values, scenario-identity probe              05
+3      ``sae_features``       SAE codes of completions on the SAE's own input kind       05-08
 4      ``labelling``          the labelling stage, label counts, agreement               02
 4      ``activations``        true resid_post capture of every layer                     03
 4      ``sae_metrics``        FVU, L0, dead latents, LM loss with the SAE spliced in     04
