@@ -9,6 +9,7 @@ are rejected before any work starts, with the offending key and the allowed valu
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,6 +115,9 @@ class SAEConfig(_Strict):
     aux_k_coefficient: float = Field(1 / 32, ge=0, description="TopK dead-latent auxiliary loss")
     train_on: Literal["tokens", "last", "mean"] = Field("tokens", description="training vectors")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="completions kept for metrics")
+    seeds: int = Field(
+        1, ge=1, description="training seeds per grid cell; ids gain _s{i} beyond the first"
+    )
     ste: SteConfig = Field(default_factory=SteConfig, description="the STE JumpReLU's settings")
 
 
@@ -124,9 +128,18 @@ class ProbeConfig(_Strict):
     n_bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of every CI")
     n_permutations: int = Field(200, ge=0, description="label permutations of every p-value")
     leakage_free: bool = Field(True, description="train SAEs inside each probe fold")
-    sae_feature: Literal["last", "mean"] = Field("mean", description="pooling for SAE probes")
+    leakage_seeds: int = Field(
+        1, ge=1, description="SAE seeds (from the first) with leakage-free and reference SAEs"
+    )
+    sae_pooling: Literal["mean", "max", "last"] = Field(
+        "mean", description="how token-level SAE codes are pooled per completion"
+    )
     fold_epochs: int | None = Field(
         None, ge=1, description="epochs of the per-fold SAEs (default: sae.epochs)"
+    )
+    text_baseline: bool = Field(True, description="probe TF-IDF of the completion text too")
+    inner_splits: int = Field(
+        5, ge=2, description="inner folds that choose the monitor threshold on training data"
     )
     n_jobs: int = Field(
         2, ge=1, description="worker processes of the probing stage (each 1 thread)"
@@ -207,8 +220,18 @@ class RunConfig(_Strict):
                 out.append(c)
         return out
 
-    def sae_id(self, layer: int, arch: str, condition: str) -> str:
-        return f"{self.model_tag}_{arch}_L{layer}_{condition}"
+    def sae_id(self, layer: int, arch: str, condition: str, seed_index: int = 0) -> str:
+        """``{model_tag}_{arch}_L{layer}_{condition}``, plus ``_s{i}`` for seeds beyond the
+        first (so the study's ids name seed 0)."""
+        suffix = f"_s{seed_index}" if seed_index else ""
+        return f"{self.model_tag}_{arch}_L{layer}_{condition}{suffix}"
+
+    def sae_seed(self, seed_index: int) -> int:
+        """The training seed of an SAE: the run seed for the first, a derived one for the rest."""
+        if seed_index == 0:
+            return self.seed
+        digest = hashlib.sha256(f"{self.seed}/sae-seed/{seed_index}".encode()).hexdigest()
+        return int(digest[:8], 16) & 0x7FFFFFFF
 
     def check_layers(self, n_layers: int) -> None:
         """Raise ConfigError when any configured layer is outside a model with ``n_layers``."""

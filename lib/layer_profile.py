@@ -1,24 +1,32 @@
 """The layer profile (notebook 05): where is deception linearly readable in the residual stream?
 
-For every captured layer and pooled feature (``last`` token, ``mean`` over the response), the
+For every captured layer and pooled feature (``last`` token, ``mean`` over the response), and once
+for the text-only baseline (``feature == "text"``, :mod:`lib.text_baseline`; ``layer`` empty), the
 study's probe (:mod:`lib.probe`) under both CV modes, with for every metric:
 
-* a 95% CI: percentile bootstrap over completions of the pooled out-of-fold scores, resampling
-  within each class (:func:`lib.stats.bootstrap_ci`, ``ProbeConfig.n_bootstrap`` resamples). The
-  probes are not refitted, so the interval covers test-set sampling, not training variation:
-  a layer without signal scatters around 0.5 more widely than its CI suggests, and can land
-  visibly below 0.5 (cross-validation anti-learns a little under the null). The permutation
-  null, shown as the ``shuffled_labels`` control, has the full spread; judge "is there signal"
-  by the p-value, and "how much" by ``value`` and its CI;
-* a permutation p-value (:func:`lib.controls.permutation_pvalue`);
+* a 95% CI from a bootstrap that matches the question: completions resampled within class for
+  ``stratified`` folds; whole scenarios resampled (a cluster bootstrap, ``ci_method ==
+  "cluster"``) for ``scenario`` folds, whose question is generalisation to an unseen scenario.
+  The probes are not refitted, so the interval covers test-set sampling, not training
+  variation; the permutation null (the ``shuffled_labels`` control) has the full spread. Judge
+  "is there signal" by the p-value and "how much" by ``value`` and its CI;
+* a permutation p-value (:func:`lib.controls.permutation_pvalue`) for ``bal_acc`` and ``auroc``;
+* for ``scenario`` folds, ``within_scenario``: the mean of the metric within each held-out
+  scenario (pooled scores mix nine separately fitted probes' offsets);
+* the monitor's operating point: ``recall_at_1fpr`` with the threshold chosen inside each
+  training fold, with ``realised_fpr`` and ``n_negatives`` beside it; the threshold chosen on the
+  evaluated scores is ``oracle_recall_at_1fpr``.
 
-plus the controls ``shuffled_labels`` and ``scenario_identity`` (:mod:`lib.controls`).
+Rows are given for all completions (``subset == "all"``) and for the incentive and role-play
+scenarios apart (``subset == "incentive" | "roleplay"``: the same out-of-fold scores), since the
+study's label mixes two phenomena. Controls: ``shuffled_labels`` and ``scenario_identity``
+(:mod:`lib.controls`).
 
 Files: ``results/layer_profile.csv`` (the deception probe) and ``results/probe_controls.csv``
-(the controls), both with columns :data:`PROFILE_COLUMNS`; their readers are below. Work is cached
-per (layer, feature) in ``cache/probing/``, keyed on the labels, the activation file and the
-settings, and reused unless ``force``. ``n_jobs`` > 1 probes layers in single-threaded worker
-processes.
+(the controls), both with columns :data:`PROFILE_COLUMNS`; their readers are below. Out-of-fold
+results are cached per (layer, feature) in ``cache/probing/`` (keyed on the labels, the inputs
+and the settings) and reused unless ``force``; :mod:`lib.layer_tests` and the SAE probes read
+them. ``probe.n_jobs`` > 1 probes layers in single-threaded worker processes.
 """
 
 from __future__ import annotations
@@ -34,14 +42,17 @@ from lib.controls import permutation_pvalue, scenario_identity_probe
 from lib.dataset import Labelled, labelled_rows, pooled, read_index, read_layer
 from lib.probe import (
     CV_MODES,
-    METRICS,
     SOLVERS,
     CVResult,
-    cross_validate,
+    bootstrap_plan,
+    cross_validate_folds,
+    cv_folds,
     fold_problem,
     load_cv,
+    monitor_thresholds,
     result_from_scores,
     save_cv,
+    within_groups,
 )
 from lib.rundir import (
     RunDir,
@@ -50,24 +61,33 @@ from lib.rundir import (
     fingerprint,
     jsonable_rows,
     read_cached,
+    read_jsonl,
     read_results_csv,
     stable_seed,
     write_cached,
 )
 from lib.runtime import progress as progress_bar
+from lib.scenarios import load_scenarios
+from lib.text_baseline import TFIDF, text_features
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+SUBSETS = ("all", "incentive", "roleplay")
 PROFILE_COLUMNS = [
     "layer",
     "feature",
     "cv",
+    "subset",
     "target",
     "metric",
     "value",
     "pooled",
+    "within_scenario",
     "ci_low",
     "ci_high",
+    "ci_method",
     "p_value",
+    "realised_fpr",
+    "n_negatives",
     "chance",
     "n",
     "n_deceptive",
@@ -77,127 +97,203 @@ PROFILE_COLUMNS = [
     "n_permutations",
     "note",
 ]
+CHANCE = {"bal_acc": 0.5, "auroc": 0.5, "recall_at_1fpr": stats.FPR_LEVEL}
+CHANCE["oracle_recall_at_1fpr"] = stats.FPR_LEVEL
+
+
+def _fold_features(features, folds: np.ndarray):
+    """``k -> X``: ``features`` is a matrix (the same in every fold) or ``folds -> (k -> X)``."""
+    return features(folds) if callable(features) else (lambda _k: features)
+
+
+def _metric_rows(res: CVResult, mask, W, ci_method, kinds_note) -> list[dict]:
+    """The deception rows of one CV result on the completions ``mask`` (one subset)."""
+    y, s, scen = res.y[mask], res.scores[mask], res.groups[mask]
+    Wm = W[:, mask] if W is not None else None
+    full = bool(mask.all())
+    rows = []
+    pooled_vals = stats.binary_metrics(y, s)
+    within = within_groups(y, s, scen) if res.mode == "scenario" else {}
+    for m in ("bal_acc", "auroc", "oracle_recall_at_1fpr"):
+        lo, hi = (
+            stats.percentile_ci(stats.binary_metrics(y, s, Wm)[m])
+            if Wm is not None
+            else (np.nan,) * 2
+        )
+        rows.append(
+            {
+                "metric": m,
+                "value": res.value[m] if full else pooled_vals[m],
+                "pooled": pooled_vals[m],
+                "within_scenario": within.get(m, np.nan),
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
+    if res.thresholds is not None:
+        t = res.thresholds[mask]
+        recall, fpr = stats.recall_and_fpr(y, s, t)
+        lo, hi = (np.nan, np.nan)
+        if Wm is not None:
+            lo, hi = stats.percentile_ci(stats.recall_and_fpr(y, s, t, Wm)[0])
+        rows.append(
+            {
+                "metric": "recall_at_1fpr",
+                "value": recall,
+                "pooled": recall,
+                "ci_low": lo,
+                "ci_high": hi,
+                "realised_fpr": fpr,
+                "n_negatives": int((y == 0).sum()),
+            }
+        )
+    for r in rows:
+        r.update(ci_method=ci_method, chance=CHANCE[r["metric"]], note=kinds_note)
+    return rows
 
 
 def probe_feature(
-    X: np.ndarray,
+    features,
     y: np.ndarray,
     scenario: np.ndarray,
+    kinds: np.ndarray | None = None,
     *,
     n_bootstrap: int = 1000,
     n_permutations: int = 200,
     seed: int = 0,
     modes: tuple[str, ...] = CV_MODES,
+    monitor: bool = True,
+    inner_splits: int = 5,
+    identity: bool = True,
 ) -> tuple[list[dict], dict[str, CVResult]]:
-    """Everything the layer profile reports for one feature matrix ``X`` [n, d].
+    """Everything the layer profile reports for one feature: rows and each mode's CV result.
 
-    Returns the table rows (targets ``deception``, ``shuffled_labels``, ``scenario_identity``) and
-    the sklearn :class:`CVResult` of each mode (kept for the SAE comparison).
+    ``features``: an ``[n, d]`` matrix, or ``folds -> (k -> [n, d])`` for features fitted per
+    training fold (the text baseline). ``kinds``: the scenario kind of every completion
+    (``incentive`` / ``roleplay``) for the subset rows. Rows carry ``cv``, ``subset``, ``target``
+    (``deception``, ``shuffled_labels``, ``scenario_identity``) and the columns of
+    :data:`PROFILE_COLUMNS` except ``layer`` and ``feature``.
     """
     y = np.asarray(y).astype(np.int64)
-    base = {
-        "n": len(y),
-        "n_deceptive": int((y == 1).sum()),
-        "n_honest": int((y == 0).sum()),
-        "n_bootstrap": n_bootstrap,
-        "n_permutations": n_permutations,
-    }
+    kinds = np.asarray(kinds) if kinds is not None else np.full(len(y), "all")
+
+    def base(mask):
+        return {
+            "n": int(mask.sum()),
+            "n_deceptive": int((y[mask] == 1).sum()),
+            "n_honest": int((y[mask] == 0).sum()),
+            "n_bootstrap": n_bootstrap,
+            "n_permutations": n_permutations,
+        }
+
+    everyone = np.ones(len(y), dtype=bool)
     rows, results = [], {}
     for mode in modes:
         problem = fold_problem(y, scenario, mode)
         if problem:
-            res = CVResult.failed(mode, y, problem)
-        else:
-            perm = permutation_pvalue(
-                X, y, scenario, mode, n_permutations, stable_seed(seed, mode, "perm")
-            )
-            if SOLVERS[mode] == "exact":  # the permutation run's first column is this very fit
-                res = result_from_scores(mode, y, perm.observed_scores, perm.folds)
-            else:
-                res = cross_validate(X, y, scenario, mode)
-        results[mode] = res
-        if not res.ok:
-            for target, metrics in (
-                ("deception", METRICS),
-                ("shuffled_labels", ("bal_acc", "auroc")),
-            ):
-                for m in metrics:
-                    rows.append(
-                        {
-                            **base,
-                            "cv": mode,
-                            "target": target,
-                            "metric": m,
-                            "value": np.nan,
-                            "pooled": np.nan,
-                            "ci_low": np.nan,
-                            "ci_high": np.nan,
-                            "p_value": np.nan,
-                            "chance": 0.5,
-                            "n_folds": 0,
-                            "note": res.note,
-                        }
-                    )
-            continue
-        ci = stats.bootstrap_ci(y, res.scores, n_bootstrap, stable_seed(seed, mode, "ci"))
-        for m in METRICS:
-            rows.append(
+            results[mode] = CVResult.failed(mode, y, problem)
+            rows += [
                 {
-                    **base,
+                    **base(everyone),
                     "cv": mode,
-                    "target": "deception",
+                    "subset": "all",
+                    "target": t,
                     "metric": m,
-                    "value": res.value[m],
-                    "pooled": res.pooled[m],
-                    "ci_low": ci[m][0],
-                    "ci_high": ci[m][1],
-                    "p_value": perm.p[m],
-                    "chance": 0.5 if m != "recall_at_1fpr" else stats.FPR_LEVEL,
-                    "n_folds": res.n_folds,
-                    "note": "",
+                    "chance": 0.5,
+                    "n_folds": 0,
+                    "note": problem,
                 }
+                for t, ms in (
+                    ("deception", ("bal_acc", "auroc")),
+                    ("shuffled_labels", ("bal_acc",)),
+                )
+                for m in ms
+            ]
+            continue
+        folds = cv_folds(y, scenario, mode)
+        fx = _fold_features(features, folds)
+        perm = permutation_pvalue(
+            fx, y, scenario, mode, n_permutations, stable_seed(seed, mode, "perm")
+        )
+        if SOLVERS[mode] == "exact":  # the permutation run's first column is this very fit
+            res = result_from_scores(mode, y, perm.observed_scores, folds)
+        else:
+            res = cross_validate_folds(fx, y, folds, mode, "sklearn")
+        if monitor:
+            res.thresholds = monitor_thresholds(fx, y, folds, inner_splits=inner_splits)
+        res.groups = np.asarray(scenario)
+        results[mode] = res
+        W, how = (None, "")
+        if n_bootstrap > 0:
+            W, how = bootstrap_plan(y, scenario, mode, n_bootstrap, stable_seed(seed, mode, "ci"))
+        for subset in SUBSETS:
+            mask = everyone if subset == "all" else kinds == subset
+            if subset != "all" and (mask.sum() == 0 or len(np.unique(y[mask])) < 2):
+                continue
+            n_scen = len(np.unique(np.asarray(scenario)[mask]))
+            note = (
+                "" if subset == "all" else f"{n_scen} {subset} scenario(s); same out-of-fold scores"
             )
+            for r in _metric_rows(res, mask, W, how, note):
+                p = perm.p.get(r["metric"], np.nan) if subset == "all" else np.nan
+                if r["metric"] == "oracle_recall_at_1fpr":
+                    p = np.nan
+                rows.append(
+                    {
+                        **base(mask),
+                        "cv": mode,
+                        "subset": subset,
+                        "target": "deception",
+                        "p_value": p,
+                        "n_folds": res.n_folds,
+                        **r,
+                    }
+                )
         for m in ("bal_acc", "auroc"):
             null = perm.null[m][np.isfinite(perm.null[m])]
             lo, hi = stats.percentile_ci(null)
+            note = (
+                f"mean and central 95% of {null.size} label shuffles"
+                if null.size
+                else ("no permutations (probe.n_permutations = 0)")
+            )
             rows.append(
                 {
-                    **base,
+                    **base(everyone),
                     "cv": mode,
+                    "subset": "all",
                     "target": "shuffled_labels",
                     "metric": m,
                     "value": float(null.mean()) if null.size else np.nan,
-                    "pooled": np.nan,
                     "ci_low": lo,
                     "ci_high": hi,
-                    "p_value": np.nan,
                     "chance": 0.5,
                     "n_folds": res.n_folds,
-                    "note": (
-                        f"mean and central 95% of {null.size} label shuffles"
-                        if null.size
-                        else "no permutations (probe.n_permutations = 0)"
-                    ),
+                    "note": note,
                 }
             )
-    sid = scenario_identity_probe(X, scenario, n_bootstrap, stable_seed(seed, "scenario_identity"))
-    rows.append(
-        {
-            **base,
-            "cv": "stratified",
-            "target": "scenario_identity",
-            "metric": "bal_acc",
-            "value": sid["value"],
-            "pooled": sid["pooled"],
-            "ci_low": sid["ci_low"],
-            "ci_high": sid["ci_high"],
-            "p_value": np.nan,
-            "chance": sid["chance"],
-            "n": sid["n"],
-            "n_folds": sid["n_folds"],
-            "note": sid["note"],
-        }
-    )
+    if identity and not callable(features):
+        sid = scenario_identity_probe(
+            features, scenario, n_bootstrap, stable_seed(seed, "identity")
+        )
+        rows.append(
+            {
+                **base(everyone),
+                "cv": "stratified",
+                "subset": "all",
+                "target": "scenario_identity",
+                "metric": "bal_acc",
+                "value": sid["value"],
+                "pooled": sid["pooled"],
+                "ci_low": sid["ci_low"],
+                "ci_high": sid["ci_high"],
+                "ci_method": "completion",
+                "chance": sid["chance"],
+                "n": sid["n"],
+                "n_folds": sid["n_folds"],
+                "note": sid["note"],
+            }
+        )
     return rows, results
 
 
@@ -210,7 +306,15 @@ def captured_layers(run: RunDir) -> list[int]:
     return sorted(int(p.stem[1:]) for p in run.activations.glob("L*.safetensors"))
 
 
-def _layer_key(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, feature: str) -> str:
+def scenario_kinds(cfg: RunConfig, lab: Labelled) -> np.ndarray:
+    """The kind (``incentive`` / ``roleplay``) of every labelled completion's scenario."""
+    pool = load_scenarios(cfg.scenario_path())
+    return np.array([pool[s].kind if s in pool else "unknown" for s in lab.scenario])
+
+
+def _key(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, feature: str) -> str:
+    source = file_stamp(run.completions if layer is None else run.activation_file(layer))
+    p = cfg.probe
     return fingerprint(
         [
             CACHE_VERSION,
@@ -219,59 +323,69 @@ def _layer_key(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, feature: 
             feature,
             lab.stamp(),
             cfg.seed,
-            cfg.probe.n_bootstrap,
-            cfg.probe.n_permutations,
-            file_stamp(run.activation_file(layer)),
+            p.n_bootstrap,
+            p.n_permutations,
+            p.inner_splits,
+            source,
+            TFIDF if feature == "text" else None,
         ]
     )
 
 
-def _layer_paths(run: RunDir, layer: int, feature: str) -> tuple[Path, Path]:
-    stem = run.probing_cache / f"layer_L{layer:02d}_{feature}"
+def _paths(run: RunDir, layer: int | None, feature: str) -> tuple[Path, Path]:
+    name = "text" if layer is None else f"L{layer:02d}_{feature}"
+    stem = run.probing_cache / f"layer_{name}"
     return stem.with_suffix(".json"), stem.with_suffix(".npz")
 
 
-def _layer_cached(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, feature: str) -> bool:
-    jpath, npath = _layer_paths(run, layer, feature)
-    return (
-        npath.exists() and read_cached(jpath, _layer_key(run, cfg, lab, layer, feature)) is not None
-    )
+def _cached(run, cfg, lab, layer, feature) -> dict | None:
+    jpath, npath = _paths(run, layer, feature)
+    hit = read_cached(jpath, _key(run, cfg, lab, layer, feature))
+    return hit if hit is not None and npath.exists() else None
 
 
 def cached_layer_cv(
-    run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, feature: str
+    run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, feature: str
 ) -> dict[str, CVResult] | None:
-    """The raw probe's CV results of one layer and feature from the cache, when current."""
-    jpath, npath = _layer_paths(run, layer, feature)
-    if read_cached(jpath, _layer_key(run, cfg, lab, layer, feature)) is None or not npath.exists():
+    """The CV results of one layer and feature (``layer=None, feature="text"``: the text
+    baseline) from the cache, when current; ``None`` otherwise."""
+    if _cached(run, cfg, lab, layer, feature) is None:
         return None
-    res = load_cv(npath)
+    res = load_cv(_paths(run, layer, feature)[1])
     return res if all(m in res for m in CV_MODES) else None
 
 
-def _probe_layer(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int, force: bool) -> list[dict]:
-    """All rows of one layer (both features), from the cache when it is current."""
+def _probe_unit(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, force: bool):
+    """All rows of one layer (every feature), or of the text baseline (``layer=None``)."""
+    features = ["text"] if layer is None else list(cfg.probe.features)
     rows, data = [], None
-    for feature in cfg.probe.features:
-        key = _layer_key(run, cfg, lab, layer, feature)
-        jpath, npath = _layer_paths(run, layer, feature)
-        cached = None if force else read_cached(jpath, key)
-        if cached is not None and npath.exists():
-            rows += cached["rows"]
+    kinds = scenario_kinds(cfg, lab)
+    for feature in features:
+        hit = None if force else _cached(run, cfg, lab, layer, feature)
+        if hit is not None:
+            rows += hit["rows"]
             continue
-        data = data if data is not None else read_layer(run, layer)
-        X = pooled(data, lab, feature)
+        if layer is None:
+            by_id = {r["id"]: r["completion"] for r in read_jsonl(run.completions)}
+            texts = [by_id[i] for i in lab.ids]
+            X = lambda folds, texts=texts: text_features(texts, folds)  # noqa: E731
+        else:
+            data = data if data is not None else read_layer(run, layer)
+            X = pooled(data, lab, feature)
         frows, results = probe_feature(
             X,
             lab.y,
             lab.scenario,
+            kinds,
             n_bootstrap=cfg.probe.n_bootstrap,
             n_permutations=cfg.probe.n_permutations,
-            seed=stable_seed(cfg.seed, "layer", layer, feature),
+            seed=stable_seed(cfg.seed, "layer", layer if layer is not None else "text", feature),
+            inner_splits=cfg.probe.inner_splits,
         )
         frows = [{"layer": layer, "feature": feature, **r} for r in frows]
+        jpath, npath = _paths(run, layer, feature)
         save_cv(npath, results)
-        write_cached(jpath, key, {"rows": jsonable_rows(frows)})
+        write_cached(jpath, _key(run, cfg, lab, layer, feature), {"rows": jsonable_rows(frows)})
         rows += frows
     return rows
 
@@ -283,15 +397,12 @@ def layer_profile(
     force: bool = False,
     n_jobs: int | None = None,
 ) -> pd.DataFrame:
-    """Probe every captured layer and pooled feature; write the layer profile and its controls.
+    """Probe every captured layer and pooled feature (and the text); write profile and controls.
 
     ``results/layer_profile.csv`` (returned): the deception probe, one row per (layer, feature,
-    cv, metric); ``results/probe_controls.csv`` (:func:`read_probe_controls`): the
-    ``shuffled_labels`` and ``scenario_identity`` rows. Both have columns
-    :data:`PROFILE_COLUMNS` (``target`` says which probe a row belongs to). Work is cached per
-    layer and feature in ``cache/probing/`` (keyed on the labels, the activation file and the
-    probe settings) and skipped when current unless ``force``. ``n_jobs`` (default
-    ``cfg.probe.n_jobs``) > 1 probes layers in parallel processes (each single-threaded).
+    cv, subset, metric); ``results/probe_controls.csv`` (:func:`read_probe_controls`): the
+    ``shuffled_labels`` and ``scenario_identity`` rows. Both have columns :data:`PROFILE_COLUMNS`.
+    ``n_jobs`` defaults to ``cfg.probe.n_jobs``.
     """
     n_jobs = cfg.probe.n_jobs if n_jobs is None else n_jobs
     lab = labelled_rows(run, cfg)
@@ -300,29 +411,31 @@ def layer_profile(
         raise FileNotFoundError(
             f"no activation files in {run.activations}; run 03_activation_capture"
         )
-    if not force:  # layers whose every feature is cached need no worker
-        todo = [
-            layer
-            for layer in layers
-            if not all(_layer_cached(run, cfg, lab, layer, f) for f in cfg.probe.features)
-        ]
-        if not todo:
-            n_jobs = 1
-    if n_jobs == 1:
+    units: list[int | None] = [*layers, *([None] if cfg.probe.text_baseline else [])]
+    todo = [
+        u
+        for u in units
+        if force
+        or any(
+            _cached(run, cfg, lab, u, f) is None
+            for f in (["text"] if u is None else cfg.probe.features)
+        )
+    ]
+    if n_jobs == 1 or len(todo) <= 1:
         parts = [
-            _probe_layer(run, cfg, lab, layer, force)
-            for layer in progress_bar(layers, len(layers), "layers", progress)
+            _probe_unit(run, cfg, lab, u, force)
+            for u in progress_bar(units, desc="layers", on=progress)
         ]
     else:
         from joblib import Parallel, delayed
 
         gen = Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(_probe_layer)(run, cfg, lab, layer, force) for layer in layers
+            delayed(_probe_unit)(run, cfg, lab, u, force) for u in units
         )
-        parts = list(progress_bar(gen, len(layers), "layers", progress))
-    df = pd.DataFrame([r for part in parts for r in part])
-    df = df.reindex(columns=PROFILE_COLUMNS)
+        parts = list(progress_bar(gen, len(units), "layers", progress))
+    df = pd.DataFrame([r for part in parts for r in part]).reindex(columns=PROFILE_COLUMNS)
     df["note"] = df["note"].fillna("")
+    df["layer"] = df["layer"].astype("Int64")
     profile = df[df["target"] == "deception"].reset_index(drop=True)
     controls = df[df["target"] != "deception"].reset_index(drop=True)
     atomic_write_text(run.result("probe_controls.csv"), controls.to_csv(index=False))
@@ -331,8 +444,11 @@ def layer_profile(
 
 
 def read_layer_profile(run: RunDir) -> pd.DataFrame:
-    """``results/layer_profile.csv``: the deception probe by layer, feature, CV mode and metric."""
-    return read_results_csv(run, "layer_profile.csv", "05_layer_profile_probing")
+    """``results/layer_profile.csv``: the deception probe by layer, feature, CV mode, subset and
+    metric (``feature == "text"`` rows: the text baseline, ``layer`` empty)."""
+    df = read_results_csv(run, "layer_profile.csv", "05_layer_profile_probing")
+    df["layer"] = df["layer"].astype("Int64")
+    return df
 
 
 def read_probe_controls(run: RunDir) -> pd.DataFrame:
@@ -340,25 +456,11 @@ def read_probe_controls(run: RunDir) -> pd.DataFrame:
     return read_results_csv(run, "probe_controls.csv", "05_layer_profile_probing")
 
 
-def peak_layer(
-    profile: pd.DataFrame,
-    cv: str = "stratified",
-    metric: str = "bal_acc",
-    feature: str | None = None,
-) -> dict:
-    """The (layer, feature) with the highest deception ``value`` of ``metric`` under ``cv``."""
-    sel = profile[(profile.target == "deception") & (profile.cv == cv) & (profile.metric == metric)]
-    if feature is not None:
-        sel = sel[sel.feature == feature]
-    sel = sel.dropna(subset=["value"])
-    if sel.empty:
-        return {
-            "layer": None,
-            "feature": feature,
-            "value": float("nan"),
-            "ci_low": float("nan"),
-            "ci_high": float("nan"),
-            "p_value": float("nan"),
-        }
-    best = sel.loc[sel["value"].idxmax()]
-    return {k: best[k] for k in ("layer", "feature", "value", "ci_low", "ci_high", "p_value")}
+def profile_values(
+    profile: pd.DataFrame, cv: str, feature: str, metric: str = "bal_acc", subset: str = "all"
+) -> pd.DataFrame:
+    """The rows of one curve of the profile (sorted by layer, NaN values dropped)."""
+    sel = profile[(profile.cv == cv) & (profile.feature == feature) & (profile.metric == metric)]
+    if "subset" in sel:
+        sel = sel[sel.subset == subset]
+    return sel.dropna(subset=["value"]).sort_values("layer")

@@ -1,13 +1,21 @@
-"""Leakage: SAE probes whose SAEs never saw the probe's test completions.
+"""Leakage: SAE probes whose SAEs never saw the probe's test completions (notebook 05).
 
 In the study, and in notebook 04, each SAE was trained on completions that are also test
-completions of the probe's folds. :func:`leakage_free_cv` trains, for each stratified fold, a
-fresh SAE of the same architecture and config on that fold's training completions only (those of
-the SAE's condition; token vectors when ``sae.train_on == "tokens"``), so no SAE has seen a
-completion it is tested on. :func:`leakage_comparison` sets those probes beside probes of SAEs
-that saw every completion (``refit_all`` at the same epochs when present, else the grid SAE):
-``leakage = bal_acc(reference) - bal_acc(per_fold)``. The stage that runs them is
-:func:`lib.sae_probes.sae_probes`; the file is ``results/sae_leakage.csv``.
+completions of the probe's folds. Here, for each CV fold, a fresh SAE of the same architecture
+and settings is trained on that fold's training completions only (those of the SAE's
+condition), so no SAE saw a completion it is tested on (``sae_source="per_fold"``). Under
+``scenario`` folds that means nine SAEs, none of which saw its held-out scenario.
+
+The reference it is compared with (``sae_source="refit_all"``) is an SAE of the same
+architecture, settings, training budget and seed trained on *all* labelled completions of the
+condition, probed on exactly the same folds: the only difference between the two is whether the
+SAE saw the test completions. ``leakage = bal_acc(refit_all) - bal_acc(per_fold)``, with the
+book's paired test over completions (or scenarios) and seeds (:func:`lib.stats.paired_seed_test`).
+The training budget of both is ``probe.fold_epochs`` epochs (default ``sae.epochs``), or
+``sae.steps`` optimiser steps when the config fixes steps; the grid SAEs of notebook 04 may have
+trained longer and are never put beside these without saying so.
+
+Both are run for the first ``probe.leakage_seeds`` seeds of each grid cell.
 """
 
 from __future__ import annotations
@@ -15,14 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import pandas as pd
 
-from lib.config import CONDITION_CLASSES, SAEConfig
+from lib.config import CONDITION_CLASSES, RunConfig, SAEConfig
 from lib.dataset import Labelled, LayerData, training_vectors
 from lib.probe import CVResult, cross_validate_folds, cv_folds, fold_problem
-from lib.rundir import RunDir
 from lib.runtime import torch_threads
-from lib.sae import encode_rows
+from lib.sae_features import SAEFeatures, sae_features
 from lib.sae_trainer import train_sae as train_sae_default
 
 
@@ -36,35 +42,80 @@ def train_quietly(train_sae: Callable | None, x, arch: str, sae_cfg: SAEConfig, 
     return sae, info
 
 
-def training_facts(info) -> dict:
-    """The few numbers of an SAE training history worth keeping beside a probe result."""
-    keep = ("seconds", "steps", "epochs", "n_train")
-    return {k: v for k, v in (info or {}).items() if k in keep and isinstance(v, (int, float))}
+def budget_config(cfg: RunConfig) -> SAEConfig:
+    """The SAE settings of the leakage SAEs: the grid's, at the fold budget."""
+    if getattr(cfg.sae, "steps", None):
+        return cfg.sae  # a fixed number of optimiser steps: equal for every training set
+    return cfg.sae.model_copy(update={"epochs": int(cfg.probe.fold_epochs or cfg.sae.epochs)})
 
 
-def leakage_free_cv(
-    layer_data: LayerData,
+def budget_label(sae_cfg: SAEConfig) -> str:
+    steps = getattr(sae_cfg, "steps", None)
+    return f"{steps} steps" if steps else f"{sae_cfg.epochs} epochs"
+
+
+def _fit_features(
+    layer: LayerData,
     lab: Labelled,
-    X_pooled: np.ndarray,
+    train_pos: np.ndarray,
+    arch: str,
+    sae_cfg: SAEConfig,
+    seed: int,
+    pooling: str,
+    train_sae: Callable | None,
+) -> tuple[np.ndarray | None, SAEFeatures, dict]:
+    """Train an SAE on ``train_pos``'s vectors; its pooled features of every labelled completion."""
+    x = training_vectors(layer, lab.rows[train_pos], sae_cfg.train_on)
+    sae, info = train_quietly(train_sae, x, arch, sae_cfg, seed)
+    meta = getattr(sae, "meta", None)
+    if isinstance(meta, dict):
+        meta.setdefault("train_on", sae_cfg.train_on)
+        meta.setdefault("activation_scale", info.get("scale"))
+    feats = sae_features(sae, layer, lab.rows, sae_cfg.train_on, (pooling,))
+    facts = {k: info[k] for k in ("steps", "epochs", "n_train") if k in (info or {})}
+    return (feats.features.get(pooling) if feats.ok else None), feats, facts
+
+
+def refit_all(
+    layer: LayerData,
+    lab: Labelled,
     arch: str,
     condition: str,
     sae_cfg: SAEConfig,
     seed: int,
+    pooling: str,
+    train_sae: Callable | None = None,
+) -> tuple[np.ndarray | None, SAEFeatures | None, dict, str]:
+    """The reference SAE: trained on every labelled completion of the condition.
+
+    Returns ``(features [n, d_sae] or None, feature facts, training facts, note)``."""
+    pos = np.flatnonzero(np.isin(lab.y, CONDITION_CLASSES[condition]))
+    if len(pos) < 2:
+        return None, None, {}, f"condition {condition}: {len(pos)} completion(s) to train an SAE on"
+    F, feats, facts = _fit_features(layer, lab, pos, arch, sae_cfg, seed, pooling, train_sae)
+    return F, feats, facts, "" if F is not None else feats.note
+
+
+def leakage_free_cv(
+    layer: LayerData,
+    lab: Labelled,
+    arch: str,
+    condition: str,
+    sae_cfg: SAEConfig,
+    seed: int,
+    mode: str,
+    pooling: str = "mean",
     train_sae: Callable | None = None,
 ) -> tuple[CVResult, list[dict]]:
-    """Stratified CV where each fold's SAE is trained on that fold's training completions only.
-
-    The fold's training completions are filtered by the condition's labels; their token vectors
-    (or pooled vectors when ``sae_cfg.train_on`` is ``last``/``mean``) train a fresh SAE with
-    ``train_sae(x, arch, sae_cfg, seed)``; the probe is fitted on that SAE's features of the
-    fold's training completions and scored on its test completions, so no SAE has seen a
-    completion it is tested on. Returns the CV result and each fold's SAE training facts.
-    """
+    """Cross-validation in ``mode`` where each fold's SAE is trained on that fold's training
+    completions only (filtered by the condition's labels); the probe is fitted on that SAE's
+    features of the fold's training completions and scored on its test completions. Returns the
+    CV result (``note`` says why when it cannot run) and each fold's SAE training facts."""
     y = lab.y
-    problem = fold_problem(y, None, "stratified")
+    problem = fold_problem(y, lab.scenario, mode)
     if problem:
-        return CVResult.failed("stratified", y, problem), []
-    folds = cv_folds(y, None, "stratified")
+        return CVResult.failed(mode, y, problem), []
+    folds = cv_folds(y, lab.scenario, mode)
     in_condition = np.isin(y, CONDITION_CLASSES[condition])
     features, facts = {}, []
     for k in np.unique(folds):
@@ -74,79 +125,15 @@ def leakage_free_cv(
                 f"condition {condition}: fold {k} has {len(train_pos)} training completion(s) to "
                 "train an SAE on; leakage-free probe not possible"
             )
-            return CVResult.failed("stratified", y, note), facts
-        x = training_vectors(layer_data, lab.rows[train_pos], sae_cfg.train_on)
-        sae, info = train_quietly(train_sae, x, arch, sae_cfg, seed + int(k))
-        features[int(k)] = encode_rows(sae, X_pooled)
-        facts.append(
-            {"fold": int(k), "n_train_completions": int(len(train_pos)), **training_facts(info)}
+            return CVResult.failed(mode, y, note), facts
+        F, feats, fact = _fit_features(
+            layer, lab, train_pos, arch, sae_cfg, seed + int(k), pooling, train_sae
         )
-    return cross_validate_folds(lambda k: features[int(k)], y, folds, "stratified"), facts
-
-
-def read_sae_leakage(run: RunDir) -> pd.DataFrame | None:
-    """``results/sae_leakage.csv`` (:func:`leakage_comparison`); None when not computed."""
-    path = run.result("sae_leakage.csv")
-    return pd.read_csv(path) if path.exists() else None
-
-
-def leakage_comparison(sae: pd.DataFrame) -> pd.DataFrame:
-    """Per SAE, stratified balanced accuracy with SAEs that saw the test completions vs without.
-
-    ``reference`` is the ``refit_all`` SAE when present (same epochs as the fold SAEs: the gap is
-    leakage alone, plus fold-to-fold SAE variation) and the grid SAE otherwise.
-    ``leakage = bal_acc(reference) - bal_acc(per_fold)``; ``grid_minus_per_fold`` compares with
-    the grid SAE in every case.
-    """
-    columns = [
-        "sae_id",
-        "layer",
-        "arch",
-        "condition",
-        "reference",
-        "reference_epochs",
-        "per_fold_epochs",
-        "raw_bal_acc",
-        "bal_acc_grid",
-        "bal_acc_reference",
-        "bal_acc_reference_ci_low",
-        "bal_acc_reference_ci_high",
-        "bal_acc_per_fold",
-        "bal_acc_per_fold_ci_low",
-        "bal_acc_per_fold_ci_high",
-        "delta_reference",
-        "delta_per_fold",
-        "leakage",
-        "grid_minus_per_fold",
-    ]
-    s = sae[sae.cv == "stratified"]
-    by = {src: d.set_index("sae_id") for src, d in s.groupby("sae_source")}
-    if "per_fold" not in by or "grid" not in by:
-        return pd.DataFrame(columns=columns)
-    free, grid = by["per_fold"], by["grid"]
-    ref = by.get("refit_all", grid)
-    ref_name = "refit_all" if "refit_all" in by else "grid"
-    ids = free.index.intersection(grid.index).intersection(ref.index)
-    out = pd.DataFrame(
-        {
-            "layer": free.loc[ids, "layer"],
-            "arch": free.loc[ids, "arch"],
-            "condition": free.loc[ids, "condition"],
-            "reference": ref_name,
-            "reference_epochs": ref.loc[ids, "epochs"],
-            "per_fold_epochs": free.loc[ids, "epochs"],
-            "raw_bal_acc": free.loc[ids, "raw_bal_acc"],
-            "bal_acc_grid": grid.loc[ids, "bal_acc"],
-            "bal_acc_reference": ref.loc[ids, "bal_acc"],
-            "bal_acc_reference_ci_low": ref.loc[ids, "bal_acc_ci_low"],
-            "bal_acc_reference_ci_high": ref.loc[ids, "bal_acc_ci_high"],
-            "bal_acc_per_fold": free.loc[ids, "bal_acc"],
-            "bal_acc_per_fold_ci_low": free.loc[ids, "bal_acc_ci_low"],
-            "bal_acc_per_fold_ci_high": free.loc[ids, "bal_acc_ci_high"],
-            "delta_reference": ref.loc[ids, "delta"],
-            "delta_per_fold": free.loc[ids, "delta"],
-        }
-    )
-    out["leakage"] = out["bal_acc_reference"] - out["bal_acc_per_fold"]
-    out["grid_minus_per_fold"] = out["bal_acc_grid"] - out["bal_acc_per_fold"]
-    return out.rename_axis("sae_id").reset_index().reindex(columns=columns)
+        if F is None:
+            return CVResult.failed(mode, y, f"fold {k}: {feats.note}"), facts
+        features[int(k)] = F
+        facts.append({"fold": int(k), "n_train_completions": int(len(train_pos)), **fact})
+    solver = "sklearn" if mode == "stratified" else "exact"
+    res = cross_validate_folds(lambda k: features[int(k)], y, folds, mode, solver)
+    res.groups = lab.scenario
+    return res, facts

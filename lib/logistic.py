@@ -163,21 +163,23 @@ def balanced_weights(Y: np.ndarray) -> np.ndarray:
     return np.where(Y == 1, n / (2.0 * n_pos), n / (2.0 * (n - n_pos)))
 
 
-def oof_scores_many(
-    X: np.ndarray, Y: np.ndarray, folds: np.ndarray, C: float = C_STUDY
-) -> np.ndarray:
+def oof_scores_many(X, Y: np.ndarray, folds: np.ndarray, C: float = C_STUDY) -> np.ndarray:
     """Out-of-fold decision scores ``[n, P]`` of the study's probe for every label column of ``Y``.
 
-    Mathematically the same estimator as :func:`study_probe` (per-fold standardisation, balanced
-    class weights, L2 with C=1, unpenalised intercept), solved exactly in the training span by
-    :func:`fit_logistic_many`. Used for permutation nulls and the shuffled-label control.
+    Mathematically the same estimator as :func:`lib.probe.study_probe` (per-fold standardisation,
+    balanced class weights, L2 with C=1, unpenalised intercept), solved exactly in the training
+    span by :func:`fit_logistic_many`. Used for permutation nulls and the shuffled-label control.
+    ``X`` is an ``[n, d]`` matrix or a function ``k -> [n, d]`` giving fold ``k``'s features
+    (features fitted on the training fold, such as a TF-IDF vocabulary).
     """
     Y = np.asarray(Y).reshape(len(folds), -1)
     out = np.full(Y.shape, np.nan)
+    features = X if callable(X) else (lambda _k: X)
     with blas_threads(1):
         for k in np.unique(folds):
             te = folds == k
-            Z, Zt = fold_basis(X[~te], X[te])
+            Xk = features(k)
+            Z, Zt = fold_basis(Xk[~te], Xk[te])
             beta = fit_logistic_many(Z, Y[~te], balanced_weights(Y[~te]), C)
             out[te] = Zt @ beta[:-1] + beta[-1]
     return out

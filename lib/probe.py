@@ -19,9 +19,14 @@ Two cross-validation modes, always both reported
     The probe of this mode is fitted with the exact solver of :mod:`lib.logistic` (the same
     estimator as sklearn's pipeline, converged further); see :data:`SOLVERS`.
 
-``recall_at_1fpr`` (the share of deceptive completions caught while flagging at most 1% of honest
-ones) is always computed on pooled out-of-fold scores; ``pooled`` gives the pooled value of
-every metric next to ``value``.
+A deception monitor needs a threshold chosen before it sees the data it is judged on. With
+``monitor=True``, :func:`cross_validate` chooses, inside every training fold, the threshold that
+flags 1% of that fold's honest completions (:func:`monitor_thresholds`: the 99th percentile of
+their out-of-fold scores under an inner cross-validation of the training fold), and the test
+fold is flagged with it: ``recall_at_1fpr`` is the share of deceptive test completions caught,
+``realised_fpr`` the share of honest ones flagged (near 1%, not at most 1%). The threshold taken
+from the evaluated scores themselves is kept only as ``oracle_recall_at_1fpr``, a point of the
+ROC curve. ``pooled`` gives the pooled value of every metric next to ``value``.
 
 Two probes on the same completions and folds are compared completion by completion
 (:func:`compare_probes`): the difference of their balanced accuracies with a paired bootstrap CI
@@ -133,7 +138,7 @@ def value_columns(
     """The headline metric of every column of labels ``Y`` [n, P] and out-of-fold scores ``S``.
 
     ``stratified``: bal_acc and auroc are means of per-fold scores (cross_val_score style);
-    recall_at_1fpr is pooled. ``scenario``: all pooled.
+    oracle_recall_at_1fpr is pooled. ``scenario``: all pooled.
     """
     Y, S = np.atleast_2d(Y.T).T, np.atleast_2d(S.T).T
     pooled_vals = pooled_columns(Y, S)
@@ -144,7 +149,8 @@ def value_columns(
         [stats.balanced_accuracy_columns(Y[folds == k], S[folds == k]) for k in ks], axis=0
     )
     au = np.mean([stats.auroc_columns(Y[folds == k], S[folds == k]) for k in ks], axis=0)
-    return {"bal_acc": ba, "auroc": au, "recall_at_1fpr": pooled_vals["recall_at_1fpr"]}
+    oracle = pooled_vals["oracle_recall_at_1fpr"]
+    return {"bal_acc": ba, "auroc": au, "oracle_recall_at_1fpr": oracle}
 
 
 def pooled_columns(Y: np.ndarray, S: np.ndarray) -> dict[str, np.ndarray]:
@@ -152,7 +158,7 @@ def pooled_columns(Y: np.ndarray, S: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "bal_acc": stats.balanced_accuracy_columns(Y, S),
         "auroc": stats.auroc_columns(Y, S),
-        "recall_at_1fpr": stats.recall_at_fpr_columns(Y, S),
+        "oracle_recall_at_1fpr": stats.recall_at_fpr_columns(Y, S),
     }
 
 
@@ -174,6 +180,8 @@ class CVResult:
     value: dict[str, float] = field(default_factory=dict)
     pooled: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    thresholds: np.ndarray | None = None  # monitor threshold of each completion's test fold
+    groups: np.ndarray | None = None  # scenario of each completion (set where it is known)
 
     @property
     def ok(self) -> bool:
@@ -241,6 +249,65 @@ def cross_validate_folds(
     return result_from_scores(mode, y, scores, folds)
 
 
+def monitor_thresholds(
+    features,
+    y: np.ndarray,
+    folds: np.ndarray,
+    fpr: float = stats.FPR_LEVEL,
+    inner_splits: int = 5,
+    seed: int = CV_SEED,
+) -> np.ndarray:
+    """Per completion, the threshold its test fold is flagged with, chosen on training data only.
+
+    For each outer fold, the training completions get out-of-fold scores from an inner
+    ``StratifiedKFold(inner_splits)`` (the study's estimator, exact solver); the threshold is the
+    ``1 - fpr`` quantile (``method="higher"``) of the inner scores of the *honest* training
+    completions, i.e. what a monitor calibrated on its own training data would use.
+    ``features(k)`` gives the ``[n, d]`` matrix of fold ``k``.
+    """
+    y = np.asarray(y)
+    out = np.full(len(y), np.nan)
+    with blas_threads(1):
+        for k in np.unique(folds):
+            tr = np.flatnonzero(folds != k)
+            X, ytr = features(k), y[tr]
+            splits = min(inner_splits, int(np.bincount(ytr, minlength=2).min()))
+            inner = np.full(len(tr), np.nan)
+            if splits >= 2:
+                splitter = StratifiedKFold(splits, shuffle=True, random_state=seed)
+                for itr, ite in splitter.split(np.zeros((len(tr), 1)), ytr):
+                    Z, Zt = fold_basis(X[tr[itr]], X[tr[ite]])
+                    col = ytr[itr][:, None]
+                    beta = fit_logistic_many(Z, col, balanced_weights(col))
+                    inner[ite] = Zt @ beta[:-1, 0] + beta[-1, 0]
+            honest = inner[(ytr == 0) & np.isfinite(inner)]
+            if honest.size:
+                out[folds == k] = np.quantile(honest, 1 - fpr, method="higher")
+    return out
+
+
+def within_groups(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict:
+    """Mean balanced accuracy and AUROC *within* each group that holds both classes.
+
+    Pooling the scores of separately fitted probes (one per held-out scenario) mixes their
+    offsets; the mean within held-out scenario asks only "does each probe rank its own scenario's
+    completions". Returns ``bal_acc``, ``auroc`` and ``n_groups`` (groups with both classes).
+    """
+    y, s, g = np.asarray(y), np.asarray(scores, float), np.asarray(groups)
+    ba, au = [], []
+    for name in np.unique(g):
+        m = g == name
+        if len(np.unique(y[m])) == 2:
+            ba.append(stats.balanced_accuracy(y[m], s[m]))
+            au.append(stats.auroc(y[m], s[m]))
+    nan = float("nan")
+    return {
+        "bal_acc": float(np.mean(ba)) if ba else nan,
+        "auroc": float(np.mean(au)) if au else nan,
+        "n_groups": len(ba),
+    }
+
+
 def cross_validate(
     X: np.ndarray,
     y: np.ndarray,
@@ -248,6 +315,8 @@ def cross_validate(
     mode: str = "stratified",
     seed: int = CV_SEED,
     solver: str | None = None,
+    monitor: bool = False,
+    inner_splits: int = 5,
 ) -> CVResult:
     """Out-of-fold decision scores and metrics of the study's probe on ``X`` [n, d], labels ``y``.
 
@@ -255,24 +324,43 @@ def cross_validate(
     defaults to :data:`SOLVERS` of the mode: sklearn's own pipeline for ``stratified`` (the
     study's numbers), the exact solver for ``scenario`` (same estimator, converged further, and
     the same computation as its permutation null; 9+ sklearn refits per probe at d=2048 would
-    dominate the stage's time). Data that cannot be cross-validated returns a result with NaN
-    metrics and ``note`` set; it never raises.
+    dominate the stage's time). ``monitor`` also chooses each fold's 1%-FPR threshold on its
+    training data (:func:`monitor_thresholds`). Data that cannot be cross-validated returns a
+    result with NaN metrics and ``note`` set; it never raises.
     """
     y = np.asarray(y).astype(np.int64)
     problem = fold_problem(y, groups, mode)
     if problem:
         return CVResult.failed(mode, y, problem)
     folds = cv_folds(y, groups, mode, seed)
-    return cross_validate_folds(lambda k: X, y, folds, mode, solver or SOLVERS[mode])
+    res = cross_validate_folds(lambda k: X, y, folds, mode, solver or SOLVERS[mode])
+    if monitor:
+        res.thresholds = monitor_thresholds(lambda k: X, y, folds, inner_splits=inner_splits)
+    return res
+
+
+def bootstrap_plan(
+    y: np.ndarray, groups: np.ndarray | None, mode: str, n_boot: int, seed: int
+) -> tuple[np.ndarray, str]:
+    """The resampling that matches a CV mode's question, as ``(W [n_boot, n], ci_method)``:
+    completions within class for ``stratified`` folds (``"completion"``); whole scenarios for
+    ``scenario`` folds, whose question is an unseen scenario (``"cluster"``)."""
+    rng = np.random.default_rng(seed)
+    if mode == "scenario":
+        return stats.cluster_multiplicities(groups, n_boot, rng), "cluster"
+    return stats.stratified_multiplicities(y, n_boot, rng), "completion"
 
 
 # ----- saving cross-validation results -----------------------------------------------------------
 def save_cv(path: Path, results: dict[str, CVResult]) -> None:
+    """Out-of-fold scores, folds, labels, thresholds and metrics of each mode, in one ``.npz``."""
     arrays = {}
     for mode, r in results.items():
         arrays[f"{mode}__scores"] = r.scores
         arrays[f"{mode}__folds"] = r.folds
         arrays[f"{mode}__y"] = r.y
+        if r.thresholds is not None:
+            arrays[f"{mode}__thresholds"] = r.thresholds
         arrays[f"{mode}__meta"] = np.array(
             json.dumps(
                 {
@@ -289,6 +377,7 @@ def save_cv(path: Path, results: dict[str, CVResult]) -> None:
 
 
 def load_cv(path: Path) -> dict[str, CVResult]:
+    """What :func:`save_cv` wrote, by CV mode."""
     out = {}
     with np.load(path) as z:
         modes = sorted({k.split("__")[0] for k in z.files})
@@ -303,6 +392,7 @@ def load_cv(path: Path) -> dict[str, CVResult]:
                 meta["value"],
                 meta["pooled"],
                 meta["note"],
+                z[f"{mode}__thresholds"] if f"{mode}__thresholds" in z.files else None,
             )
     return out
 

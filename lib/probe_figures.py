@@ -1,338 +1,381 @@
-"""Figures of the probing stages: layer profile, SAE probes, controls and leakage (05), the STE
-comparison (06).
-
-Style (colours, names, saving) comes from :mod:`lib.style`.
-"""
+"""Figures of the probing stages: the layer profile, SAE probes, leakage and controls (05) and
+the STE comparison (06). Style (theme, colours, names, saving) comes from :mod:`lib.style`."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from lib.style import (
     ARCH_COLOURS,
     ARCH_LABELS,
-    ARCH_MARKERS,
+    CONDITION_MARKERS,
     CONDITION_NAMES,
+    CV_COLOURS,
     CV_LABELS,
     CV_SHORT,
     CV_STYLES,
     METRIC_LABELS,
-    SAE_SOURCE_LABELS,
-    SAE_SOURCE_SHORT,
+    caption,
+    n_text,
     title,
 )
 
-
-def _sae_offsets(sae):
-    """A small x-offset per (architecture, condition) so SAE points sit beside the raw line."""
-    cells = sorted({(a, c) for a, c in zip(sae["arch"], sae["condition"], strict=True)}, key=str)
-    span = 0.6
-    step = span / max(len(cells), 1)
-    return {cell: 0.12 + i * step for i, cell in enumerate(cells)}
+ARCH_ORDER = ("topk", "jumprelu", "jumprelu_ste")
 
 
-def plot_layer_profile(
-    profile,
-    model_label: str,
-    sae=None,
-    metric: str = "bal_acc",
-    sae_layers=None,
-    sae_feature: str | None = None,
-):
-    """Deception probe ``metric`` by layer: one panel per pooled feature, both CV modes with 95% CIs.
+def _curve(profile, cv, feature, metric):
+    d = profile[(profile.cv == cv) & (profile.feature == feature) & (profile.metric == metric)]
+    if "subset" in d:
+        d = d[d.subset == "all"]
+    return d.dropna(subset=["value"]).sort_values("layer")
 
-    ``profile`` is ``results/layer_profile.csv``; ``sae`` (optional, ``results/sae_probes.csv``)
-    adds the grid SAE probes beside their layer on the ``sae_feature`` panel (filled markers:
-    stratified, hollow: leave-one-scenario-out), with their CIs. ``sae_layers`` are marked with
-    dotted vertical lines.
+
+def _offsets(cells) -> dict:
+    """x-offsets within +-0.25 of the layer, one per (arch, condition)."""
+    cells = sorted(cells, key=lambda c: (ARCH_ORDER.index(c[0]) if c[0] in ARCH_ORDER else 9, c[1]))
+    if len(cells) == 1:
+        return {cells[0]: 0.0}
+    return {c: -0.25 + 0.5 * i / (len(cells) - 1) for i, c in enumerate(cells)}
+
+
+def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling="mean", n=None):
+    """Deception probe ``metric`` by layer: one panel per pooled feature, both CV modes with 95%
+    CIs, the text-only baseline as a band, and (``sae``: per-seed rows of ``sae_probes.csv``) the
+    grid SAE probes beside their layer on the panel of the raw vector they are compared with.
+
+    SAE markers: colour = architecture, shape = training condition, filled = stratified folds,
+    hollow = held-out scenarios; the marker is the mean over seeds, the bar spans the seeds.
     """
-    dec = profile[(profile["target"] == "deception") & (profile["metric"] == metric)]
-    features = [f for f in ("last", "mean") if f in set(dec["feature"])]
+    features = [f for f in ("last", "mean") if f in set(profile.feature)]
     fig, axes = plt.subplots(
-        1, len(features), figsize=(5.6 * len(features), 3.8), squeeze=False, sharey=True
+        1, len(features), figsize=(6.2 * len(features), 4.2), sharey=True, squeeze=False
     )
     for ax, feature in zip(axes[0], features, strict=True):
         for cv in ("stratified", "scenario"):
-            d = dec[(dec["feature"] == feature) & (dec["cv"] == cv)].sort_values("layer")
+            d = _curve(profile, cv, feature, metric)
             if d.empty:
                 continue
-            colour = ARCH_COLOURS["raw"] if cv == "stratified" else "#7f8c8d"
-            ax.plot(
-                d["layer"],
-                d["value"],
-                CV_STYLES[cv],
-                color=colour,
-                marker="o",
-                ms=3.5,
-                label=f"raw, {CV_LABELS[cv]}",
-            )
+            ax.plot(d.layer, d.value, CV_STYLES[cv], color=CV_COLOURS[cv], marker="o", ms=4, lw=1.6)
             ax.fill_between(
-                d["layer"],
-                d["ci_low"],
-                d["ci_high"],
-                color=colour,
-                alpha=0.15 if cv == "stratified" else 0.1,
-                lw=0,
+                d.layer.astype(float), d.ci_low, d.ci_high, color=CV_COLOURS[cv], alpha=0.12, lw=0
             )
-        chance = 0.5 if metric != "recall_at_1fpr" else 0.01
-        ax.axhline(chance, color="#999999", lw=0.9, ls=":", label="chance")
-        for layer in sae_layers or []:
-            ax.axvline(layer, color="#bbbbbb", lw=0.8, ls=":", zorder=0)
-        if sae is not None and metric == "bal_acc" and feature == (sae_feature or feature):
-            grid = sae[(sae["sae_source"] == "grid")].dropna(subset=["bal_acc"])
-            offsets = _sae_offsets(grid) if len(grid) else {}
-            seen = set()
-            for _, r in grid.iterrows():
-                arch = r["arch"]
-                filled = r["cv"] == "stratified"
-                x = r["layer"] + offsets[(arch, r["condition"])] + (0 if filled else 0.03)
-                lab = None
-                if filled and arch not in seen:
-                    lab = f"{ARCH_LABELS.get(arch, arch)} SAE"
-                    seen.add(arch)
-                ax.errorbar(
+            text = _curve(profile, cv, "text", metric)
+            if len(text):
+                t = text.iloc[0]
+                ax.axhspan(t.ci_low, t.ci_high, color=CV_COLOURS[cv], alpha=0.07, lw=0)
+                ax.axhline(t.value, color=CV_COLOURS[cv], lw=1.0, ls=":")
+        ax.axhline(0.5 if metric != "recall_at_1fpr" else 0.01, color="#999999", lw=0.8)
+        if sae is not None and metric == "bal_acc" and len(sae):
+            grid = sae[(sae.sae_source == "grid") & (sae.raw_feature == feature)].dropna(
+                subset=["bal_acc"]
+            )
+            offsets = _offsets({(a, c) for a, c in zip(grid.arch, grid.condition, strict=True)})
+            for (layer, arch, cond, cv), d in grid.groupby(["layer", "arch", "condition", "cv"]):
+                x = layer + offsets[(arch, cond)] + (0.0 if cv == "stratified" else 0.04)
+                colour = ARCH_COLOURS.get(arch, "#555555")
+                ax.plot([x, x], [d.bal_acc.min(), d.bal_acc.max()], color=colour, lw=0.8, alpha=0.8)
+                ax.plot(
                     x,
-                    r["bal_acc"],
-                    yerr=[
-                        [r["bal_acc"] - r["bal_acc_ci_low"]],
-                        [r["bal_acc_ci_high"] - r["bal_acc"]],
-                    ],
-                    fmt=ARCH_MARKERS.get(arch, "o"),
-                    color=ARCH_COLOURS.get(arch, "#555555"),
-                    ms=4.5,
-                    lw=0.7,
-                    mfc=ARCH_COLOURS.get(arch, "#555555") if filled else "white",
-                    label=lab,
-                    alpha=0.9,
+                    d.bal_acc.mean(),
+                    CONDITION_MARKERS.get(cond, "o"),
+                    color=colour,
+                    ms=5,
+                    mfc=colour if cv == "stratified" else "white",
+                    mew=1.1,
                 )
-        ax.set(xlabel="layer (resid_post)", title=f"`{feature}` pooling")
-    axes[0][0].set_ylabel(METRIC_LABELS.get(metric, metric) + " (95% CI)")
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    for ax in axes[0][:-1]:
-        h, lab = ax.get_legend_handles_labels()
-        for hh, ll in zip(h, lab, strict=True):
-            if ll not in labels:
-                handles.append(hh)
-                labels.append(ll)
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
-    fig.tight_layout()
-    fig.suptitle(
-        title(f"Deception probe {METRIC_LABELS.get(metric, metric)} by layer", model_label),
-        y=1.0,
-        va="bottom",
+        ax.set(xlabel="layer (residual stream after the block)", title=f"{feature} pooling")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    axes[0][0].set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (95% CI)")
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=CV_COLOURS[cv],
+            ls=CV_STYLES[cv],
+            marker="o",
+            ms=4,
+            label=f"raw, {CV_LABELS[cv]}",
+        )
+        for cv in ("stratified", "scenario")
+    ]
+    handles.append(
+        Line2D([], [], color="#555555", ls=":", label="text-only baseline (band: 95% CI)")
     )
+    if sae is not None and metric == "bal_acc" and len(sae):
+        archs = [a for a in ARCH_ORDER if a in set(sae.arch)]
+        handles += [Patch(color=ARCH_COLOURS[a], label=f"{ARCH_LABELS[a]} SAE") for a in archs]
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                ls="none",
+                marker=CONDITION_MARKERS[c],
+                label=f"trained on: {CONDITION_NAMES[c]}",
+            )
+            for c in CONDITION_NAMES
+            if c in set(sae.condition)
+        ]
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                ls="none",
+                marker="o",
+                mfc=mfc,
+                label=f"SAE probe, {CV_SHORT[cv]}",
+            )
+            for cv, mfc in (("stratified", "#555555"), ("scenario", "white"))
+        ]
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    fig.suptitle(
+        title(f"Deception probe {METRIC_LABELS.get(metric, metric)} by layer", model_label)
+    )
+    note = n_text(*n) + "; " if n else ""
+    note += (
+        "CIs: completions resampled within class (stratified folds), whole scenarios resampled "
+        "(held-out scenarios)."
+    )
+    if sae is not None and len(sae):
+        pooling_text = {"mean": "mean-pooled", "max": "max-pooled", "last": "last-token"}.get(
+            pooling, pooling
+        )
+        note += (
+            f" SAE probes: the SAE's codes of every response token, {pooling_text} per completion "
+            "(SAEs trained on tokens); marker = mean over seeds, bar = seed range."
+        )
+    caption(fig, note)
     return fig
 
 
-def plot_sae_vs_raw(sae, model_label: str):
-    """Heatmaps of SAE minus raw balanced accuracy (pp): one panel per (source, CV mode).
-
-    Rows: architecture x condition; columns: layer. ``*`` marks Holm-significant differences
-    (p_holm < 0.05); empty cells are SAEs without a result (see their ``note``).
-    """
-    import numpy as np
-
-    panels = [
-        (src, cv)
-        for src in ("grid", "refit_all", "per_fold")
-        for cv in ("stratified", "scenario")
-        if ((sae["sae_source"] == src) & (sae["cv"] == cv)).any()
-    ]
+def plot_sae_vs_raw(verdicts, model_label, source="grid", n=None):
+    """Heatmaps of SAE minus raw balanced accuracy (points, mean over seeds), one panel per CV
+    mode: rows are architecture x training condition, columns layers. Cells whose paired test
+    survives Holm are coloured and starred; the others are grey with the number in grey."""
+    v = verdicts[verdicts.sae_source == source]
+    modes = [m for m in ("stratified", "scenario") if (v.cv == m).any()]
     rows = sorted(
-        {(a, c) for a, c in zip(sae["arch"], sae["condition"], strict=True)},
-        key=lambda t: (list(ARCH_LABELS).index(t[0]) if t[0] in ARCH_LABELS else 9, t[1]),
+        {(a, c) for a, c in zip(v.arch, v.condition, strict=True)},
+        key=lambda t: (ARCH_ORDER.index(t[0]) if t[0] in ARCH_ORDER else 9, t[1]),
     )
-    layers = sorted(set(sae["layer"]))
-    lim = float(np.nanmax(np.abs(sae["delta"]))) * 100 if sae["delta"].notna().any() else 1.0
-    lim = max(lim, 1.0)
+    layers = sorted(set(v.layer))
+    lim = max(float(np.nanmax(np.abs(v.delta))) * 100 if v.delta.notna().any() else 1.0, 1.0)
     fig, axes = plt.subplots(
         1,
-        len(panels),
-        figsize=(max(1.1 * len(layers), 2.2) * len(panels) + 3.5, 0.42 * len(rows) + 1.8),
-        squeeze=False,
+        max(len(modes), 1),
+        figsize=(2.0 + 1.3 * len(layers) * max(len(modes), 1) + 2.5, 0.45 * len(rows) + 1.9),
         sharey=True,
+        squeeze=False,
     )
-    im = None
-    for ax, (src, cv) in zip(axes[0], panels, strict=True):
-        sub = sae[(sae["sae_source"] == src) & (sae["cv"] == cv)]
-        grid = np.full((len(rows), len(layers)), np.nan)
+    cmap = plt.get_cmap("RdBu_r")
+    for ax, mode in zip(axes[0], modes, strict=False):
+        sub = v[v.cv == mode]
+        ax.set_xlim(-0.5, len(layers) - 0.5)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
         for _, r in sub.iterrows():
-            i, j = rows.index((r["arch"], r["condition"])), layers.index(r["layer"])
-            grid[i, j] = r["delta"] * 100
-            if np.isfinite(grid[i, j]):
-                star = "*" if r["p_holm"] < 0.05 else ""
-                ink = "white" if abs(grid[i, j]) > 0.6 * lim else "black"
-                ax.text(
-                    j,
-                    i,
-                    f"{grid[i, j]:+.1f}{star}",
-                    ha="center",
-                    va="center",
-                    fontsize=7.5,
-                    color=ink,
-                )
-        im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-        ax.set_xticks(range(len(layers)), [str(x) for x in layers])
+            i, j = rows.index((r.arch, r.condition)), layers.index(r.layer)
+            val = r.delta * 100
+            sig = r.verdict in ("win", "loss")
+            face = (
+                cmap(0.5 + 0.5 * np.clip(val / lim, -1, 1))
+                if sig and np.isfinite(val)
+                else "#eeeeee"
+            )
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color=face, lw=0.5, ec="white"))
+            label = "no result" if not np.isfinite(val) else f"{val:+.1f}{'*' if sig else ''}"
+            ink = "white" if sig and abs(val) > 0.6 * lim else ("#222222" if sig else "#888888")
+            ax.text(
+                j,
+                i,
+                label,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color=ink,
+                fontweight="bold" if sig else "normal",
+            )
+        ax.set_xticks(range(len(layers)), [f"layer {x}" for x in layers])
         ax.set_yticks(
             range(len(rows)),
             [f"{ARCH_LABELS.get(a, a)}, {CONDITION_NAMES.get(c, c)}" for a, c in rows],
         )
-        ax.set(xlabel="layer", title=f"{SAE_SOURCE_SHORT.get(src, src)}\n{CV_SHORT.get(cv, cv)}")
-        ax.title.set_size(9)
+        ax.set_title(CV_LABELS[mode], fontsize=10)
         ax.grid(False)
-    fig.colorbar(im, ax=axes[0].tolist(), label="SAE - raw balanced accuracy (pp)", shrink=0.9)
-    fig.suptitle(
-        title("SAE probes against the raw probe of their layer (* Holm p < 0.05)", model_label),
-        y=1.0,
-        va="bottom",
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(-lim, lim))
+    fig.colorbar(
+        sm, ax=axes[0].tolist(), label="SAE minus raw balanced accuracy (points)", shrink=0.85
     )
+    fig.suptitle(
+        title("SAE probes against the raw probe of their layer (mean over seeds)", model_label)
+    )
+    note = (n_text(*n) + "; " if n else "") + (
+        "* and colour: the paired test over completions and seeds survives Holm within its family "
+        "(p < 0.05); grey: no significant difference."
+    )
+    caption(fig, note)
     return fig
 
 
-def plot_probe_controls(profile, model_label: str):
-    """Controls per layer: the shuffled-label null (mean, central 95%) and scenario identity."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    sh = profile[(profile["target"] == "shuffled_labels") & (profile["metric"] == "bal_acc")]
-    styles = {"last": "o", "mean": "s"}
-    for (feature, cv), d in sh.groupby(["feature", "cv"]):
-        d = d.sort_values("layer")
-        colour = ARCH_COLOURS["raw"] if cv == "stratified" else "#7f8c8d"
-        axes[0].plot(
-            d["layer"],
-            d["value"],
-            CV_STYLES.get(cv, "-"),
-            marker=styles.get(feature, "o"),
-            ms=3,
-            color=colour,
-            label=f"{feature}, {CV_LABELS.get(cv, cv)}",
+def plot_probe_controls(controls, model_label, n=None):
+    """Left two panels: the probe refitted on labels shuffled within folds (mean and central 95%
+    of the shuffles, per pooled feature), one panel per CV mode; right: scenario identity."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    sh = controls[(controls.target == "shuffled_labels") & (controls.metric == "bal_acc")]
+    for ax, cv in zip(axes[:2], ("stratified", "scenario"), strict=True):
+        for feature, colour in (("last", "#e67e22"), ("mean", "#2471a3"), ("text", "#7f8c8d")):
+            d = sh[(sh.cv == cv) & (sh.feature == feature)].dropna(subset=["value"])
+            if d.empty:
+                continue
+            if feature == "text":
+                ax.axhspan(
+                    d.ci_low.iloc[0],
+                    d.ci_high.iloc[0],
+                    color=colour,
+                    alpha=0.12,
+                    lw=0,
+                    label="text, 95% of shuffles",
+                )
+                continue
+            d = d.sort_values("layer")
+            ax.plot(d.layer, d.value, "-o", ms=3, color=colour, label=f"{feature} pooling")
+            ax.fill_between(
+                d.layer.astype(float), d.ci_low, d.ci_high, color=colour, alpha=0.15, lw=0
+            )
+        ax.axhline(0.5, color="#999999", lw=0.8)
+        ax.set(
+            xlabel="layer",
+            ylabel="balanced accuracy",
+            ylim=(0.2, 0.8),
+            title=f"shuffled labels, {CV_SHORT[cv]}",
         )
-        axes[0].fill_between(d["layer"], d["ci_low"], d["ci_high"], color=colour, alpha=0.08, lw=0)
-    axes[0].axhline(0.5, color="#999999", lw=0.9, ls=":")
-    axes[0].set(
-        xlabel="layer", ylabel="balanced accuracy", title="shuffled labels (mean, 95% of shuffles)"
-    )
-    axes[0].legend(fontsize=7)
-    sid = profile[profile["target"] == "scenario_identity"]
-    for feature, d in sid.groupby("feature"):
-        d = d.sort_values("layer")
-        axes[1].plot(
-            d["layer"],
-            d["value"],
-            "-",
-            marker=styles.get(feature, "o"),
-            ms=3,
-            label=f"`{feature}` pooling",
+        ax.legend(fontsize=8, loc="upper right")
+    sid = controls[controls.target == "scenario_identity"]
+    for feature, colour in (("last", "#e67e22"), ("mean", "#2471a3")):
+        d = sid[sid.feature == feature].sort_values("layer")
+        if len(d):
+            axes[2].plot(d.layer, d.value, "-o", ms=3, color=colour, label=f"{feature} pooling")
+            axes[2].fill_between(
+                d.layer.astype(float), d.ci_low, d.ci_high, color=colour, alpha=0.15, lw=0
+            )
+    if sid.chance.notna().any():
+        axes[2].axhline(
+            float(sid.chance.dropna().iloc[0]), color="#999999", lw=0.8, ls=":", label="chance"
         )
-        axes[1].fill_between(d["layer"], d["ci_low"], d["ci_high"], alpha=0.15, lw=0)
-    if len(sid):
-        axes[1].axhline(
-            float(sid["chance"].dropna().iloc[0]) if sid["chance"].notna().any() else 0,
-            color="#999999",
-            lw=0.9,
-            ls=":",
-            label="chance",
-        )
-    axes[1].set(
+    axes[2].set(
         xlabel="layer",
         ylabel="balanced accuracy (multiclass)",
-        title="which scenario? (confound check)",
         ylim=(0, 1.02),
+        title="which scenario? (confound check)",
     )
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.suptitle(title("Probe controls", model_label), y=1.0, va="bottom")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    fig.suptitle(title("Probe controls", model_label))
+    caption(
+        fig,
+        (n_text(*n) + ". " if n else "") + "Shuffled labels: mean and central 95% of the "
+        "label permutations of the p-values; they should straddle 0.5.",
+    )
     return fig
 
 
-def plot_leakage(comparison, model_label: str):
-    """Per SAE: stratified balanced accuracy with an SAE that saw the test completions (x) vs
-    SAEs trained inside each fold (y). Points below the diagonal: the score owed to leakage."""
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(4.8, 4.4))
-    ref = comparison["reference"].iloc[0] if len(comparison) else "grid"
-    for arch, d in comparison.groupby("arch"):
-        ax.scatter(
-            d["bal_acc_reference"],
-            d["bal_acc_per_fold"],
-            marker=ARCH_MARKERS.get(arch, "o"),
-            color=ARCH_COLOURS.get(arch, "#555555"),
-            label=ARCH_LABELS.get(arch, arch),
-            s=30,
-            alpha=0.85,
-        )
-    vals = (
-        np.concatenate([comparison["bal_acc_reference"], comparison["bal_acc_per_fold"]])
-        if len(comparison)
-        else np.array([0.5, 1])
-    )
-    vals = vals[np.isfinite(vals)] if vals.size else np.array([0.5, 1.0])
-    lo, hi = (float(vals.min()) - 0.02, float(vals.max()) + 0.02) if vals.size else (0.4, 1.0)
-    ax.plot([lo, hi], [lo, hi], color="#999999", lw=0.9, ls=":")
-    ax.set(
-        xlim=(lo, hi),
-        ylim=(lo, hi),
-        xlabel=f"balanced accuracy, {SAE_SOURCE_LABELS.get(ref, ref)}",
-        ylabel="balanced accuracy, leakage-free (per-fold SAEs)",
-    )
-    ax.xaxis.label.set_size(8)
-    ax.legend(fontsize=8)
-    ax.set_title(title("Leakage: SAE probes with and without the test data", model_label))
-    return fig
-
-
-# ---- STE comparison and summary (06, 07) -------------------------------------------------------
-
-
-def plot_ste_vs_topk(df, model_label: str, cv: str = "stratified"):
-    """Paired plot: each (layer, condition) a line from TopK to STE JumpReLU (and threshold-0)."""
-    import numpy as np
-
-    rows = df[df.cv == cv].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    xs = {"topk": 0, "jumprelu": 1, "jumprelu_ste": 2}
-    verdict_colour = {
-        "wins": ARCH_COLOURS["jumprelu_ste"],
-        "loses": "#c0392b",
-        "inconclusive": "#7f8c8d",
-        "collapsed": "#000000",
-        "n/a": "#bdc3c7",
-    }
-    for _, r in rows.iterrows():
-        ys = [r.topk_bal_acc, r.jumprelu_bal_acc, r.jumprelu_ste_bal_acc]
-        ax.plot(
-            list(xs.values()),
-            ys,
-            "-",
-            color=verdict_colour.get(r.verdict, "#7f8c8d"),
-            alpha=0.8,
-            lw=1.2,
-        )
-        ax.annotate(
-            f"L{int(r.layer)} {CONDITION_NAMES.get(r.condition, r.condition)}",
-            (2.05, r.jumprelu_ste_bal_acc),
-            fontsize=7,
-            va="center",
-        )
-    for arch, x in xs.items():
-        col = rows[f"{arch}_bal_acc"].to_numpy(dtype=float)
-        ax.scatter(
-            np.full(len(col), x), col, color=ARCH_COLOURS[arch], marker=ARCH_MARKERS[arch], zorder=3
-        )
-    ax.axhline(0.5, color="grey", ls=":", lw=1)
-    ax.set_xticks(
-        list(xs.values()),
-        [ARCH_LABELS["topk"], ARCH_LABELS["jumprelu"], ARCH_LABELS["jumprelu_ste"]],
-    )
-    ax.set_xlim(-0.3, 2.9)
-    ax.set_ylabel("probe balanced accuracy")
-    handles = [
-        plt.Line2D([], [], color=c, label=f"STE vs TopK: {v}")
-        for v, c in verdict_colour.items()
-        if (rows.verdict == v).any()
+def plot_leakage(leak, model_label, n=None):
+    """Leakage per SAE cell: balanced accuracy with an SAE that saw the test completions minus
+    with SAEs that did not (same budget and seeds), with the paired 95% CI, per CV mode."""
+    d = leak.dropna(subset=["leakage"]).copy()
+    d["label"] = [
+        f"L{int(r.layer)} {ARCH_LABELS.get(r.arch, r.arch)}, {CONDITION_NAMES.get(r.condition, r.condition)}"
+        for r in d.itertuples()
     ]
-    ax.legend(handles=handles, loc="lower left", fontsize=8)
-    ax.set_title(
-        title(f"STE JumpReLU vs TopK per (layer, condition), {CV_LABELS.get(cv, cv)}", model_label)
+    labels = list(dict.fromkeys(d.sort_values(["layer", "arch", "condition"]).label))
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(labels) + 1.8))
+    for cv, shift in (("stratified", -0.15), ("scenario", 0.15)):
+        s = d[d.cv == cv]
+        y = np.array([labels.index(lbl) for lbl in s.label]) + shift
+        ax.errorbar(
+            100 * s.leakage,
+            y,
+            xerr=[100 * (s.leakage - s.leakage_ci_low), 100 * (s.leakage_ci_high - s.leakage)],
+            fmt="o",
+            color=CV_COLOURS[cv],
+            ms=4,
+            lw=1,
+            label=CV_LABELS[cv],
+        )
+    ax.axvline(0, color="#999999", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("leakage: SAE saw the test completions minus it did not (points, 95% CI)")
+    ax.legend(fontsize=8, loc="lower right")
+    budget = d.budget.iloc[0] if len(d) else ""
+    fig.suptitle(title("Leakage of SAE training data into the probe's test folds", model_label))
+    caption(
+        fig,
+        (n_text(*n) + "; " if n else "") + f"both SAEs trained for {budget} with the same seeds.",
     )
     return fig
+
+
+def plot_ste_vs_topk(ste, model_label, n=None):
+    """A forest plot of the paired STE JumpReLU minus TopK difference (mean over seeds) with its
+    95% CI per (layer, condition), both CV modes, with both architectures' measured L0."""
+    d = ste[ste.arch_b == "topk"].dropna(subset=["delta"]).copy()
+    d["label"] = [
+        f"L{int(r.layer)}, {CONDITION_NAMES.get(r.condition, r.condition)}" for r in d.itertuples()
+    ]
+    labels = list(dict.fromkeys(d.sort_values(["layer", "condition"]).label))
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(labels) + 2.0))
+    for cv, shift in (("stratified", -0.15), ("scenario", 0.15)):
+        s = d[d.cv == cv]
+        y = np.array([labels.index(lbl) for lbl in s.label]) + shift
+        ax.errorbar(
+            100 * s.delta,
+            y,
+            xerr=[100 * (s.delta - s.ci_low), 100 * (s.ci_high - s.delta)],
+            fmt="o",
+            color=CV_COLOURS[cv],
+            ms=5,
+            lw=1.1,
+            label=CV_LABELS[cv],
+        )
+        for yy, (_, r) in zip(y, s.iterrows(), strict=True):
+            if r.verdict in ("win", "loss"):
+                ax.plot(
+                    100 * r.delta, yy, "*", color="#f1c40f", ms=9, mec="#444444", mew=0.5, zorder=4
+                )
+    ax.axvline(0, color="#999999", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    l0 = d[d.cv == "stratified"].drop_duplicates("label").set_index("label")
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(
+        range(len(labels)),
+        [f"L0 {l0.l0_a.get(lbl, np.nan):.0f} vs {l0.l0_b.get(lbl, np.nan):.0f}" for lbl in labels],
+    )
+    right.tick_params(labelsize=8, length=0)
+    ax.set_xlabel(
+        "STE JumpReLU minus TopK balanced accuracy (points, 95% CI over completions and seeds)"
+    )
+    ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(
+        title("STE JumpReLU against TopK, paired, per (layer, training condition)", model_label)
+    )
+    caption(
+        fig,
+        (n_text(*n) + "; " if n else "") + "star: the paired test survives Holm within its "
+        "CV mode; right: mean active latents (STE vs TopK) on the probe's own inputs.",
+    )
+    return fig
+
+
+def seed_table(probes: pd.DataFrame) -> pd.DataFrame:
+    """Per grid cell and CV mode: balanced accuracy of every seed, for a table beside a figure."""
+    g = probes[probes.sae_source == "grid"].dropna(subset=["bal_acc"])
+    return g.pivot_table(
+        index=["layer", "arch", "condition", "cv"], columns="seed_index", values="bal_acc"
+    ).round(3)

@@ -97,6 +97,11 @@ class RunDir:
         return self.results / name
 
     @property
+    def figures(self) -> Path:
+        """This run's figures (PNG and PDF); ``make publish`` copies them into the repository."""
+        return self.root / "figures"
+
+    @property
     def cache(self) -> Path:
         return self.root / "cache"
 
@@ -114,6 +119,22 @@ class RunDir:
         if not path.exists():
             raise RunDirError(f"{path} is missing; run {stage} for run '{self.root.name}' first")
         return path
+
+
+def shown(path: Path | str) -> str:
+    """A path as a notebook should print it: relative to the repository when inside it, else
+    relative to the run directories' root (``<runs>/...``); never a machine's absolute path."""
+    path = Path(path).resolve()
+    roots = (
+        (REPO_ROOT.resolve(), ""),
+        (Path(os.environ.get("DECEPTION_SAES_RUNS", RUNS_ROOT)).resolve(), "<runs>/"),
+    )
+    for root, prefix in roots:
+        try:
+            return prefix + str(path.relative_to(root))
+        except ValueError:
+            continue
+    return path.name
 
 
 def environment_versions() -> dict[str, str]:

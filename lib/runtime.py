@@ -1,5 +1,10 @@
 """How the book's work uses the machine: CPU thread limits and progress bars.
 
+Progress: in JupyterLab a live bar (``tqdm.auto``); in batch runs (papermill under ``lib.grid``,
+``make notebooks``, nbval: the environment variable ``DECEPTION_SAES_BATCH=1``) a few plain log
+lines instead (at each quarter and at the end), so executed notebooks do not store one line per
+refresh or a widget's state.
+
 On a 2-core CPU the book's many small computations (small SAEs, per-fold probe fits, a toy
 model's forward passes) run fastest single-threaded: a second thread mostly waits for the first,
 and worker processes already use the second core. Every place that limits threads goes through
@@ -8,6 +13,9 @@ and worker processes already use the second core. Every place that limits thread
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import Iterable
 from contextlib import contextmanager
 
@@ -51,6 +59,54 @@ def threads_for(model) -> int | None:
     return 1 if sum(p.numel() for p in params) < SMALL_MODEL_PARAMS else None
 
 
+BATCH_ENV = "DECEPTION_SAES_BATCH"
+
+
+def batch_mode() -> bool:
+    """True in non-interactive runs (the grid, ``make notebooks``, nbval)."""
+    return os.environ.get(BATCH_ENV, "") not in ("", "0")
+
+
+class LogProgress:
+    """A progress bar for batch runs: one line at each quarter of the way and at the end."""
+
+    def __init__(self, iterable=None, total=None, desc="", disable=False, **_):
+        self.iterable, self.desc, self.disable = iterable, desc, disable
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total = total
+        self.n, self.t0, self.next_quarter = 0, time.perf_counter(), 1
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if self.disable or not self.total:
+            return
+        while self.next_quarter < 4 and self.n * 4 >= self.next_quarter * self.total:
+            self._line()
+            self.next_quarter += 1
+
+    def set_postfix(self, *a, **k) -> None:
+        pass
+
+    set_postfix_str = set_postfix
+
+    def close(self) -> None:
+        if not self.disable and self.n and self.next_quarter != 5:
+            self.next_quarter = 5
+            self._line()
+
+    def _line(self) -> None:
+        total = f"/{self.total}" if self.total else ""
+        took = time.perf_counter() - self.t0
+        print(f"{self.desc}: {self.n}{total} done, {took:.0f} s", file=sys.stdout, flush=True)
+
+
 def progress(
     iterable: Iterable | None = None,
     total: int | None = None,
@@ -58,7 +114,10 @@ def progress(
     on: bool = True,
     **kw,
 ):
-    """A tqdm progress bar over ``iterable`` (or counting to ``total``); silent unless ``on``."""
+    """A progress bar over ``iterable`` (or counting to ``total``); silent unless ``on``: a live
+    tqdm bar interactively, a few log lines in batch runs (:func:`batch_mode`)."""
+    if batch_mode():
+        return LogProgress(iterable, total=total, desc=desc, disable=not on)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=not on, **kw)

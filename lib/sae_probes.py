@@ -1,46 +1,43 @@
-"""SAE probes against the raw probe of their layer, with and without leakage (notebook 05).
+"""SAE probes against the raw probe of their layer, across seeds and without leakage (notebook 05).
 
-SAE features are ``sae.encode(x)`` of the completion's pooled vector (``ProbeConfig.sae_feature``),
-i.e. the SAE is applied to the same vector the raw probe sees (the study's single pooled vector
-per completion), not to each token before pooling. Every SAE probe uses exactly the folds of its
-layer's raw probe (the folds depend only on the labels and scenarios), so the two are compared
-completion by completion (:func:`lib.probe.compare_probes`): ``delta = bal_acc(SAE) -
-bal_acc(raw)``, a 95% CI from a paired stratified bootstrap of the pooled out-of-fold
-predictions, and a two-sided p-value from approximate randomisation (10,000 rounds by default, so
-that Holm over a grid of 39 can reach 0.05). ``p_holm`` is Holm-corrected over the SAEs of one
-``(cv, sae_source)`` family.
+Features: every SAE is probed on the inputs it was trained on (:mod:`lib.sae_features`): a
+token-trained SAE encodes every response token and its codes are pooled per completion
+(``probe.sae_pooling``); an SAE trained on pooled vectors encodes that pooled vector. L0, FVU and
+the norm ratio are measured *on those inputs* (``input_l0``, ``input_fvu``, ``input_norm_ratio``)
+and an SAE whose inputs are off its training norm by more than 2x is refused with a note. The raw
+reference is the layer's raw probe on the matching pooled vector (``mean``, or ``last`` for
+``last`` pooling), on exactly the same folds.
 
-Leakage-free SAE probes (``ProbeConfig.leakage_free``, :mod:`lib.leakage`) run for the
-``stratified`` mode only (5 SAEs per grid cell; the study's claims were made under stratified
-folds), with ``probe.fold_epochs`` epochs (default ``sae.epochs``). When that is below
-``sae.epochs``, one more SAE per cell is trained on *all* labelled completions of the condition
-with the same epochs (``sae_source="refit_all"``: the study's data choice at the fold SAEs'
-training length), so that ``refit_all - per_fold`` measures leakage and not training length.
+Seeds: each grid cell has ``sae.seeds`` SAEs (:meth:`lib.config.RunConfig.sae_id`). Per-seed rows
+go to ``results/sae_probes.csv`` (:data:`SAE_COLUMNS`). The verdicts, one per (cell, cv,
+sae_source), go to ``results/sae_verdicts.csv`` (:data:`VERDICT_COLUMNS`): the mean over seeds
+and its seed spread, and ``delta`` = mean over seeds of SAE minus raw pooled balanced accuracy
+with the book's one paired test (:func:`lib.stats.paired_seed_test`: a bootstrap over
+completions, or whole scenarios under ``scenario`` folds, and seeds). ``p_holm``: Holm within a
+stated family, ``(cv, sae_source, family)`` where ``family`` is ``study`` (TopK and threshold-0
+JumpReLU, the study's 30) or ``ste``; ``verdict`` is ``win`` / ``loss`` when ``p_holm < 0.05``,
+else ``inconclusive``.
 
-Files: ``results/sae_probes.csv`` (grid and per-fold SAE probes, columns :data:`SAE_COLUMNS`) and
-``results/sae_leakage.csv`` (per SAE, with and without leakage); their readers are below. Work is
-cached per SAE in ``cache/probing/``; a missing SAE or a condition too small to train on gives a
-row with a ``note`` instead of an error.
+Sources: ``grid`` (the SAEs of notebook 04, trained on every completion of the condition except
+its held-out metrics share: they saw the probe's test completions, as in the study) and, with
+``probe.leakage_free``, ``refit_all`` and ``per_fold`` (:mod:`lib.leakage`), summarised in
+``results/sae_leakage.csv``. Work is cached per SAE in ``cache/probing/`` with its out-of-fold
+scores, which notebook 06 reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 
 from lib import stats
-from lib.config import RunConfig, SAEConfig
-from lib.dataset import Labelled, labelled_rows, pooled, read_layer, training_vectors
+from lib.config import RunConfig
+from lib.dataset import LayerData, labelled_rows, pooled, read_layer
 from lib.layer_profile import cached_layer_cv
-from lib.leakage import leakage_comparison, leakage_free_cv, train_quietly, training_facts
-from lib.probe import (
-    CV_MODES,
-    N_RANDOMIZATIONS,
-    CVResult,
-    compare_probes,
-    cross_validate,
-)
+from lib.leakage import budget_config, budget_label, leakage_free_cv, refit_all
+from lib.probe import CV_MODES, CVResult, bootstrap_plan, cross_validate, save_cv
 from lib.rundir import (
     RunDir,
     atomic_write_text,
@@ -53,363 +50,303 @@ from lib.rundir import (
     write_cached,
 )
 from lib.runtime import progress as progress_bar
-from lib.sae import encode_rows
 from lib.sae import load_sae as load_sae_folder
+from lib.sae_features import SAEFeatures, sae_features
+from lib.sae_verdicts import SOURCE_PREFIX, family_of, leakage_table, sae_verdicts
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SAE_COLUMNS = [
     "sae_id",
+    "cell_id",
+    "seed_index",
     "layer",
     "arch",
     "condition",
-    "feature",
+    "family",
+    "inputs",
+    "pooling",
+    "raw_feature",
     "cv",
     "sae_source",
-    "leakage_free",
+    "budget",
     "bal_acc",
     "bal_acc_ci_low",
     "bal_acc_ci_high",
+    "ci_method",
     "auroc",
     "raw_bal_acc",
     "raw_auroc",
     "delta",
-    "delta_ci_low",
-    "delta_ci_high",
-    "p_value",
-    "p_holm",
-    "significant",
+    "input_l0",
+    "input_fvu",
+    "input_norm_ratio",
+    "collapsed",
     "n",
     "d_sae",
-    "epochs",
     "note",
 ]
 
 
-_LAYER_MEMO: dict = {}
+def raw_feature(pooling: str, inputs: str) -> str:
+    """The pooled raw vector an SAE probe is compared with."""
+    return "last" if "last" in (pooling, inputs) else "mean"
 
 
-def _layer_inputs(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int):
-    """(layer data, pooled SAE-probe features, raw CV results) of a layer, memoised per process."""
-    feature = cfg.probe.sae_feature
-    key = (
-        str(run.root),
-        layer,
-        tuple(file_stamp(run.activation_file(layer))),
-        feature,
-        fingerprint(lab.stamp()),
-    )
-    if key not in _LAYER_MEMO:
-        _LAYER_MEMO.clear()
-        data = read_layer(run, layer)
-        X = pooled(data, lab, feature)
-        raw = cached_layer_cv(run, cfg, lab, layer, feature)
-        if raw is None:
-            raw = {mode: cross_validate(X, lab.y, lab.scenario, mode) for mode in CV_MODES}
-        _LAYER_MEMO[key] = (data, X, raw)
-    return _LAYER_MEMO[key]
+def collapsed(feats: SAEFeatures) -> bool:
+    """Fewer than one active latent per input on the probe's own inputs: a collapsed code."""
+    return bool(np.isfinite(feats.input_l0) and feats.input_l0 < 1.0)
 
 
-class _CacheMiss(Exception):
-    pass
-
-
-class _SAECell:
-    """The probe rows of one grid cell: its grid SAE (both CV modes) and, when asked, the
-    leakage-free (``per_fold``) and matched reference (``refit_all``) rows, each cached."""
-
-    def __init__(self, run, cfg, lab, layer, arch, condition, n_randomizations, force, cache_only):
-        self.run, self.cfg, self.lab, self.layer = run, cfg, lab, layer
-        self.arch, self.condition = arch, condition
-        self.n_rand, self.force, self.cache_only = n_randomizations, force, cache_only
-        self.sae_id = cfg.sae_id(layer, arch, condition)
-        self.path = run.sae_dir(self.sae_id)
-        self.feature = cfg.probe.sae_feature
-        self.seed = stable_seed(cfg.seed, "sae", self.sae_id)
-        self.base = {
-            "sae_id": self.sae_id,
-            "layer": layer,
-            "arch": arch,
-            "condition": condition,
-            "feature": self.feature,
+def _probe_rows(base, F, feats, lab, raw, cfg, seed) -> tuple[list[dict], dict[str, CVResult]]:
+    """Per-mode rows of one feature matrix against the raw probe."""
+    rows, results = [], {}
+    stamp = {
+        "input_l0": feats.input_l0,
+        "input_fvu": feats.input_fvu,
+        "collapsed": collapsed(feats),
+        "input_norm_ratio": feats.norm_ratio,
+        "inputs": feats.inputs,
+        "n": len(lab),
+        "d_sae": F.shape[1] if isinstance(F, np.ndarray) else None,
+    }
+    for mode in CV_MODES:
+        res = F[mode] if isinstance(F, dict) else cross_validate(F, lab.y, lab.scenario, mode)
+        res.groups = lab.scenario
+        results[mode] = res
+        row = {
+            **base,
+            **stamp,
+            "cv": mode,
+            "raw_bal_acc": raw[mode].value["bal_acc"],
+            "raw_auroc": raw[mode].value["auroc"],
+            "note": res.note or feats.note,
         }
-        self._inputs = None
+        if res.ok:
+            W, how = bootstrap_plan(
+                lab.y, lab.scenario, mode, cfg.probe.n_bootstrap, stable_seed(seed, mode)
+            )
+            lo, hi = stats.percentile_ci(stats.balanced_accuracy(lab.y, res.scores, W))
+            row.update(
+                bal_acc=res.value["bal_acc"],
+                auroc=res.value["auroc"],
+                bal_acc_ci_low=lo,
+                bal_acc_ci_high=hi,
+                ci_method=how,
+                delta=res.value["bal_acc"] - raw[mode].value["bal_acc"],
+            )
+        rows.append(row)
+    return rows, results
 
-    def inputs(self):  # (layer data, pooled features, raw CV results), read only when needed
-        if self._inputs is None:
-            self._inputs = _layer_inputs(self.run, self.cfg, self.lab, self.layer)
-        return self._inputs
 
-    def key(self, source: str, *settings) -> str:
-        lab, cfg = self.lab, self.cfg
+class _Cell:
+    """One grid cell (layer, arch, condition): its SAEs of every seed, probed and cached."""
+
+    def __init__(self, run, cfg, lab, layer, arch, condition, force, train_sae, load_sae):
+        self.run, self.cfg, self.lab, self.layer = run, cfg, lab, layer
+        self.arch, self.condition, self.force = arch, condition, force
+        self.train_sae, self.load_sae = train_sae, load_sae or load_sae_folder
+        self.pooling = cfg.probe.sae_pooling
+        self.cell_id = cfg.sae_id(layer, arch, condition)
+        self._data = None
+
+    def data(self) -> tuple[LayerData, dict]:
+        """(layer data, raw CV results of the matching pooled vector), read when first needed."""
+        if self._data is None:
+            layer = read_layer(self.run, self.layer)
+            feature = raw_feature(self.pooling, self.cfg.sae.train_on)
+            raw = cached_layer_cv(self.run, self.cfg, self.lab, self.layer, feature)
+            if raw is None:
+                X = pooled(layer, self.lab, feature)
+                raw = {m: cross_validate(X, self.lab.y, self.lab.scenario, m) for m in CV_MODES}
+            self._data = (layer, raw)
+        return self._data
+
+    def base(self, sae_id: str, i: int, source: str, budget: str) -> dict:
+        return {
+            "sae_id": sae_id,
+            "cell_id": self.cell_id,
+            "seed_index": i,
+            "layer": self.layer,
+            "arch": self.arch,
+            "condition": self.condition,
+            "family": family_of(self.arch),
+            "pooling": self.pooling,
+            "sae_source": source,
+            "budget": budget,
+            "raw_feature": raw_feature(self.pooling, self.cfg.sae.train_on),
+        }
+
+    def cached(self, name: str, key: str, compute) -> list[dict]:
+        jpath = self.run.probing_cache / f"{name}.json"
+        hit = None if self.force else read_cached(jpath, key)
+        if hit is not None and (self.run.probing_cache / f"{name}.npz").exists():
+            return hit["rows"]
+        rows, results = compute()
+        if results:
+            save_cv(self.run.probing_cache / f"{name}.npz", results)
+        write_cached(jpath, key, {"rows": jsonable_rows(rows)})
+        return rows
+
+    def key(self, *parts) -> str:
+        c, p = self.cfg, self.cfg.probe
         return fingerprint(
-            [CACHE_VERSION, source, self.sae_id, lab.stamp(), cfg.seed, cfg.probe.n_bootstrap]
-            + [
-                self.n_rand,
-                self.feature,
-                *settings,
+            [
+                CACHE_VERSION,
+                *parts,
+                self.lab.stamp(),
+                c.seed,
+                p.n_bootstrap,
+                self.pooling,
+                p.inner_splits,
                 file_stamp(self.run.activation_file(self.layer)),
             ]
         )
 
-    def cached_or(self, name: str, key: str, compute) -> list[dict]:
-        jpath = self.run.probing_cache / f"{name}_{self.sae_id}.json"
-        hit = None if self.force else read_cached(jpath, key)
-        if hit is not None:
-            return hit["rows"]
-        if self.cache_only:
-            raise _CacheMiss(name)
-        new, extra = compute()
-        write_cached(jpath, key, {"rows": jsonable_rows(new), **extra})
-        return new
+    def grid_rows(self, i: int) -> list[dict]:
+        sae_id = self.cfg.sae_id(self.layer, self.arch, self.condition, i)
+        weights = self.run.sae_dir(sae_id) / "sae_weights.safetensors"
+        base = self.base(sae_id, i, "grid", f"{self.cfg.sae.epochs} epochs (grid)")
+        if not weights.exists():
+            note = f"SAE {sae_id} not found in {self.run.saes}; run 04_sae_training"
+            return [{**base, "cv": m, "n": len(self.lab), "note": note} for m in CV_MODES]
 
-    def compare(self, res: CVResult, mode: str, tag: str) -> dict:
-        raw = self.inputs()[2][mode]
-        cmp = compare_probes(
-            res,
-            raw,
-            self.cfg.probe.n_bootstrap,
-            self.n_rand,
-            stable_seed(self.seed, tag),
-            reference_name="raw",
+        def compute():
+            layer, raw = self.data()
+            sae = self.load_sae(self.run.sae_dir(sae_id))
+            meta = getattr(sae, "meta", None) or {}
+            train_on = meta.get("train_on") or self.cfg.sae.train_on
+            feats = sae_features(sae, layer, self.lab.rows, train_on, (self.pooling,))
+            if not feats.ok:
+                return [
+                    {
+                        **base,
+                        "cv": m,
+                        "n": len(self.lab),
+                        "input_l0": feats.input_l0,
+                        "input_norm_ratio": feats.norm_ratio,
+                        "note": feats.note,
+                    }
+                    for m in CV_MODES
+                ], {}
+            F = feats.features[self.pooling]
+            return _probe_rows(
+                base, F, feats, self.lab, raw, self.cfg, stable_seed(self.cfg.seed, sae_id)
+            )
+
+        return self.cached(
+            f"{SOURCE_PREFIX['grid']}_{sae_id}",
+            self.key("grid", sae_id, file_stamp(weights)),
+            compute,
         )
-        return cmp
 
-    # the study's way: the grid SAE trained in 04 (on data that includes the probe's test folds)
-    def grid_rows(self, load_sae: Callable | None) -> list[dict]:
-        weights = self.path / "sae_weights.safetensors"
-        if weights.exists():
-            key = self.key("grid", file_stamp(weights))
-            return self.cached_or("sae", key, lambda: (self._grid_rows(load_sae), {}))
-        if self.cache_only:
-            raise _CacheMiss("grid")
-        raw = self.inputs()[2]
-        note = f"SAE {self.sae_id} not found in {self.run.saes}; run 04_sae_training"
-        return [
-            {
-                **self.base,
-                "cv": mode,
-                "sae_source": "grid",
-                "leakage_free": False,
-                "n": len(self.lab),
-                "note": note,
-                "raw_bal_acc": raw[mode].value["bal_acc"],
-                "raw_auroc": raw[mode].value["auroc"],
-            }
-            for mode in CV_MODES
-        ]
+    def leakage_rows(self, i: int) -> list[dict]:
+        sae_id = self.cfg.sae_id(self.layer, self.arch, self.condition, i)
+        sae_cfg = budget_config(self.cfg)
+        budget = budget_label(sae_cfg)
+        seed = self.cfg.sae_seed(i)
+        settings = sae_cfg.model_dump(mode="json")
 
-    def _grid_rows(self, load_sae: Callable | None) -> list[dict]:
-        _, X, _ = self.inputs()
-        F = encode_rows((load_sae or load_sae_folder)(self.path), X)
-        out = []
-        for mode in CV_MODES:
-            res = cross_validate(F, self.lab.y, self.lab.scenario, mode)
-            out.append(
-                {
-                    **self.base,
-                    "cv": mode,
-                    "sae_source": "grid",
-                    "leakage_free": False,
-                    "d_sae": F.shape[1],
-                    "epochs": self.cfg.sae.epochs,
-                    **self.compare(res, mode, mode),
-                }
-            )
-        return out
-
-    # the study's data choice at the fold SAEs' epochs: one SAE on every labelled completion of
-    # the condition (test completions included), so leakage is not confused with training length
-    def refit_rows(self, sae_cfg: SAEConfig, train_sae: Callable | None) -> list[dict]:
-        key = self.key("refit_all", sae_cfg.model_dump(mode="json"))
-
-        def compute():
-            layer_data, X, _ = self.inputs()
-            idx = self.lab.select(self.condition)
-            row = {
-                **self.base,
-                "cv": "stratified",
-                "sae_source": "refit_all",
-                "leakage_free": False,
-            }
-            if len(idx) < 2:
-                note = f"condition {self.condition}: {len(idx)} completion(s) to train an SAE on"
-                return [{**row, "n": len(self.lab), "note": note}], {}
-            x = training_vectors(layer_data, self.lab.rows[idx], sae_cfg.train_on)
-            sae, info = train_quietly(
-                train_sae, x, self.arch, sae_cfg, stable_seed(self.seed, "refit_all")
-            )
-            res = cross_validate(encode_rows(sae, X), self.lab.y, self.lab.scenario, "stratified")
-            d_sae = self.cfg.sae.expansion_factor * X.shape[1]
-            cmp = self.compare(res, "stratified", "refit_all")
-            return [{**row, "d_sae": d_sae, "epochs": sae_cfg.epochs, **cmp}], {
-                "sae": training_facts(info)
-            }
-
-        return self.cached_or("sae_refit", key, compute)
-
-    def fold_rows(self, sae_cfg: SAEConfig, train_sae: Callable | None) -> list[dict]:
-        key = self.key("per_fold", sae_cfg.model_dump(mode="json"))
-
-        def compute():
-            layer_data, X, _ = self.inputs()
-            res, facts = leakage_free_cv(
-                layer_data,
+        def compute_refit():
+            layer, raw = self.data()
+            base = self.base(sae_id, i, "refit_all", budget)
+            F, feats, _, note = refit_all(
+                layer,
                 self.lab,
-                X,
                 self.arch,
                 self.condition,
                 sae_cfg,
-                stable_seed(self.seed, "per_fold"),
-                train_sae,
+                seed,
+                self.pooling,
+                self.train_sae,
             )
-            row = {**self.base, "cv": "stratified", "sae_source": "per_fold", "leakage_free": True}
-            d_sae = self.cfg.sae.expansion_factor * X.shape[1]
-            cmp = self.compare(res, "stratified", "per_fold")
-            return [{**row, "d_sae": d_sae, "epochs": sae_cfg.epochs, **cmp}], {"folds": facts}
+            if F is None:
+                return [{**base, "cv": m, "n": len(self.lab), "note": note} for m in CV_MODES], {}
+            return _probe_rows(base, F, feats, self.lab, raw, self.cfg, stable_seed(seed, "refit"))
 
-        return self.cached_or("sae_lf", key, compute)
+        def compute_folds():
+            layer, raw = self.data()
+            base = self.base(sae_id, i, "per_fold", budget)
+            res = {}
+            for mode in CV_MODES:
+                res[mode], _ = leakage_free_cv(
+                    layer,
+                    self.lab,
+                    self.arch,
+                    self.condition,
+                    sae_cfg,
+                    stable_seed(seed, "per_fold", mode),
+                    mode,
+                    self.pooling,
+                    self.train_sae,
+                )
+            return _probe_rows(
+                base,
+                res,
+                SAEFeatures(inputs=sae_cfg.train_on),
+                self.lab,
+                raw,
+                self.cfg,
+                stable_seed(seed, "per_fold"),
+            )
+
+        refit = self.cached(
+            f"refit_{sae_id}", self.key("refit_all", sae_id, settings), compute_refit
+        )
+        folds = self.cached(
+            f"folds_{sae_id}", self.key("per_fold", sae_id, settings), compute_folds
+        )
+        return refit + folds
 
 
-def _sae_cell(
-    run: RunDir,
-    cfg: RunConfig,
-    lab: Labelled,
-    layer: int,
-    arch: str,
-    condition: str,
-    leakage_free: bool,
-    n_randomizations: int,
-    force: bool,
-    train_sae: Callable | None = None,
-    load_sae: Callable | None = None,
-    cache_only: bool = False,
-) -> list[dict]:
-    """Every row of one grid cell. With ``cache_only``, raises :class:`_CacheMiss` instead of
-    computing anything."""
-    cell = _SAECell(run, cfg, lab, layer, arch, condition, n_randomizations, force, cache_only)
-    rows = cell.grid_rows(load_sae)
-    if not leakage_free:
-        return rows
-    epochs = int(cfg.probe.fold_epochs or cfg.sae.epochs)
-    sae_cfg = cfg.sae.model_copy(update={"epochs": epochs})
-    if epochs != cfg.sae.epochs:
-        rows += cell.refit_rows(sae_cfg, train_sae)
-    return rows + cell.fold_rows(sae_cfg, train_sae)
+def _cell_rows(run, cfg, lab, layer, arch, cond, leakage, force, train_sae, load_sae) -> list[dict]:
+    cell = _Cell(run, cfg, lab, layer, arch, cond, force, train_sae, load_sae)
+    rows = []
+    for i in range(cfg.sae.seeds):
+        rows += cell.grid_rows(i)
+        if leakage and i < cfg.probe.leakage_seeds:
+            rows += cell.leakage_rows(i)
+    return rows
 
 
-# ----- the stage ---------------------------------------------------------------------------------
 def sae_probes(
     run: RunDir,
     cfg: RunConfig,
     progress: bool = True,
     force: bool = False,
-    leakage_free: bool | None = None,
-    n_randomizations: int = N_RANDOMIZATIONS,
     n_jobs: int | None = None,
     train_sae: Callable | None = None,
     load_sae: Callable | None = None,
 ) -> pd.DataFrame:
-    """Probe every SAE of the grid against its layer's raw probe; write ``results/sae_probes.csv``.
-
-    Rows of ``results/sae_probes.csv`` (returned; columns :data:`SAE_COLUMNS`), by ``sae_source``:
-
-    * ``grid`` (``leakage_free`` False): the SAE trained in 04 (the study's way; it saw the
-      probe's test completions); both CV modes.
-    * ``per_fold`` (``leakage_free`` True): SAEs retrained inside each stratified fold on that
-      fold's training completions (:func:`leakage_free_cv`), ``probe.fold_epochs`` epochs;
-      ``cv`` is ``stratified`` only.
-
-    When ``probe.fold_epochs`` differs from ``sae.epochs``, one more SAE per cell is trained on
-    all labelled completions of the condition with the fold epochs (``refit_all``), the matched
-    reference against which ``per_fold`` measures leakage alone; it appears only in
-    ``results/sae_leakage.csv`` (:func:`leakage_comparison`, written whenever per-fold SAEs ran).
-
-    ``leakage_free`` defaults to ``cfg.probe.leakage_free`` and ``n_jobs`` (parallel processes
-    over grid cells) to ``cfg.probe.n_jobs``. ``p_holm``: Holm over the SAEs of each
-    ``(cv, sae_source)`` family; ``significant``: ``p_holm < 0.05`` and ``delta > 0``. Cached per
-    SAE in ``cache/probing/``; ``force`` recomputes. ``train_sae``/``load_sae`` default to the
-    book's trainer and loader (arguments exist for tests).
-    """
-    leakage_free = cfg.probe.leakage_free if leakage_free is None else leakage_free
+    """Probe every SAE of the grid (every seed) against its layer's raw probe; write
+    ``results/sae_probes.csv``, ``results/sae_verdicts.csv`` and, with ``probe.leakage_free``,
+    ``results/sae_leakage.csv``. Returns the per-seed rows. ``train_sae``/``load_sae`` default to
+    the book's trainer and loader (arguments exist for tests)."""
     n_jobs = cfg.probe.n_jobs if n_jobs is None else n_jobs
     lab = labelled_rows(run, cfg)
-    grid = sorted(cfg.sae_grid(), key=lambda c: c[0])  # by layer, so each layer is read once
-    args = [
-        (
-            run,
-            cfg,
-            lab,
-            layer,
-            arch,
-            cond,
-            leakage_free,
-            n_randomizations,
-            force,
-            train_sae,
-            load_sae,
-        )
-        for layer, arch, cond in grid
-    ]
-    parts: dict[int, list[dict]] = {}
-    if not force:  # what the cache already holds needs no worker
-        for i, a in enumerate(args):
-            try:
-                parts[i] = _sae_cell(*a, cache_only=True)
-            except _CacheMiss:
-                pass
-    todo = [i for i in range(len(args)) if i not in parts]
-    if n_jobs == 1 or len(todo) <= 1:
-        for i in progress_bar(todo, len(todo), "SAE probes", progress):
-            parts[i] = _sae_cell(*args[i])
+    grid = sorted(cfg.sae_grid(), key=lambda c: c[0])  # by layer
+    args = [(run, cfg, lab, *c, cfg.probe.leakage_free, force, train_sae, load_sae) for c in grid]
+    if n_jobs == 1 or len(args) <= 1:
+        parts = [_cell_rows(*a) for a in progress_bar(args, desc="SAE probes", on=progress)]
     else:
         from joblib import Parallel, delayed
 
-        gen = Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(_sae_cell)(*args[i]) for i in todo
-        )
-        for i, rows in zip(todo, progress_bar(gen, len(todo), "SAE probes", progress), strict=True):
-            parts[i] = rows
-    _LAYER_MEMO.clear()
-    df = pd.DataFrame([r for i in range(len(args)) for r in parts[i]]).reindex(columns=SAE_COLUMNS)
+        gen = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_cell_rows)(*a) for a in args)
+        parts = list(progress_bar(gen, len(args), "SAE probes", progress))
+    df = pd.DataFrame([r for part in parts for r in part]).reindex(columns=SAE_COLUMNS)
     df["note"] = df["note"].fillna("")
-    df["leakage_free"] = df["leakage_free"].astype(bool)
-    for _, idx in df.groupby(["cv", "sae_source"]).groups.items():
-        df.loc[idx, "p_holm"] = stats.holm(df.loc[idx, "p_value"].to_numpy(dtype=float))
-    df["significant"] = (df["p_holm"] < 0.05) & (df["delta"] > 0)
-    leak_path = run.result("sae_leakage.csv")
-    if (df["sae_source"] == "per_fold").any():
-        atomic_write_text(leak_path, leakage_comparison(df).to_csv(index=False))
+    atomic_write_text(run.result("sae_probes.csv"), df.to_csv(index=False))
+    atomic_write_text(
+        run.result("sae_verdicts.csv"), sae_verdicts(run, cfg, lab, df).to_csv(index=False)
+    )
+    if cfg.probe.leakage_free:
+        atomic_write_text(
+            run.result("sae_leakage.csv"), leakage_table(run, cfg, lab, df).to_csv(index=False)
+        )
     else:
-        leak_path.unlink(missing_ok=True)
-    probes = df[df["sae_source"] != "refit_all"].reset_index(drop=True)
-    atomic_write_text(run.result("sae_probes.csv"), probes.to_csv(index=False))
-    return probes
+        run.result("sae_leakage.csv").unlink(missing_ok=True)
+    return df
 
 
 def read_sae_probes(run: RunDir) -> pd.DataFrame:
-    """``results/sae_probes.csv``: grid SAEs (``leakage_free`` False) and per-fold SAEs (True)."""
+    """``results/sae_probes.csv``: one row per SAE (every seed), CV mode and source."""
     return read_results_csv(run, "sae_probes.csv", "05_layer_profile_probing")
-
-
-def sae_wins(sae: pd.DataFrame) -> pd.DataFrame:
-    """SAEs beating their layer's raw probe, counted the study's way and by significance.
-
-    Per ``(cv, sae_source)``: ``beats_raw`` counts any positive delta (the study's count);
-    ``significant_wins`` needs ``p_holm < 0.05`` and ``delta > 0``; ``significant_losses``
-    ``p_holm < 0.05`` and ``delta < 0``.
-    """
-    rows = []
-    for (cv, source), d in sae.dropna(subset=["delta"]).groupby(["cv", "sae_source"], sort=False):
-        rows.append(
-            {
-                "cv": cv,
-                "sae_source": source,
-                "n_saes": len(d),
-                "beats_raw": int((d.delta > 0).sum()),
-                "significant_wins": int(((d.p_holm < 0.05) & (d.delta > 0)).sum()),
-                "significant_losses": int(((d.p_holm < 0.05) & (d.delta < 0)).sum()),
-                "mean_delta": float(d.delta.mean()),
-                "best_bal_acc": float(d.bal_acc.max()),
-            }
-        )
-    return pd.DataFrame(rows)

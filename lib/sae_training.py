@@ -87,7 +87,7 @@ def training_fingerprint(cfg: RunConfig, labelled: Labelled, run: RunDir) -> str
     A finished SAE is reused only while this is unchanged (a changed ``sae.epochs`` retrains).
     """
     blob = {
-        "sae": cfg.sae.model_dump(mode="json"),
+        "sae": cfg.sae.model_dump(mode="json", exclude={"seeds"}),
         "seed": cfg.seed,
         "judge": labelled.judge,
         "labelled": [labelled.ids, labelled.y.tolist()],
@@ -114,8 +114,12 @@ def train_grid_cell(
     labelled: Labelled | None = None,
     ce_cache: dict | None = None,
     ce_batch_size: int = 8,
+    seed_index: int = 0,
 ) -> Path:
-    """Train, evaluate and export the SAE of one grid cell to ``<run>/saes/<sae_id>/``.
+    """Train, evaluate and export one SAE of a grid cell to ``<run>/saes/<sae_id>/``.
+
+    ``seed_index`` picks which of the cell's ``sae.seeds`` SAEs (its id gains ``_s{i}`` beyond the
+    first; its training seed is :meth:`lib.config.RunConfig.sae_seed`).
 
     Completions: the primary judge's decisive ones selected by ``condition``; a seeded
     ``sae.heldout_fraction`` of them (per label) is held out. The SAE trains on the training
@@ -128,7 +132,8 @@ def train_grid_cell(
     check_architecture(arch)
     if condition not in CONDITIONS:
         raise ValueError(f"condition={condition!r}; allowed: {list(CONDITIONS)}")
-    sae_id = cfg.sae_id(layer, arch, condition)
+    sae_id = cfg.sae_id(layer, arch, condition, seed_index)
+    seed = cfg.sae_seed(seed_index)
     out = run.sae_dir(sae_id)
     labelled = labelled if labelled is not None else labelled_rows(run, cfg)
     fp = training_fingerprint(cfg, labelled, run)
@@ -160,10 +165,11 @@ def train_grid_cell(
         "run": cfg.name,
         "judge": labelled.judge,
         "train_on": sc.train_on,
-        "seed": cfg.seed,
+        "seed": seed,
+        "seed_index": seed_index,
     }
     sae, hist = train_sae(
-        x_train, arch, sc, cfg.seed, progress=progress, meta=meta, device=resolve_device(cfg.device)
+        x_train, arch, sc, seed, progress=progress, meta=meta, device=resolve_device(cfg.device)
     )
     sae.meta["activation_scale"] = hist["scale"]
     eval_rows = _completion_rows(run, [labelled.ids[p] for p in eval_pos])
@@ -191,7 +197,7 @@ def train_grid_cell(
         **_reconstruction(sae, x_train, x_eval),
         **ce,
         **_threshold_facts(sae),
-        **_training_facts(hist, cfg.seed),
+        **_training_facts(hist, seed),
     }
     if "ste_training_space" in hist:
         metrics["ste_training_space"] = hist["ste_training_space"]
@@ -281,25 +287,25 @@ def _training_facts(hist: dict, seed: int) -> dict:
 def train_grid(
     run: RunDir, cfg: RunConfig, progress: bool = True, force: bool = False
 ) -> list[Path]:
-    """Every SAE of ``cfg.sae_grid()`` (resumable: current cells are skipped).
+    """Every SAE of ``cfg.sae_grid()``, every seed (resumable: current SAEs are skipped).
 
     Loads the model and each layer's activations once, and shares the clean and zero-ablation
     cross-entropies between the cells that have the same held-out completions.
     """
-    cells = cfg.sae_grid()
+    units = [(*c, i) for c in cfg.sae_grid() for i in range(cfg.sae.seeds)]
     labelled = labelled_rows(run, cfg)
     fp = training_fingerprint(cfg, labelled, run)
-    paths = {c: run.sae_dir(cfg.sae_id(*c)) for c in cells}
-    todo = [c for c in cells if force or not _is_current(paths[c], fp)]
+    paths = {u: run.sae_dir(cfg.sae_id(*u)) for u in units}
+    todo = [u for u in units if force or not _is_current(paths[u], fp)]
     if todo:
         lm = load_model(cfg)
         cache: dict = {}
         layers: dict[int, LayerData] = {}
-        for layer, arch, cond in progress_bar(todo, desc="SAE grid", on=progress):
+        for layer, arch, cond, i in progress_bar(todo, desc="SAE grid", on=progress):
             if layer not in layers:
                 layers.clear()
                 layers[layer] = read_layer(run, layer)
-            paths[(layer, arch, cond)] = train_grid_cell(
+            paths[(layer, arch, cond, i)] = train_grid_cell(
                 run,
                 cfg,
                 layer,
@@ -311,16 +317,19 @@ def train_grid(
                 layer_data=layers[layer],
                 labelled=labelled,
                 ce_cache=cache,
+                seed_index=i,
             )
-    return [paths[c] for c in cells]
+    return [paths[u] for u in units]
 
 
 def grid_metrics(run: RunDir, cfg: RunConfig) -> pd.DataFrame:
-    """A table of ``metrics.json`` of every finished SAE of the config's grid (no histories)."""
+    """A table of ``metrics.json`` of every finished SAE of the config's grid, every seed (no
+    histories)."""
     rows = []
     for layer, arch, cond in cfg.sae_grid():
-        path = run.sae_dir(cfg.sae_id(layer, arch, cond))
-        if is_complete(path):
-            m = read_metrics(path)
-            rows.append({k: v for k, v in m.items() if k != "history"})
+        for i in range(cfg.sae.seeds):
+            path = run.sae_dir(cfg.sae_id(layer, arch, cond, i))
+            if is_complete(path):
+                m = read_metrics(path)
+                rows.append({**{k: v for k, v in m.items() if k != "history"}, "seed_index": i})
     return pd.DataFrame(rows)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("bal_acc", "auroc", "recall_at_1fpr")
+#: metrics of one score vector; ``oracle_recall_at_1fpr`` picks its threshold on the very scores
+#: it is scored on (a point of the ROC curve, not a monitor's operating point)
+METRICS = ("bal_acc", "auroc", "oracle_recall_at_1fpr")
 FPR_LEVEL = 0.01
 
 
@@ -112,11 +114,12 @@ def recall_at_fpr(
 
 
 def binary_metrics(y: np.ndarray, scores: np.ndarray, w: np.ndarray | None = None) -> dict:
-    """``bal_acc``, ``auroc`` and ``recall_at_1fpr`` of one score vector (optionally resampled)."""
+    """``bal_acc``, ``auroc`` and ``oracle_recall_at_1fpr`` of one score vector (optionally
+    resampled)."""
     return {
         "bal_acc": balanced_accuracy(y, scores, w),
         "auroc": auroc(y, scores, w),
-        "recall_at_1fpr": recall_at_fpr(y, scores, FPR_LEVEL, w),
+        "oracle_recall_at_1fpr": recall_at_fpr(y, scores, FPR_LEVEL, w),
     }
 
 
@@ -161,6 +164,21 @@ def stratified_multiplicities(
     return W
 
 
+def cluster_multiplicities(
+    clusters: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``[n_boot, n]`` counts of a cluster bootstrap: each resample draws as many clusters as there
+    are, with replacement, and every completion counts as often as its cluster was drawn.
+
+    This is the resampling that matches a question about *unseen clusters* (held-out scenarios):
+    completions of one scenario share its quirks, so resampling completions alone understates
+    the spread.
+    """
+    names, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    draws = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=n_boot)
+    return draws[:, inverse].astype(np.int32)
+
+
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of bootstrap samples (NaN samples ignored; NaN if none are finite)."""
     samples = np.asarray(samples, dtype=float)
@@ -184,6 +202,106 @@ def bootstrap_ci(
         return {m: (float("nan"), float("nan")) for m in METRICS}
     W = stratified_multiplicities(y, n_boot, np.random.default_rng(seed))
     return {m: percentile_ci(v, level) for m, v in binary_metrics(y, scores, W).items()}
+
+
+def resamples_for_family(n_boot: int, family_size: int, alpha: float = 0.05) -> int:
+    """At least ``n_boot`` resamples, and enough that a bootstrap p-value can pass Holm's
+    threshold ``alpha / family_size`` (the smallest such p-value is ``2 / (1 + B)``)."""
+    return max(int(n_boot), int(np.ceil(2.5 * family_size / alpha)))
+
+
+def bootstrap_pvalue(samples: np.ndarray, null: float = 0.0) -> float:
+    """Two-sided bootstrap p-value of "the statistic equals ``null``": twice the smaller tail of
+    the bootstrap distribution beyond ``null`` (each tail counted as ``(1 + k) / (1 + B)``)."""
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return float("nan")
+    b = samples.size
+    lo = (1 + np.sum(samples <= null)) / (1 + b)
+    hi = (1 + np.sum(samples >= null)) / (1 + b)
+    return float(min(1.0, 2 * min(lo, hi)))
+
+
+def _metric_matrix(metric: str, y: np.ndarray, S: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``[B, n_seeds]``: the metric of every seed's scores (rows of ``S``) on every resample."""
+    fn = {"bal_acc": balanced_accuracy, "auroc": auroc}[metric]
+    return np.stack([np.atleast_1d(fn(y, s, W)) for s in np.atleast_2d(S)], axis=1)
+
+
+def paired_seed_test(
+    y: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    clusters: np.ndarray | None = None,
+    metric: str = "bal_acc",
+    level: float = 0.95,
+) -> dict:
+    """The book's one paired test: is probe A better than probe B on the same completions?
+
+    ``scores_a`` ``[S_a, n]`` and ``scores_b`` ``[S_b, n]`` (or ``[n]``): out-of-fold scores of
+    the two probes on the same ``n`` completions, one row per training seed (SAEs trained with
+    different seeds; a raw probe has one row). The statistic is ``delta = mean_s metric(a_s) -
+    mean_t metric(b_t)`` on the pooled scores. Its sampling distribution has two parts:
+
+    * the completions: a paired bootstrap (completions within class, or whole ``clusters`` such
+      as held-out scenarios) of the seed-mean difference, both probes on the same resamples;
+    * the seeds: a probe with ``S > 1`` seeds adds ``sd_s / sqrt(S)`` times a Student-t draw with
+      ``S - 1`` degrees of freedom, ``sd_s`` being the spread of its per-seed metric. (Resampling
+      three seeds with replacement understates their variance; with ``S - 1`` degrees of freedom
+      the t draw does not.) The per-seed spread also holds completion noise, so this errs on the
+      conservative side.
+
+    Returns ``delta``, the percentile CI (``ci_low``, ``ci_high``), the two-sided bootstrap
+    ``p_value`` (:func:`bootstrap_pvalue`) and the per-seed spread (``sd_a``, ``sd_b``).
+    """
+    y = np.asarray(y)
+    A, B = np.atleast_2d(scores_a), np.atleast_2d(scores_b)
+    rng = np.random.default_rng(seed)
+    point_a = _metric_matrix(metric, y, A, np.ones((1, len(y))))[0]
+    point_b = _metric_matrix(metric, y, B, np.ones((1, len(y))))[0]
+    sd = [float(p.std(ddof=1)) if len(p) > 1 else float("nan") for p in (point_a, point_b)]
+    out = {
+        "delta": float(point_a.mean() - point_b.mean()),
+        "sd_a": sd[0],
+        "sd_b": sd[1],
+        "ci_low": float("nan"),
+        "ci_high": float("nan"),
+        "p_value": float("nan"),
+    }
+    if n_boot <= 0:
+        return out
+    if clusters is None:
+        W = stratified_multiplicities(y, n_boot, rng)
+    else:
+        W = cluster_multiplicities(clusters, n_boot, rng)
+    deltas = np.nanmean(_metric_matrix(metric, y, A, W), axis=1) - np.nanmean(
+        _metric_matrix(metric, y, B, W), axis=1
+    )
+    for s, k, sign in ((sd[0], len(point_a), 1.0), (sd[1], len(point_b), -1.0)):
+        if k > 1 and np.isfinite(s) and s > 0:
+            deltas = deltas + sign * s / np.sqrt(k) * rng.standard_t(k - 1, size=n_boot)
+    out["ci_low"], out["ci_high"] = percentile_ci(deltas, level)
+    out["p_value"] = bootstrap_pvalue(deltas)
+    return out
+
+
+def recall_and_fpr(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, w=None):
+    """Share of deceptive completions flagged (``score > threshold``) and share of honest ones
+    flagged, with a threshold per completion (each chosen inside that completion's training fold).
+    With ``w`` ``[B, n]`` returns two ``[B]`` arrays."""
+    y, s, t = np.asarray(y), np.asarray(scores, float), np.asarray(thresholds, float)
+    W = _as_weights(w, len(y))
+    flag = (s > t).astype(float)
+    pos, neg = y == 1, y == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = (W[:, pos] * flag[pos]).sum(1) / W[:, pos].sum(1)
+        fpr = (W[:, neg] * flag[neg]).sum(1) / W[:, neg].sum(1)
+    if w is None or np.ndim(w) == 1:
+        return float(recall[0]), float(fpr[0])
+    return recall, fpr
 
 
 def paired_bootstrap_delta(

@@ -1,17 +1,23 @@
 """STE JumpReLU vs TopK vs threshold-0 JumpReLU (notebook 06).
 
-For every (layer, condition) that has an STE SAE, the three architectures side by side: probe
-balanced accuracy with its CI, L0, FVU, dead fraction and loss recovered (from each SAE's
-``metrics.json``), collapse detection, and a verdict on STE vs TopK from the paired difference of
-their probes on the same folds: ``wins`` when the 95% CI of ``bal_acc(STE) - bal_acc(TopK)`` lies
-above 0, ``loses`` when it lies below, ``inconclusive`` otherwise. The study's claim ("STE beats
-TopK in 8 of 9 conditions") counted any positive difference; both counts are reported.
+The study reports that its 9 STE JumpReLU SAEs beat TopK in 8 of 9 (layer, condition) pairs,
+counting any positive difference. Here, for every (layer, condition) with an STE SAE, the STE
+SAE is compared with the TopK and with the threshold-0 JumpReLU SAE of the same cell by the
+book's one paired test (:func:`lib.stats.paired_seed_test`: the difference of pooled balanced
+accuracies, averaged over each architecture's seeds, with a bootstrap over completions (whole
+scenarios under ``scenario`` folds) and seeds), Holm-corrected within each (cv, comparison)
+family. ``verdict``: ``win`` / ``loss`` when ``p_holm < 0.05``, ``inconclusive`` otherwise (``untested`` without results),
+``collapsed`` when the STE code fires less than one latent per input on the probe's own inputs.
 
-The probes are the study's recipe (:mod:`lib.probe`) on the SAEs trained in 04 (the study's
-way), under both CV modes, on the pooled feature ``cfg.probe.sae_feature``.
-Output: ``results/ste_comparison.csv``: per architecture ``<arch>_bal_acc`` and ``<arch>_<metric>``
-(architecture names as in :data:`lib.config.ARCHITECTURES`), the STE probe's CI, and
-``delta_vs_topk`` / ``delta_vs_jumprelu`` (STE minus the other) with paired CIs and p-values.
+The architectures are compared at their *measured* sparsity: ``l0_a``/``l0_b`` are the mean
+active latents on the probe's inputs (:mod:`lib.sae_features`), ``fvu_a``/``fvu_b`` the held-out
+FVU of ``metrics.json``; a TopK SAE has L0 = k by construction, a threshold-0 JumpReLU a large
+share of its latents, so a difference in balanced accuracy is also a difference in sparsity.
+
+Input: the per-seed SAE probes of notebook 05 (``results/sae_probes.csv`` and their cached
+out-of-fold scores): nothing is re-encoded or re-fitted. Output: ``results/ste_comparison.csv``
+(:data:`COLUMNS`, one row per (layer, condition, cv, comparison); a config without STE SAEs gets
+a header-only file and a note).
 """
 
 from __future__ import annotations
@@ -19,123 +25,136 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lib import stats
 from lib.config import RunConfig
-from lib.dataset import labelled_rows, pooled, read_layer
-from lib.probe import CV_MODES, compare_probes, cross_validate
-from lib.rundir import RunDir, atomic_write_text, stable_seed
-from lib.runtime import progress as progress_bar
-from lib.sae import encode_rows, load_sae, read_metrics
+from lib.dataset import labelled_rows
+from lib.rundir import RunDir, atomic_write_text, read_results_csv, stable_seed
+from lib.sae import read_metrics
+from lib.sae_probes import read_sae_probes
+from lib.sae_verdicts import ALPHA, seed_scores
 
-COLLAPSE_DEAD = 0.99  # a dictionary with this share of dead latents has collapsed
-COLLAPSE_L0 = 1.0  # ... as has one whose mean L0 is below one latent per input
-METRIC_KEYS = ("l0", "fvu", "dead_fraction", "ce_loss_recovered")
+COLUMNS = [
+    "layer",
+    "condition",
+    "cv",
+    "comparison",
+    "arch_a",
+    "arch_b",
+    "n_seeds_a",
+    "n_seeds_b",
+    "bal_acc_a",
+    "bal_acc_a_sd",
+    "bal_acc_b",
+    "bal_acc_b_sd",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "verdict",
+    "l0_a",
+    "l0_b",
+    "fvu_a",
+    "fvu_b",
+    "note",
+]
+OTHERS = ("topk", "jumprelu")
 
 
-def _metrics(run: RunDir, sae_id: str) -> dict:
-    path = run.sae_dir(sae_id)
-    if not (path / "metrics.json").exists():
-        return {}
-    m = read_metrics(path)
-    return {k: m.get(k, np.nan) for k in METRIC_KEYS}
+def _fvu(run: RunDir, sae_ids) -> float:
+    vals = []
+    for sae_id in sae_ids:
+        path = run.sae_dir(sae_id)
+        if (path / "metrics.json").exists():
+            vals.append(read_metrics(path).get("fvu", np.nan))
+    return float(np.nanmean(vals)) if vals else float("nan")
 
 
-def collapsed(metrics: dict) -> bool:
-    """All-dead or near-zero-L0 dictionaries (the failure mode the study screened for)."""
-    if not metrics:
-        return False
-    return bool(
-        metrics.get("dead_fraction", 0) >= COLLAPSE_DEAD or metrics.get("l0", np.inf) < COLLAPSE_L0
-    )
-
-
-def verdict(ci_low: float, ci_high: float) -> str:
-    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
-        return "n/a"
-    return "wins" if ci_low > 0 else "loses" if ci_high < 0 else "inconclusive"
-
-
-def ste_comparison(run: RunDir, cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
-    """One row per (layer, condition, cv) with an STE SAE; writes ``results/ste_comparison.csv``."""
+def ste_comparison(run: RunDir, cfg: RunConfig) -> pd.DataFrame:
+    """One row per (layer, condition, cv, comparison); writes ``results/ste_comparison.csv``."""
     lab = labelled_rows(run, cfg)
-    feature = cfg.probe.sae_feature
-    cells = [(layer, cond) for layer in cfg.sae.ste_layers for cond in cfg.sae.conditions]
+    probes = read_sae_probes(run)
+    grid = probes[probes.sae_source == "grid"]
     rows = []
-    for layer in progress_bar(sorted({c[0] for c in cells}), desc="STE comparison", on=progress):
-        X = pooled(read_layer(run, layer), lab, feature)
-        for cond in (c for lay, c in cells if lay == layer):
-            ids = {a: cfg.sae_id(layer, a, cond) for a in ("jumprelu_ste", "topk", "jumprelu")}
-            results, facts = {}, {}
-            for arch, sae_id in ids.items():
-                path = run.sae_dir(sae_id)
-                facts[arch] = _metrics(run, sae_id)
-                if (path / "sae_weights.safetensors").exists():
-                    F = encode_rows(load_sae(path), X)
-                    results[arch] = {m: cross_validate(F, lab.y, lab.scenario, m) for m in CV_MODES}
-            for mode in CV_MODES:
+    cells = [(layer, cond) for layer in cfg.sae.ste_layers for cond in cfg.sae.conditions]
+    n_boot = stats.resamples_for_family(cfg.probe.n_bootstrap, max(len(cells), 1))
+    for layer, cond in cells:
+        for mode in ("stratified", "scenario"):
+            here = grid[(grid.layer == layer) & (grid.condition == cond) & (grid.cv == mode)]
+            a = here[here.arch == "jumprelu_ste"]
+            for other in OTHERS:
+                b = here[here.arch == other]
                 row = {
                     "layer": layer,
                     "condition": cond,
                     "cv": mode,
-                    "feature": feature,
-                    "n": len(lab),
+                    "arch_a": "jumprelu_ste",
+                    "arch_b": other,
+                    "comparison": f"jumprelu_ste vs {other}",
+                    "n_seeds_a": int(a.bal_acc.notna().sum()),
+                    "n_seeds_b": int(b.bal_acc.notna().sum()),
+                    "bal_acc_a": a.bal_acc.mean(),
+                    "bal_acc_b": b.bal_acc.mean(),
+                    "l0_a": a.input_l0.mean(),
+                    "l0_b": b.input_l0.mean(),
+                    "fvu_a": _fvu(run, a.sae_id),
+                    "fvu_b": _fvu(run, b.sae_id),
+                    "collapsed": bool(a.collapsed.fillna(False).any()),
                 }
-                note = []
-                for arch in ids:
-                    res = results.get(arch, {}).get(mode)
-                    row[f"{arch}_bal_acc"] = res.value["bal_acc"] if res is not None else np.nan
-                    for k in METRIC_KEYS:
-                        row[f"{arch}_{k}"] = facts[arch].get(k, np.nan)
-                    row[f"{arch}_collapsed"] = collapsed(facts[arch])
-                    if res is None:
-                        note.append(f"{ids[arch]} missing")
-                    elif not res.ok:
-                        note.append(f"{ids[arch]}: {res.note}")
-                seed = stable_seed(cfg.seed, "ste", layer, cond, mode)
-                for other, prefix in (("topk", "vs_topk"), ("jumprelu", "vs_jumprelu")):
-                    a, b = (
-                        results.get("jumprelu_ste", {}).get(mode),
-                        results.get(other, {}).get(mode),
+                notes = sorted({n for n in pd.concat([a.note, b.note]) if n})
+                A = seed_scores(run, "grid", list(a.sae_id), mode) if len(a) else None
+                B = seed_scores(run, "grid", list(b.sae_id), mode) if len(b) else None
+                if A is None or B is None:
+                    missing = [arch for arch, d in (("jumprelu_ste", a), (other, b)) if d.empty]
+                    notes.append(f"no probe results for {missing or 'every seed'}")
+                else:
+                    t = stats.paired_seed_test(
+                        lab.y,
+                        A,
+                        B,
+                        n_boot,
+                        stable_seed(cfg.seed, "ste", layer, cond, mode, other),
+                        lab.scenario if mode == "scenario" else None,
                     )
-                    if a is not None and b is not None:
-                        cmp = compare_probes(a, b, cfg.probe.n_bootstrap, seed=seed)
-                        if prefix == "vs_topk":
-                            row["jumprelu_ste_ci_low"], row["jumprelu_ste_ci_high"] = (
-                                cmp["bal_acc_ci_low"],
-                                cmp["bal_acc_ci_high"],
-                            )
-                        row[f"delta_{prefix}"] = cmp["delta"]
-                        row[f"delta_{prefix}_ci_low"] = cmp["delta_ci_low"]
-                        row[f"delta_{prefix}_ci_high"] = cmp["delta_ci_high"]
-                        row[f"p_{prefix}"] = cmp["p_value"]
-                row["verdict"] = verdict(
-                    row.get("delta_vs_topk_ci_low", np.nan),
-                    row.get("delta_vs_topk_ci_high", np.nan),
-                )
-                if row["jumprelu_ste_collapsed"]:
-                    row["verdict"] = "collapsed"
-                row["note"] = "; ".join(note)
+                    row.update(
+                        delta=t["delta"],
+                        ci_low=t["ci_low"],
+                        ci_high=t["ci_high"],
+                        p_value=t["p_value"],
+                        bal_acc_a_sd=t["sd_a"],
+                        bal_acc_b_sd=t["sd_b"],
+                    )
+                row["note"] = "; ".join(notes)
                 rows.append(row)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=[*COLUMNS, "collapsed"])
+    for _, idx in df.groupby(["cv", "comparison"]).groups.items():
+        df.loc[idx, "p_holm"] = stats.holm(df.loc[idx, "p_value"].to_numpy(dtype=float))
+    verdict = np.where(df.p_holm < ALPHA, np.where(df.delta > 0, "win", "loss"), "inconclusive")
+    df["verdict"] = np.where(df.p_value.isna(), "untested", verdict)
+    df.loc[df.collapsed.astype(bool), "verdict"] = "collapsed"
+    df = df.drop(columns="collapsed").reindex(columns=COLUMNS)
     atomic_write_text(run.result("ste_comparison.csv"), df.to_csv(index=False))
     return df
 
 
 def read_ste_comparison(run: RunDir) -> pd.DataFrame | None:
     """``results/ste_comparison.csv`` (:func:`ste_comparison`); None when the run has none."""
-    path = run.result("ste_comparison.csv")
-    return pd.read_csv(path, dtype={"note": object}).fillna({"note": ""}) if path.exists() else None
+    if not run.result("ste_comparison.csv").exists():
+        return None
+    return read_results_csv(run, "ste_comparison.csv", "06_ste_comparison")
 
 
-def study_claim(df: pd.DataFrame, cv: str = "stratified") -> dict:
-    """The study's "STE beats TopK in k of n" recomputed: any gain, and gains whose CI excludes 0."""
-    rows = df[df.cv == cv]
+def study_claim(df: pd.DataFrame, cv: str = "stratified", other: str = "topk") -> dict:
+    """The study's "STE beats TopK in k of n" recomputed: any gain in the seed mean, and wins and
+    losses by the paired test after Holm."""
+    rows = df[(df.cv == cv) & (df.arch_b == other)]
     return {
         "n": int(len(rows)),
-        "ste_higher": int((rows.jumprelu_ste_bal_acc > rows.topk_bal_acc).sum()),
-        "wins": int((rows.verdict == "wins").sum()),
-        "loses": int((rows.verdict == "loses").sum()),
+        "ste_higher": int((rows.delta > 0).sum()),
+        "wins": int((rows.verdict == "win").sum()),
+        "losses": int((rows.verdict == "loss").sum()),
         "inconclusive": int((rows.verdict == "inconclusive").sum()),
         "collapsed": int((rows.verdict == "collapsed").sum()),
-        "mean_ste": float(rows.jumprelu_ste_bal_acc.mean()),
-        "mean_topk": float(rows.topk_bal_acc.mean()),
+        "mean_ste": float(rows.bal_acc_a.mean()) if len(rows) else float("nan"),
+        "mean_other": float(rows.bal_acc_b.mean()) if len(rows) else float("nan"),
     }

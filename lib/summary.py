@@ -1,22 +1,31 @@
-"""Our results beside the study's published TinyLlama numbers (notebook 07).
+"""Our results beside the study's published TinyLlama numbers (notebook 07), and their prose.
 
-Reads ``results/layer_profile.csv``, ``results/sae_probes.csv`` and
-``results/ste_comparison.csv`` of a run and writes ``results/summary.csv``: one row per claim of
-the study, with the published value, ours under the study's recipe (stratified folds, SAEs
-trained on all completions) and ours under the stricter evaluation (held-out scenarios,
-leakage-free SAEs), each with its 95% CI where one exists.
+:func:`summarise_run` reads a run's results (layer profile and layer tests, SAE verdicts, STE
+comparison, leakage) and writes ``results/summary.csv``: one row per claim of the study, with the
+published value and ours under three evaluations: the study's recipe (stratified folds, the grid
+SAEs of notebook 04, which saw every completion), held-out scenarios (every probe tested on a
+scenario it never saw; CIs resample scenarios), and leakage-free SAEs (SAEs that never saw the
+probe's test completions, at the fold budget). Every SAE number is a mean over seeds, and every
+verdict is the book's paired test after Holm within the family it counts over.
+
+:func:`render_results_markdown` turns a summary table into the README's results section; the
+publish step writes it, and a test checks the README against the committed summary.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from lib.layer_profile import peak_layer, read_layer_profile
+from lib.layer_profile import profile_values, read_layer_profile
+from lib.layer_tests import peak_summary, read_layer_tests
 from lib.rundir import RunDir, atomic_write_text
 from lib.sae_probes import read_sae_probes
-from lib.ste_comparison import read_ste_comparison
+from lib.sae_verdicts import read_sae_leakage, read_sae_verdicts
+from lib.ste_comparison import read_ste_comparison, study_claim
 
 # From the study's TinyLlama-1.1B model card and paper (see shared/RESEARCH.md).
 PUBLISHED = {
@@ -24,120 +33,151 @@ PUBLISHED = {
     "raw_peak_bal_acc": "72.4%",
     "raw_peak_auroc": "0.784",
     "profile": "rises monotonically, ~55% at L3 to 72.4% at L21",
+    "text_baseline": "not reported",
+    "monitor": "not reported",
     "best_sae": "77.8% (jumprelu, L15, honest_only)",
     "saes_beating_raw": "14 of 30",
     "ste_vs_topk": "STE wins 8 of 9; mean 69.2% vs 64.1%",
+    "leakage": "not measured (SAEs saw the test folds)",
 }
 CLAIMS = {
     "raw_peak_layer": "raw-activation peak layer",
     "raw_peak_bal_acc": "raw-activation peak balanced accuracy",
     "raw_peak_auroc": "raw-activation AUROC at the peak",
     "profile": "layer profile (Spearman rho of layer vs balanced accuracy)",
-    "best_sae": "best SAE probe",
+    "text_baseline": "text-only baseline (TF-IDF probe) and layers above it",
+    "monitor": "recall at 1% FPR at the peak (threshold chosen on training folds)",
+    "best_sae": "best SAE probe (mean over seeds)",
     "saes_beating_raw": "SAEs beating their layer's raw probe",
     "ste_vs_topk": "STE JumpReLU vs TopK",
+    "leakage": "leakage (SAE saw the test completions minus it did not)",
 }
+SETTINGS = {
+    "ours: study's recipe": ("stratified", "grid"),
+    "ours: held-out scenarios": ("scenario", "grid"),
+    "ours: leakage-free SAEs": ("stratified", "per_fold"),
+}
+NA = "n/a"
 
 
-def _pct(x: float) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
+def _pct(x) -> str:
+    return NA if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
 
 
-def _ci(lo: float, hi: float) -> str:
-    return "" if not (np.isfinite(lo) and np.isfinite(hi)) else f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+def _ci(lo, hi) -> str:
+    ok = lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi)
+    return f" [{100 * lo:.1f}, {100 * hi:.1f}]" if ok else ""
 
 
-def _peak(profile: pd.DataFrame, cv: str, feature: str) -> dict:
-    best = peak_layer(profile, cv=cv, feature=feature)
-    if best["layer"] is None:
+def _span(layers: list[int]) -> str:
+    if not layers:
+        return "none"
+    if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"L{layers[0]}-L{layers[-1]}"
+    return ", ".join(f"L{x}" for x in layers)
+
+
+def _raw_claims(profile: pd.DataFrame, tests: pd.DataFrame, cv: str, feature: str) -> dict:
+    pk = peak_summary(tests, feature, cv) if len(tests) else {}
+    if not pk:
         return {}
-    bal = profile[
-        (profile.cv == cv) & (profile.feature == feature) & (profile.metric == "bal_acc")
-    ].dropna(subset=["value"])
-    auc = profile[
-        (profile.cv == cv)
-        & (profile.feature == feature)
-        & (profile.metric == "auroc")
-        & (profile.layer == best["layer"])
-    ]
-    rho = spearmanr(bal.layer, bal.value).statistic if len(bal) > 2 else float("nan")
-    return {
-        "layer": int(best["layer"]),
-        "n_layers": int(bal.layer.max()) + 1,
-        "bal": f"{_pct(best['value'])}{_ci(best['ci_low'], best['ci_high'])}",
-        "auroc": f"{auc.value.iloc[0]:.3f}" if len(auc) else "n/a",
-        "rho": rho,
-        "first": bal.sort_values("layer").iloc[0],
-        "last": bal.sort_values("layer").iloc[-1],
+    curve = profile_values(profile, cv, feature)
+    at = curve[curve.layer == pk["layer"]].iloc[0]
+    auc = profile_values(profile, cv, feature, "auroc")
+    rec = profile_values(profile, cv, feature, "recall_at_1fpr")
+    rec = rec[rec.layer == pk["layer"]]
+    rho = spearmanr(curve.layer, curve.value).statistic if len(curve) > 2 else math.nan
+    text = profile_values(profile, cv, "text")
+    out = {
+        "raw_peak_layer": (
+            f"L{pk['layer']} of {pk['n_layers']} ({feature} pooling); not below it: "
+            f"{_span(pk['not_below'])}; best in {pk['argmax_share']:.0%} of resamples"
+        ),
+        "raw_peak_bal_acc": f"{_pct(at.value)}{_ci(at.ci_low, at.ci_high)}",
+        "raw_peak_auroc": f"{auc[auc.layer == pk['layer']].value.iloc[0]:.3f}" if len(auc) else NA,
+        "profile": (
+            f"rho={rho:.2f}; {_pct(curve.value.iloc[0])} at L{int(curve.layer.iloc[0])} to "
+            f"{_pct(curve.value.iloc[-1])} at L{int(curve.layer.iloc[-1])}"
+        ),
     }
+    if len(text):
+        t = text.iloc[0]
+        out["text_baseline"] = (
+            f"text {_pct(t.value)}{_ci(t.ci_low, t.ci_high)}; layers significantly above it: "
+            f"{pk['beats_text']} of {pk['n_layers']}"
+        )
+    if len(rec):
+        r = rec.iloc[0]
+        out["monitor"] = (
+            f"{_pct(r.value)}{_ci(r.ci_low, r.ci_high)} at realised FPR {_pct(r.realised_fpr)} "
+            f"({int(r.n_negatives)} honest)"
+        )
+    return out
 
 
-def _sae_rows(sae: pd.DataFrame, cv: str, leakage_free: bool) -> pd.DataFrame:
-    return sae[(sae.cv == cv) & (sae.leakage_free == leakage_free)].dropna(subset=["bal_acc"])
+def _sae_claims(verdicts: pd.DataFrame, cv: str, source: str) -> dict:
+    v = verdicts[(verdicts.cv == cv) & (verdicts.sae_source == source)].dropna(subset=["bal_acc"])
+    if v.empty:
+        return {}
+    b = v.loc[v.bal_acc.idxmax()]
+    sd = f" (seed SD {100 * b.bal_acc_sd:.1f})" if np.isfinite(b.bal_acc_sd) else ""
+    study = v[v.family == "study"]
+    out = {"best_sae": f"{_pct(b.bal_acc)}{sd} ({b.arch}, L{int(b.layer)}, {b.condition})"}
+    if len(study):
+        out["saes_beating_raw"] = (
+            f"{int((study.delta > 0).sum())} of {len(study)} above raw; "
+            f"{int((study.verdict == 'win').sum())} wins, {int((study.verdict == 'loss').sum())} "
+            f"losses (paired test, Holm over {len(study)})"
+        )
+    return out
 
 
-def _best_sae(rows: pd.DataFrame) -> str:
-    if rows.empty:
-        return "n/a"
-    b = rows.loc[rows.bal_acc.idxmax()]
-    return f"{_pct(b.bal_acc)}{_ci(b.bal_acc_ci_low, b.bal_acc_ci_high)} ({b.arch}, L{int(b.layer)}, {b.condition})"
-
-
-def _beating(rows: pd.DataFrame) -> str:
-    rows = rows[rows.arch != "jumprelu_ste"]  # the study's count is over its 30 original SAEs
-    if rows.empty:
-        return "n/a"
-    any_pos = int((rows.delta > 0).sum())
-    sig = int(((rows.delta > 0) & (rows.p_holm < 0.05)).sum())
-    return f"{any_pos} of {len(rows)} (any gain); {sig} significant after Holm"
-
-
-def _ste(ste: pd.DataFrame | None, cv: str, leakage_free: bool) -> str:
+def _ste_claim(ste: pd.DataFrame | None, cv: str) -> str:
     if ste is None or ste.empty:
-        return "n/a"
-    if leakage_free:
-        return "n/a (compared on the grid SAEs of 04)"
-    rows = ste[ste.cv == cv]
-    if rows.empty:
-        return "n/a"
-    wins = int((rows.jumprelu_ste_bal_acc > rows.topk_bal_acc).sum())
-    sig = int((rows.verdict == "wins").sum())
+        return NA
+    c = study_claim(ste, cv)
+    if not c["n"]:
+        return NA
     return (
-        f"STE higher in {wins} of {len(rows)} ({sig} wins by CI); "
-        f"mean {_pct(rows.jumprelu_ste_bal_acc.mean())} vs {_pct(rows.topk_bal_acc.mean())}"
+        f"STE higher in {c['ste_higher']} of {c['n']}; {c['wins']} wins, {c['losses']} losses "
+        f"(Holm over {c['n']}); mean {_pct(c['mean_ste'])} vs {_pct(c['mean_other'])}"
+    )
+
+
+def _leakage_claim(leak: pd.DataFrame | None, cv: str) -> str:
+    if leak is None or leak.empty or "leakage" not in leak:
+        return NA
+    d = leak[leak.cv == cv].dropna(subset=["leakage"])
+    if d.empty:
+        return NA
+    sig = int(((d.p_holm < 0.05) & (d.leakage > 0)).sum())
+    return (
+        f"mean {100 * d.leakage.mean():+.1f} pp over {len(d)} SAEs; {sig} significant "
+        f"(Holm over {len(d)}); budget {d.budget.iloc[0]}"
     )
 
 
 def summarise_run(run: RunDir, feature: str = "mean") -> pd.DataFrame:
-    """The summary table of a run (see module docstring); also written to results/summary.csv."""
+    """The summary table of a run (see the module docstring); also ``results/summary.csv``."""
     profile = read_layer_profile(run)
-    sae = (
-        read_sae_probes(run)
-        if run.result("sae_probes.csv").exists()
-        else pd.DataFrame(columns=["cv", "leakage_free", "bal_acc"])
-    )
+    tests = read_layer_tests(run) if run.result("layer_tests.csv").exists() else pd.DataFrame()
+    verdicts = read_sae_verdicts(run) if run.result("sae_verdicts.csv").exists() else pd.DataFrame()
     ste = read_ste_comparison(run)
-    settings = {
-        "ours: study's recipe": ("stratified", False),
-        "ours: leakage-free SAEs": ("stratified", True),
-        "ours: held-out scenarios": ("scenario", False),
-    }
-    table = {claim: {"claim": CLAIMS[claim], "published": PUBLISHED[claim]} for claim in CLAIMS}
-    for name, (cv, lf) in settings.items():
-        pk = _peak(profile, cv, feature)
-        if pk:
-            table["raw_peak_layer"][name] = f"L{pk['layer']} (of {pk['n_layers']})"
-            table["raw_peak_bal_acc"][name] = pk["bal"]
-            table["raw_peak_auroc"][name] = pk["auroc"]
-            table["profile"][name] = (
-                f"rho={pk['rho']:.2f}; {_pct(pk['first'].value)} at L{int(pk['first'].layer)} to "
-                f"{_pct(pk['last'].value)} at L{int(pk['last'].layer)}"
-            )
-        rows = _sae_rows(sae, cv, lf) if len(sae) else sae
-        table["best_sae"][name] = _best_sae(rows)
-        table["saes_beating_raw"][name] = _beating(rows) if len(rows) else "n/a"
-        table["ste_vs_topk"][name] = _ste(ste, cv, lf)
-    out = pd.DataFrame(list(table.values())).fillna("n/a")
+    leak = read_sae_leakage(run)
+    table = {c: {"claim": CLAIMS[c], "published": PUBLISHED[c]} for c in CLAIMS}
+    for name, (cv, source) in SETTINGS.items():
+        values = {}
+        if source == "grid":
+            values.update(_raw_claims(profile, tests, cv, feature))
+            values["ste_vs_topk"] = _ste_claim(ste, cv)
+        else:
+            values["leakage"] = _leakage_claim(leak, cv)
+        if len(verdicts):
+            values.update(_sae_claims(verdicts, cv, source))
+        for claim, text in values.items():
+            table[claim][name] = text
+    out = pd.DataFrame(list(table.values())).reindex(columns=["claim", "published", *SETTINGS])
+    out = out.fillna(NA)
     atomic_write_text(run.result("summary.csv"), out.to_csv(index=False))
     return out
 
@@ -148,3 +188,22 @@ def to_markdown(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def read_summary(run: RunDir) -> pd.DataFrame:
+    path = run.require(run.result("summary.csv"), "07_summary")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def n_facts(run: RunDir) -> dict:
+    """Completion and SAE counts a reader needs beside the numbers."""
+    probes = read_sae_probes(run) if run.result("sae_probes.csv").exists() else pd.DataFrame()
+    profile = read_layer_profile(run)
+    first = profile.iloc[0] if len(profile) else None
+    return {
+        "n": int(first.n) if first is not None else 0,
+        "n_deceptive": int(first.n_deceptive) if first is not None else 0,
+        "n_honest": int(first.n_honest) if first is not None else 0,
+        "n_saes": int(probes.sae_id.nunique()) if len(probes) else 0,
+        "n_cells": int(probes.cell_id.nunique()) if len(probes) else 0,
+    }

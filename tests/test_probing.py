@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,9 +10,11 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
 
-from lib import controls, dataset, leakage, logistic, probe, stats
+from lib import controls, dataset, logistic, probe, stats
 from lib import layer_profile as lp
+from lib import layer_tests as lt
 from lib import sae_probes as sp
+from lib import sae_verdicts as sv
 from lib.config import load_config
 from lib.rundir import RunDir, append_jsonl, write_json
 
@@ -76,6 +76,7 @@ def write_synthetic_run(
             "name": "synthetic",
             "sae.layers": [1],
             "sae.ste_layers": [],
+            "sae.seeds": 1,
             "sae.architectures": ["topk", "jumprelu"],
             "sae.epochs": 2,
             "sae.expansion_factor": 2,
@@ -87,9 +88,14 @@ def write_synthetic_run(
         },
     )
     run = RunDir(root / cfg.name)
+    words = [f"w{j}" for j in range(8)]  # label-free text for the text baseline
+    texts = [" ".join(rng.choice(words, 3)) for _ in ids]
     append_jsonl(
         run.completions,
-        [{"id": i, "scenario": s, "completion": "..."} for i, s in zip(ids, scen, strict=True)],
+        [
+            {"id": i, "scenario": s, "completion": t}
+            for i, s, t in zip(ids, scen, texts, strict=True)
+        ],
     )
     append_jsonl(
         run.labels,
@@ -269,7 +275,7 @@ def test_too_few_of_a_class_gives_a_note_not_a_crash():
     rows, _ = lp.probe_feature(X, y, scen, n_bootstrap=20, n_permutations=5)
     df = pd.DataFrame(rows)
     strat = df[(df.cv == "stratified") & (df.target == "deception")]
-    assert len(strat) == 3 and strat.note.str.contains("too few deceptive").all()
+    assert len(strat) == 2 and strat.note.str.contains("too few deceptive").all()
     # held-out scenario leaves one class to train on
     y2 = (scen == "s0").astype(int)
     res2 = probe.cross_validate(X, y2, scen, "scenario")
@@ -283,36 +289,30 @@ def test_layer_profile_stage_writes_table_and_resumes(tmp_path, monkeypatch):
     cfg, run = write_synthetic_run(tmp_path, n_layers=3, signal=0.7)
     df = lp.layer_profile(run, cfg, progress=False)
     on_disk = pd.read_csv(run.results / "layer_profile.csv")
-    assert {
-        "layer",
-        "feature",
-        "cv",
-        "metric",
-        "value",
-        "ci_low",
-        "ci_high",
-        "p_value",
-        "n",
-        "note",
-    } <= set(on_disk.columns)
-    assert len(on_disk) == len(df) == 3 * 2 * 2 * 3  # layers x features x CV modes x metrics
+    assert set(lp.PROFILE_COLUMNS) == set(on_disk.columns)
+    # layers x features x CV modes x metrics, plus the text baseline's CV modes x metrics
+    assert len(on_disk) == len(df) == 3 * 2 * 2 * 4 + 2 * 4
+    text = df[df.feature == "text"]
+    assert text.layer.isna().all() and len(text) == 8
     controls = lp.read_probe_controls(run)
-    assert len(controls) == 3 * 2 * (2 * 2 + 1) and set(controls.target) == {
-        "shuffled_labels",
-        "scenario_identity",
-    }
+    assert len(controls) == 3 * 2 * (2 * 2 + 1) + 2 * 2
+    assert set(controls.target) == {"shuffled_labels", "scenario_identity"}
     assert set(df.target) == {"deception"}
-    dec = df[
-        (df.target == "deception")
-        & (df.metric == "bal_acc")
-        & (df.cv == "stratified")
-        & (df.feature == "mean")
-    ]
+    dec = lp.profile_values(df, "stratified", "mean")
     assert (dec.n == 120).all()  # ambiguous completions dropped
     assert dec.set_index("layer").value.is_monotonic_increasing  # the planted profile rises
     assert 0.75 < dec.value.iloc[-1] < 1
-    peak = lp.peak_layer(df, feature="mean")
-    assert peak["layer"] == 2 and peak["ci_low"] < peak["value"] < peak["ci_high"]
+    loso = lp.profile_values(df, "scenario", "mean")
+    assert (loso.ci_method == "cluster").all() and loso.within_scenario.notna().all()
+    recall = lp.profile_values(df, "stratified", "mean", "recall_at_1fpr")
+    assert recall.realised_fpr.between(0, 0.2).all() and (recall.n_negatives > 60).all()
+    # the text is label-free here: the text probe sits at chance, every strong layer beats it
+    assert lp.profile_values(df, "stratified", "text").value.iloc[0] < 0.65
+    tests = lt.layer_tests(run, cfg)
+    pk = lt.peak_summary(tests, "mean", "stratified")
+    assert pk["layer"] == 2 and 2 in pk["not_below"] and 0 < pk["argmax_share"] <= 1
+    strat = tests[(tests.feature == "mean") & (tests.cv == "stratified")].set_index("layer")
+    assert strat.beats_text[2] and strat.p_holm_vs_text[2] < 0.05
 
     def boom(*a, **k):
         raise AssertionError("cached work was redone")
@@ -335,12 +335,19 @@ def test_layer_profile_with_too_few_deceptive_has_notes(tmp_path):
 
 
 class StandInSAE(torch.nn.Module):
+    """A ReLU projection with a tied decoder: enough of an SAE for the probing stage."""
+
     def __init__(self, W, b):
         super().__init__()
         self.W, self.b = torch.nn.Parameter(W), torch.nn.Parameter(b)
+        self.d_in, self.d_sae = W.shape
+        self.meta = {"train_on": "tokens"}
 
     def encode(self, x):
         return torch.relu(x @ self.W + self.b)
+
+    def decode(self, f):
+        return f @ self.W.T / self.d_sae
 
 
 def standin_train(x, architecture, sae_cfg, seed, progress=False):
@@ -361,102 +368,81 @@ def standin_load(path):
 
 def test_sae_probes_stage_with_stand_in(tmp_path):
     cfg, run = write_synthetic_run(
-        tmp_path, n_layers=2, n=150, signal=0.5, overrides={"probe.fold_epochs": 1}
+        tmp_path,
+        n_layers=2,
+        n=150,
+        signal=0.5,
+        overrides={"probe.fold_epochs": 1, "sae.seeds": 2, "probe.leakage_seeds": 1},
     )
     lp.layer_profile(run, cfg, progress=False)
     layer = dataset.read_layer(run, 1)
+    missing_id = cfg.sae_id(1, "jumprelu", "honest_only", 1)
     for _, arch, cond in cfg.sae_grid():
-        if (arch, cond) == ("jumprelu", "honest_only"):
-            continue  # one SAE missing: a note, not a crash
-        sae, _ = standin_train(layer.tokens, arch, cfg.sae, 0)
-        path = run.sae_dir(cfg.sae_id(1, arch, cond))
-        path.mkdir(parents=True)
-        save_file({"W": sae.W.detach(), "b": sae.b.detach()}, str(path / "sae_weights.safetensors"))
+        for i in range(2):
+            sae_id = cfg.sae_id(1, arch, cond, i)
+            if sae_id == missing_id:
+                continue  # one SAE missing: a note, not a crash
+            sae, _ = standin_train(layer.tokens, arch, cfg.sae, 10 * i)
+            path = run.sae_dir(sae_id)
+            path.mkdir(parents=True)
+            save_file(
+                {"W": sae.W.detach(), "b": sae.b.detach()}, str(path / "sae_weights.safetensors")
+            )
     standin_train.seen.clear()
-    df = sp.sae_probes(
-        run,
-        cfg,
-        progress=False,
-        leakage_free=True,
-        n_randomizations=2000,
-        train_sae=standin_train,
-        load_sae=standin_load,
-    )
-    on_disk = pd.read_csv(run.results / "sae_probes.csv")
-    need = {
-        "sae_id",
-        "layer",
-        "arch",
-        "condition",
-        "cv",
-        "bal_acc",
-        "bal_acc_ci_low",
-        "bal_acc_ci_high",
-        "auroc",
-        "raw_bal_acc",
-        "delta",
-        "delta_ci_low",
-        "delta_ci_high",
-        "p_value",
-        "p_holm",
-        "leakage_free",
-    }
-    assert need <= set(on_disk.columns)
-    assert (
-        len(df) == 6 * 3
-    )  # grid x {stratified, scenario}, per_fold (refit_all only in sae_leakage.csv)
-    assert set(df[df.leakage_free].sae_source) == {"per_fold"} and set(
-        df[~df.leakage_free].sae_source
-    ) == {"grid"}
-    missing = df[df.sae_id == cfg.sae_id(1, "jumprelu", "honest_only")]
-    assert missing[missing.sae_source == "grid"].note.str.contains("not found").all()
-    ok = df.dropna(subset=["p_value"])
-    assert (ok.p_holm >= ok.p_value - 1e-12).all()
-    # raw baseline equals the layer profile's stratified number at that layer
+    df = sp.sae_probes(run, cfg, progress=False, train_sae=standin_train, load_sae=standin_load)
+    assert set(sp.SAE_COLUMNS) == set(pd.read_csv(run.results / "sae_probes.csv").columns)
+    grid = df[df.sae_source == "grid"]
+    assert len(grid) == 6 * 2 * 2  # cells x seeds x CV modes
+    assert set(grid.sae_id) >= {cfg.sae_id(1, "topk", "mixed"), cfg.sae_id(1, "topk", "mixed", 1)}
+    assert grid[grid.sae_id == missing_id].note.str.contains("not found").all()
+    ok = grid[grid.note == ""]
+    assert ok.input_l0.gt(1).all() and ok.inputs.eq("tokens").all()
+    assert (ok[ok.cv == "scenario"].ci_method == "cluster").all()
+    assert np.allclose(ok.delta, ok.bal_acc - ok.raw_bal_acc)
+    # the raw reference is the layer profile's mean-pooled probe at that layer
     prof = lp.read_layer_profile(run)
-    raw = prof[
-        (prof.layer == 1)
-        & (prof.feature == cfg.probe.sae_feature)
-        & (prof.cv == "stratified")
-        & (prof.target == "deception")
-        & (prof.metric == "bal_acc")
-    ].value.item()
-    assert np.allclose(df[df.cv == "stratified"].raw_bal_acc, raw)
-    good = df[(df.sae_source == "grid") & (df.cv == "stratified") & (df.note == "")]
-    assert (good.delta == good.bal_acc - good.raw_bal_acc).all()
-    assert (good.delta_ci_low <= good.delta_ci_high).all()
-    wins = sp.sae_wins(df)
-    g = wins[(wins.cv == "stratified") & (wins.sae_source == "grid")].iloc[0]
-    assert g.beats_raw == int((good.delta > 0).sum()) and g.significant_wins <= g.beats_raw
-    # leakage-free: 5 fold SAEs + 1 refit per available condition, none trained on a test completion
+    raw = lp.profile_values(prof, "stratified", "mean").set_index("layer").value[1]
+    assert np.allclose(ok[ok.cv == "stratified"].raw_bal_acc, raw)
+    # verdicts: one per (cell, cv, source), over seeds, Holm within (cv, source, family)
+    verdicts = sv.read_sae_verdicts(run)
+    g = verdicts[verdicts.sae_source == "grid"]
+    assert (
+        len(g) == 6 * 2
+        and (g.n_seeds[g.cell_id != cfg.sae_id(1, "jumprelu", "honest_only")] == 2).all()
+    )
+    assert (
+        g.dropna(subset=["p_value"]).p_holm >= g.dropna(subset=["p_value"]).p_value - 1e-12
+    ).all()
+    assert set(g.family) == {"study"} and set(g.verdict) <= {
+        "win",
+        "loss",
+        "inconclusive",
+        "untested",
+    }
+    wins = sv.sae_wins(verdicts)
+    w = wins[(wins.cv == "stratified") & (wins.sae_source == "grid")].iloc[0]
+    assert w.wins + w.losses <= w.n_cells
+    # leakage-free: per cell a refit_all SAE, 5 stratified and 4 scenario fold SAEs (seed 0 only),
+    # and no fold SAE saw a completion of its test fold
     lab = dataset.labelled_rows(run, cfg)
-    folds = probe.cv_folds(lab.y, None, "stratified")
     owner_of = {
         tuple(v.tolist()): int(o) for v, o in zip(layer.tokens, layer.token_owner, strict=True)
     }
     row_to_pos = {int(r): i for i, r in enumerate(lab.rows)}
-    assert len(standin_train.seen) == 6 * 6
+    assert len(standin_train.seen) == 6 * (1 + 5 + 4)
     for cell in range(6):
-        xs = standin_train.seen[cell * 6 : cell * 6 + 6]
-        fold_sets = xs[1:]  # the refit_all SAE is trained first, then folds 0..4
-        for k, x in enumerate(fold_sets):
-            positions = {row_to_pos[owner_of[tuple(v.tolist())]] for v in x}
-            assert not positions & set(np.flatnonzero(folds == k)), (cell, k)
-    lc = leakage.read_sae_leakage(run)
-    assert len(lc) == 6 and (lc.reference == "refit_all").all() and (lc.reference_epochs == 1).all()
-    assert lc.bal_acc_grid.isna().sum() == 1  # the missing grid SAE
-    np.testing.assert_allclose(lc.leakage, lc.bal_acc_reference - lc.bal_acc_per_fold)
+        xs = standin_train.seen[cell * 10 : cell * 10 + 10]
+        for mode, fold_sets in (("stratified", xs[1:6]), ("scenario", xs[6:])):
+            folds = probe.cv_folds(lab.y, lab.scenario, mode)
+            for k, x in enumerate(fold_sets):
+                positions = {row_to_pos[owner_of[tuple(v.tolist())]] for v in x}
+                assert not positions & set(np.flatnonzero(folds == k)), (cell, mode, k)
+    leak = sv.read_sae_leakage(run)
+    assert len(leak) == 6 * 2 and (leak.budget == "1 epochs").all() and leak.leakage.notna().all()
+    assert ((leak.leakage_ci_low <= leak.leakage) & (leak.leakage <= leak.leakage_ci_high)).all()
     # cached: the second call trains nothing
     standin_train.seen.clear()
-    sp.sae_probes(
-        run,
-        cfg,
-        progress=False,
-        leakage_free=True,
-        n_randomizations=2000,
-        train_sae=standin_train,
-        load_sae=standin_load,
-    )
+    sp.sae_probes(run, cfg, progress=False, train_sae=standin_train, load_sae=standin_load)
     assert standin_train.seen == []
 
 
@@ -472,15 +458,14 @@ def test_sae_probes_with_the_real_sae_library(tmp_path):
         overrides={
             "sae.architectures": ["topk"],
             "sae.conditions": ["mixed"],
-            "probe.fold_epochs": None,
+            "probe.leakage_free": False,
         },
     )
     layer = dataset.read_layer(run, 1)
-    sae, _ = train_sae(layer.tokens, "topk", cfg.sae, 0, progress=False)
+    sae, hist = train_sae(layer.tokens, "topk", cfg.sae, 0, progress=False)
+    sae.meta.update(train_on="tokens", activation_scale=hist["scale"])
     sae_lib.save_sae(sae, run.sae_dir(cfg.sae_id(1, "topk", "mixed")))
-    df = sp.sae_probes(run, cfg, progress=False, leakage_free=True, n_randomizations=500)
-    assert set(df.sae_source) == {"grid", "per_fold"}  # fold_epochs = sae.epochs: no refit needed
-    assert df.note.eq("").all() and df.bal_acc.between(0.5, 1.0).all()
-    assert json.loads(
-        (run.cache / "probing" / f"sae_lf_{cfg.sae_id(1, 'topk', 'mixed')}.json").read_text()
-    )["folds"]
+    df = sp.sae_probes(run, cfg, progress=False)
+    assert set(df.sae_source) == {"grid"} and df.note.eq("").all()
+    assert df.bal_acc.between(0.5, 1.0).all() and df.input_norm_ratio.between(0.8, 1.25).all()
+    assert (df.input_l0 == cfg.sae.k).all()  # TopK fires k latents on every token it encodes

@@ -1,0 +1,176 @@
+"""Which layers read deception best, and which read more than the text (notebook 05).
+
+The "peak layer" is a maximum over layers, so its own CI overstates how sure we are that it is
+the peak. Two selection-aware answers, both from the cached out-of-fold scores of the layer
+profile:
+
+* ``argmax_share``: in how many bootstrap resamples (completions within class, or whole
+  scenarios for ``scenario`` folds; the same resamples for every layer) each layer has the best
+  pooled balanced accuracy;
+* ``below_peak``: whether the layer is significantly below the peak by the book's paired test
+  (:func:`lib.stats.paired_seed_test`), with Holm over the other layers of the same
+  (feature, cv). The layers not below the peak are the honest "peak region".
+
+Every activation probe is also tested against the text-only baseline (``feature == "text"``,
+:mod:`lib.text_baseline`) on the same completions and folds: ``beats_text`` when the layer's
+balanced accuracy is significantly above the text probe's (Holm over the layers of the same
+(feature, cv)). Output: ``results/layer_tests.csv`` (:data:`COLUMNS`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lib import stats
+from lib.config import RunConfig
+from lib.dataset import labelled_rows
+from lib.layer_profile import cached_layer_cv, captured_layers
+from lib.probe import CV_MODES
+from lib.rundir import RunDir, atomic_write_text, read_results_csv, stable_seed
+
+ALPHA = 0.05
+COLUMNS = [
+    "feature",
+    "cv",
+    "layer",
+    "bal_acc",
+    "is_peak",
+    "argmax_share",
+    "delta_vs_peak",
+    "delta_vs_peak_ci_low",
+    "delta_vs_peak_ci_high",
+    "p_vs_peak",
+    "p_holm_vs_peak",
+    "below_peak",
+    "text_bal_acc",
+    "delta_vs_text",
+    "delta_vs_text_ci_low",
+    "delta_vs_text_ci_high",
+    "p_vs_text",
+    "p_holm_vs_text",
+    "beats_text",
+    "n",
+    "n_bootstrap",
+    "note",
+]
+
+
+def _curve_tests(y, scenario, results: dict, text, mode: str, n_boot: int, seed: int) -> list[dict]:
+    """Rows of one (feature, cv): ``results`` maps layer -> CVResult of that mode."""
+    layers = [layer for layer, r in results.items() if r.ok]
+    if not layers:
+        return []
+    clusters = scenario if mode == "scenario" else None
+    value = {layer: results[layer].value["bal_acc"] for layer in layers}
+    peak = max(layers, key=lambda layer: value[layer])
+    rng = np.random.default_rng(seed)
+    if mode == "scenario":
+        W = stats.cluster_multiplicities(scenario, n_boot, rng)
+    else:
+        W = stats.stratified_multiplicities(y, n_boot, rng)
+    M = np.stack([stats.balanced_accuracy(y, results[layer].scores, W) for layer in layers], 1)
+    best = np.nanargmax(np.where(np.isnan(M), -np.inf, M), axis=1)
+    share = np.bincount(best, minlength=len(layers)) / n_boot
+    rows = []
+    for i, layer in enumerate(layers):
+        r = {
+            "layer": layer,
+            "bal_acc": value[layer],
+            "is_peak": layer == peak,
+            "argmax_share": float(share[i]),
+            "n": len(y),
+            "n_bootstrap": n_boot,
+        }
+        if layer != peak:
+            t = stats.paired_seed_test(
+                y,
+                results[peak].scores,
+                results[layer].scores,
+                n_boot,
+                stable_seed(seed, "peak", layer),
+                clusters,
+            )
+            r.update(
+                delta_vs_peak=t["delta"],
+                delta_vs_peak_ci_low=t["ci_low"],
+                delta_vs_peak_ci_high=t["ci_high"],
+                p_vs_peak=t["p_value"],
+            )
+        if text is not None and text.ok:
+            t = stats.paired_seed_test(
+                y,
+                results[layer].scores,
+                text.scores,
+                n_boot,
+                stable_seed(seed, "text", layer),
+                clusters,
+            )
+            r.update(
+                text_bal_acc=text.value["bal_acc"],
+                delta_vs_text=t["delta"],
+                delta_vs_text_ci_low=t["ci_low"],
+                delta_vs_text_ci_high=t["ci_high"],
+                p_vs_text=t["p_value"],
+            )
+        rows.append(r)
+    df = pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if c not in ("feature", "cv")])
+    others = df.is_peak == False  # noqa: E712
+    df.loc[others, "p_holm_vs_peak"] = stats.holm(df.loc[others, "p_vs_peak"].to_numpy(float))
+    df["below_peak"] = others & (df.p_holm_vs_peak < ALPHA) & (df.delta_vs_peak > 0)
+    df["p_holm_vs_text"] = stats.holm(df["p_vs_text"].to_numpy(float))
+    df["beats_text"] = (df.p_holm_vs_text < ALPHA) & (df.delta_vs_text > 0)
+    return df.to_dict("records")
+
+
+def layer_tests(run: RunDir, cfg: RunConfig) -> pd.DataFrame:
+    """Selection-aware peak and text-baseline tests of every (feature, cv) curve of the profile;
+    writes ``results/layer_tests.csv``. Needs the layer profile's cache (run
+    :func:`lib.layer_profile.layer_profile` first)."""
+    lab = labelled_rows(run, cfg)
+    layers = captured_layers(run)
+    n_boot = stats.resamples_for_family(max(cfg.probe.n_bootstrap, 1), len(layers))
+    text = cached_layer_cv(run, cfg, lab, None, "text") if cfg.probe.text_baseline else None
+    rows = []
+    for feature in cfg.probe.features:
+        cached = {layer: cached_layer_cv(run, cfg, lab, layer, feature) for layer in layers}
+        missing = [layer for layer, c in cached.items() if c is None]
+        if missing:
+            raise RuntimeError(
+                f"layer profile results of layers {missing} ({feature}) are not cached or stale; "
+                "run lib.layer_profile.layer_profile first"
+            )
+        for mode in CV_MODES:
+            seed = stable_seed(cfg.seed, "layer_tests", feature, mode)
+            res = {layer: c[mode] for layer, c in cached.items()}
+            text_res = text[mode] if text is not None else None
+            curve = _curve_tests(lab.y, lab.scenario, res, text_res, mode, n_boot, seed)
+            rows += [{"feature": feature, "cv": mode, **r} for r in curve]
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    df["note"] = df["note"].astype(object).fillna("")
+    atomic_write_text(run.result("layer_tests.csv"), df.to_csv(index=False))
+    return df
+
+
+def read_layer_tests(run: RunDir) -> pd.DataFrame:
+    """``results/layer_tests.csv`` (:func:`layer_tests`)."""
+    return read_results_csv(run, "layer_tests.csv", "05_layer_profile_probing")
+
+
+def peak_summary(tests: pd.DataFrame, feature: str, cv: str) -> dict:
+    """The peak of one curve with its selection-aware companions: the layers not significantly
+    below it and the share of resamples in which it is the best layer. Empty when not probed."""
+    d = tests[(tests.feature == feature) & (tests.cv == cv)]
+    if d.empty or not d.is_peak.any():
+        return {}
+    peak = d[d.is_peak].iloc[0]
+    region = sorted(int(x) for x in d[~d.below_peak.astype(bool)].layer)
+    return {
+        "layer": int(peak.layer),
+        "bal_acc": float(peak.bal_acc),
+        "argmax_share": float(peak.argmax_share),
+        "not_below": region,
+        "n_layers": int(len(d)),
+        "beats_text": int(d.beats_text.astype(bool).sum()),
+        "text_bal_acc": float(peak.text_bal_acc) if pd.notna(peak.text_bal_acc) else float("nan"),
+    }

@@ -1,0 +1,62 @@
+"""What a reader sees comes from one command: the README's results section equals what
+``make publish`` renders from the committed summary, and every figure it shows is committed."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from lib.config import REPO_ROOT, load_config
+from lib.publish import (
+    README,
+    README_FIGURES,
+    read_published_summary,
+    readme_section,
+    render_results_markdown,
+    replace_section,
+)
+
+PUBLISHED = REPO_ROOT / "figures" / load_config("organism").figures_name
+
+
+def test_readme_results_equal_the_render_of_the_committed_summary():
+    facts = json.loads((PUBLISHED / "facts.json").read_text())
+    expected = render_results_markdown(
+        read_published_summary(PUBLISHED), facts, str(PUBLISHED.relative_to(REPO_ROOT))
+    )
+    assert readme_section(README.read_text()) == expected
+
+
+def test_every_figure_the_readme_shows_is_committed_in_both_formats():
+    section = readme_section(README.read_text())
+    shown = re.findall(r"\]\(([^)]+\.png)\)", section)
+    assert len(shown) == len(README_FIGURES)
+    for png in shown:
+        assert (REPO_ROOT / png).exists(), png
+        assert (REPO_ROOT / png).with_suffix(".pdf").exists(), png
+
+
+def test_a_changed_summary_changes_the_section():
+    """The check above can fail: a different summary renders to a different section."""
+    summary = read_published_summary(PUBLISHED)
+    facts = json.loads((PUBLISHED / "facts.json").read_text())
+    edited = summary.copy()
+    edited.iloc[0, 2] = "L99 of 100"
+    a = render_results_markdown(summary, facts, "figures/organism")
+    b = render_results_markdown(edited, facts, "figures/organism")
+    assert a != b and "L99 of 100" in b
+    text = replace_section(README.read_text(), b)
+    assert readme_section(text) == b
+
+
+def test_published_summary_keeps_not_available_as_text():
+    summary = read_published_summary(PUBLISHED)
+    assert isinstance(summary, pd.DataFrame) and not summary.isna().any().any()
+
+
+def test_readme_without_markers_is_an_error():
+    with pytest.raises(ValueError, match="no generated results section"):
+        readme_section("# a README without the markers\n")
