@@ -37,11 +37,17 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_model_path(model: str) -> str:
-    """``organism`` -> the embedded model organism (built on first use); else unchanged."""
+    """``organism`` -> the embedded model organism (built on first use); ``random:<preset>`` ->
+    a randomly initialised model of a study model's shapes (``lib.random_models``, built on first
+    use into ``data/models/``); a path relative to the repository -> absolute; else unchanged."""
     if model == "organism":
         from lib.organism import ensure_organism
 
         return str(ensure_organism())
+    if model.startswith("random:"):
+        from lib.random_models import ensure_random_model
+
+        return str(ensure_random_model(model))
     p = Path(model)
     if not p.is_absolute() and (REPO_ROOT / p).exists():
         return str(REPO_ROOT / p)
