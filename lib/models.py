@@ -7,6 +7,7 @@ model organism from ``data/organism/``: ``AutoModelForCausalLM.from_pretrained(p
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,6 +35,23 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (x86: AVX512-BF16 or AMX-BF16).
+
+    Without them (e.g. AVX2-only x86), torch runs bfloat16 and float16 matmuls in a slow
+    fallback kernel: on the 2-core AVX2 machine this book is built on, a TinyLlama-shaped forward
+    pass ran several times slower in bfloat16 than in float32 (``tests/benchmarks/bench_dtype.py``).
+    Returns True when the answer is unknown (not x86), so that nothing warns without cause.
+    """
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):
+        return True
+    if caps.get("architecture") not in ("x86_64", "x86", "AMD64"):
+        return True
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 def resolve_model_path(model: str) -> str:
@@ -81,7 +99,15 @@ def load_model_path(model: str, dtype: str = "float32", device: str = "cpu"):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    lm.to(resolve_device(device))
+    target = resolve_device(device)
+    if target.type == "cpu" and dtype in ("bfloat16", "float16") and not cpu_has_fast_bf16():
+        warnings.warn(
+            f"dtype={dtype} on a CPU without bfloat16/float16 matrix instructions: matmuls use a "
+            "slow fallback kernel (a TinyLlama-shaped forward ran several times slower than in "
+            "float32 on an AVX2 machine); set dtype: float32 for CPU runs on this machine",
+            stacklevel=2,
+        )
+    lm.to(target)
     lm.eval()
     return lm, tok
 

@@ -145,3 +145,34 @@ def test_random_spec_builds_once_and_rebuilds_on_recipe_change(tmp_path, monkeyp
     )
     model, _ = load_model_path("random:tiny-test")
     assert len(builds) == 2 and n_layers(model) == 2  # recipe changed: rebuilt
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path, monkeypatch):
+    import warnings
+
+    import lib.models as models
+
+    path = rm.build_random_model(
+        "tinyllama", tmp_path / "m", overrides=rm.tiny_overrides("tinyllama")
+    )
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="dtype=bfloat16 on a CPU without bfloat16"):
+        model, _ = load_model_path(str(path), dtype="bfloat16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16  # the config's dtype is kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model_path(str(path), dtype="float32", device="cpu")  # float32: no warning
+        monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
+        load_model_path(str(path), dtype="bfloat16", device="cpu")
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
+    import lib.models as models
+
+    flags = {"architecture": "x86_64", "avx2": True, "avx512_bf16": False, "amx_bf16": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    assert models.cpu_has_fast_bf16() is False
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**flags, "amx_bf16": True})
+    assert models.cpu_has_fast_bf16() is True
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"architecture": "aarch64"})
+    assert models.cpu_has_fast_bf16() is True  # unknown: no warning
