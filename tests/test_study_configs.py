@@ -124,3 +124,30 @@ def test_rehearsal_is_tinyllamas_structure_with_random_weights():
     assert reh.judge.judges == ["keyword"] and reh.device == "cpu"
     shapes = rm.model_config("tinyllama")
     assert (shapes.num_hidden_layers, shapes.hidden_size, shapes.vocab_size) == (22, 2048, 32000)
+
+
+def test_nanochat_layers_resolve_in_transformers():
+    """nanochat-d20/-d32 have no config yet (NOTES_models.md); transformers' NanoChat port puts
+    its decoder layers where the book's hooks look, and each hook is the true resid_post."""
+    from transformers import NanoChatConfig
+
+    torch.manual_seed(0)
+    cfg = NanoChatConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+    )
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    assert layer_path(model) == "model.layers" and hook_name(model, 3) == "model.layers.3"
+    seen = {}
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.no_grad(), resid_hooks(model, [0, 3], lambda i, h: seen.__setitem__(i, h.clone())):
+        out = model(ids, output_hidden_states=True)
+    assert torch.allclose(seen[0], out.hidden_states[1])
+    assert not torch.allclose(
+        seen[3], out.hidden_states[4]
+    )  # the last entry is after the final norm
