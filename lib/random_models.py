@@ -446,11 +446,18 @@ def is_current(path: Path | str, preset: str, overrides: dict | None = None, see
 def ensure_random_model(spec: str, root: Path | str | None = None) -> Path:
     """The folder of ``random:<preset>`` under ``root`` (default :data:`MODELS_DIR`), built first
     when missing or stale (see :func:`recipe_hash`)."""
+    import fcntl
+
     preset = parse_spec(spec)
     out = Path(root if root is not None else MODELS_DIR) / f"random-{preset}"
-    if not is_current(out, preset):
-        print(
-            f"building {spec} (random weights, {PRESETS[preset]['hf_id']} shapes) into {out.name}"
-        )
-        build_random_model(preset, out)
+    if is_current(out, preset):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one builder at a time (grid workers may ask together); the others wait and reuse its build
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_current(out, preset):
+            hf_id = PRESETS[preset]["hf_id"]
+            print(f"building {spec} (random weights, {hf_id} shapes) into {out.name}")
+            build_random_model(preset, out)
     return out

@@ -176,3 +176,21 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
     assert models.cpu_has_fast_bf16() is True
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"architecture": "aarch64"})
     assert models.cpu_has_fast_bf16() is True  # unknown: no warning
+
+
+def test_concurrent_requests_build_once(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    tiny = {"hf_id": "tiny", "model_type": "llama", "config": rm.tiny_overrides("tinyllama")}
+    monkeypatch.setitem(rm.PRESETS, "tiny-test", tiny)
+    builds = []
+    real_build = rm.build_random_model
+    monkeypatch.setattr(
+        rm, "build_random_model", lambda *a, **k: builds.append(a) or real_build(*a, **k)
+    )
+    with ThreadPoolExecutor(3) as pool:
+        paths = list(
+            pool.map(lambda _: rm.ensure_random_model("random:tiny-test", tmp_path), range(3))
+        )
+    assert len(builds) == 1 and len(set(paths)) == 1
+    assert rm.is_current(paths[0], "tiny-test")
