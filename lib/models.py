@@ -12,6 +12,7 @@ every teacher-forced pass uses (capture, SAE loss metrics, feature analyses).
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from lib.config import REPO_ROOT, RunConfig
 from lib.organism import ensure_organism
+from lib.random_models import ensure_random_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,10 +45,31 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (x86: AVX512-BF16 or AMX-BF16).
+
+    Without them (e.g. AVX2-only x86), torch runs bfloat16 and float16 matmuls in a slow
+    fallback kernel: on the 2-core AVX2 machine this book is built on, a TinyLlama-shaped forward
+    pass ran several times slower in bfloat16 than in float32 (``tests/benchmarks/bench_dtype.py``).
+    Returns True when the answer is unknown (not x86), so that nothing warns without cause.
+    """
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):
+        return True
+    if caps.get("architecture") not in ("x86_64", "x86", "AMD64"):
+        return True
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
 def resolve_model_path(model: str) -> str:
-    """``organism`` -> the embedded model organism (built on first use); else unchanged."""
+    """``organism`` -> the embedded model organism (built on first use); ``random:<preset>`` ->
+    a randomly initialised model of a study model's shapes (``lib.random_models``, built on first
+    use into ``data/models/``); a path relative to the repository -> absolute; else unchanged."""
     if model == "organism":
         return str(ensure_organism())
+    if model.startswith("random:"):
+        return str(ensure_random_model(model))
     p = Path(model)
     if not p.is_absolute() and (REPO_ROOT / p).exists():
         return str(REPO_ROOT / p)
@@ -80,7 +103,15 @@ def load_model_path(model: str, dtype: str = "float32", device: str = "cpu"):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    lm.to(resolve_device(device))
+    target = resolve_device(device)
+    if target.type == "cpu" and dtype in ("bfloat16", "float16") and not cpu_has_fast_bf16():
+        warnings.warn(
+            f"dtype={dtype} on a CPU without bfloat16/float16 matrix instructions: matmuls use a "
+            "slow fallback kernel (a TinyLlama-shaped forward ran several times slower than in "
+            "float32 on an AVX2 machine); set dtype: float32 for CPU runs on this machine",
+            stacklevel=2,
+        )
+    lm.to(target)
     lm.eval()
     return lm, tok
 

@@ -3,7 +3,7 @@
 Run: ``make bench`` or ``python tests/benchmarks/bench_capture.py``. Prints, per model, tokens per
 second of the bare forward pass and of ``capture_batch`` over every layer, and the overhead.
 Two models: the organism (float32) and a randomly initialised TinyLlama-shaped Llama (22 layers,
-d=2048, 32 heads / 4 kv heads, SwiGLU 5632, vocab 32000) in bfloat16, on 2 threads.
+d=2048, 32 heads / 4 kv heads, SwiGLU 5632, vocab 32000) in float32, on 2 threads.
 """
 
 from __future__ import annotations
@@ -73,8 +73,12 @@ def test_bench_capture():
     org, _ = load_model_path(str(ensure_organism(progress=False)))
     results = {"organism (float32)": measure(org, _seqs(48, 110, 20, 1000), repeats=5)}
     torch.manual_seed(0)
-    tiny = LlamaForCausalLM(LlamaConfig(**TINYLLAMA)).to(torch.bfloat16).eval()
-    results["TinyLlama-shaped random (bf16)"] = measure(tiny, _seqs(2, 120, 40, 32000), repeats=2)
+    # float32: without bf16 instructions (AVX2-only CPUs) a bf16 forward is several times slower
+    # (tests/benchmarks/bench_dtype.py); CPU runs of the book use float32
+    tiny = LlamaForCausalLM(LlamaConfig(**TINYLLAMA)).eval()
+    results["TinyLlama-shaped random (float32)"] = measure(
+        tiny, _seqs(2, 120, 40, 32000), repeats=2
+    )
     for name, r in results.items():
         print(
             f"capture {name}: bare {r['bare_tok_s']:.0f} tok/s, capture {r['capture_tok_s']:.0f} tok/s, "
