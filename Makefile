@@ -11,8 +11,12 @@ ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# batch runs print progress as a few log lines (lib/runtime.py), not live bars
+BATCH := HF_HUB_OFFLINE=1 DECEPTION_SAES_BATCH=1
+RUNS ?= data/runs
+PERTURBED := data/runs-perturbed
 
-.PHONY: book test lab bench grid lint notebooks
+.PHONY: book test lab bench grid lint notebooks publish check-book perturbation
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,25 +27,42 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 ## make book: the whole study on the embedded model organism, offline -> data/runs/default/
+## (figures in data/runs/default/figures/; nothing in the repository changes)
 book: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m lib.grid --config configs/organism.yaml --workers 2
+	$(BATCH) $(PY) -m lib.grid --config configs/organism.yaml --workers 2
 
 ## make grid CONFIG=configs/tinyllama.yaml WORKERS=2: the study for any config (GPU machine)
 grid: $(STAMP)
 	$(PY) -m lib.grid --config $(CONFIG) --workers $(WORKERS) $(ARGS)
 
-## make test: the pytest suite; the book on the organism (resumed if `make book` ran); then
-## nbval re-executes every notebook against that run and checks its stored key numbers
+## make test: the pytest suite; the organism book (resumed if `make book` ran) and its checks
+## (tests/book + nbval of every notebook); then the perturbation check: the same book with one
+## torch thread per worker (another host's floating point, simulated) must pass the same checks
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests --ignore=tests/benchmarks -q -p no:cacheprovider
-	HF_HUB_OFFLINE=1 $(PY) -m lib.grid --config configs/organism.yaml --workers 2
-	HF_HUB_OFFLINE=1 $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
-		-p no:cacheprovider notebooks -q
+	$(BATCH) $(PY) -m pytest tests --ignore=tests/benchmarks --ignore=tests/book \
+		--ignore=tests/perturbation -q -p no:cacheprovider
+	$(MAKE) --no-print-directory book
+	$(MAKE) --no-print-directory check-book
+	$(MAKE) --no-print-directory perturbation
 
-## make notebooks: re-execute notebooks/ in place on the organism run (refreshes stored outputs)
-notebooks: $(STAMP)
-	cd notebooks && for nb in 0*.ipynb; do \
-		HF_HUB_OFFLINE=1 ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; done
+## make check-book [RUNS=dir]: the host-proof checks of a finished organism book
+check-book: $(STAMP)
+	$(BATCH) BOOK_RUN_DIR=$(RUNS)/default $(PY) -m pytest tests/book -q -p no:cacheprovider
+	$(BATCH) DECEPTION_SAES_RUNS=$(abspath $(RUNS)) $(PY) -m pytest --nbval-lax \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks -q
+
+## make perturbation: the organism book under another thread layout, checked like the first
+perturbation: $(STAMP)
+	OMP_NUM_THREADS=1 DECEPTION_SAES_RUNS=$(abspath $(PERTURBED)) $(BATCH) $(PY) -m lib.grid \
+		--config configs/organism.yaml --workers 2
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory check-book RUNS=$(PERTURBED)
+	FIRST_RUN_DIR=$(RUNS)/default SECOND_RUN_DIR=$(PERTURBED)/default $(BATCH) $(PY) -m pytest \
+		tests/perturbation -q -p no:cacheprovider
+
+## make publish: re-execute notebooks/ on data/runs/default and copy its figures and summary into
+## figures/organism/ and the README (the only target that changes tracked files)
+publish: $(STAMP)
+	$(BATCH) $(PY) -m lib.publish --config organism
 
 ## make bench: speed goals (printed, never asserted)
 bench: $(STAMP)

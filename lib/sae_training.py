@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib.config import CONDITIONS, RunConfig
+from lib.config import ARCHITECTURES, CONDITIONS, ConfigError, RunConfig
 from lib.dataset import Labelled, LayerData, labelled_rows, read_index, read_layer, training_vectors
 from lib.models import hook_name, load_model, resolve_device
 from lib.rundir import RunDir, fingerprint, read_jsonl
@@ -79,6 +79,28 @@ def evaluation_vectors(
     labelled = labelled if labelled is not None else labelled_rows(run, cfg)
     pos = evaluation_positions(labelled, cfg, condition)
     return training_vectors(read_layer(run, layer), labelled.rows[pos], cfg.sae.train_on)
+
+
+def check_sae_cell(run: RunDir, cfg: RunConfig, layer: int, arch: str, condition: str) -> None:
+    """A clear error for a grid cell that cannot exist (a notebook's parameters typed by hand):
+    an unknown architecture or condition names the allowed ones; a layer the run did not capture
+    names the captured ones (and the model's depth)."""
+
+    if arch not in ARCHITECTURES:
+        raise ConfigError(
+            f"arch={arch!r} is not an SAE architecture; allowed: {list(ARCHITECTURES)}"
+        )
+    if condition not in CONDITIONS:
+        raise ConfigError(f"condition={condition!r}; allowed: {list(CONDITIONS)}")
+    index = read_index(run)
+    captured = [int(x) for x in index.get("layers", [])]
+    if layer not in captured:
+        depth = index.get("n_layers")
+        beyond = depth is not None and not 0 <= layer < int(depth)
+        where = f"the model has layers 0..{int(depth) - 1}" if beyond else "it was not captured"
+        raise ConfigError(
+            f"layer={layer}: {where}; captured layers of run {cfg.name!r}: {captured}"
+        )
 
 
 def training_fingerprint(cfg: RunConfig, labelled: Labelled, run: RunDir) -> str:

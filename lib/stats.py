@@ -13,6 +13,8 @@ each class (or other stratum), so no resample loses a class.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 #: metrics of one score vector; ``oracle_recall_at_1fpr`` picks its threshold on the very scores
@@ -35,12 +37,19 @@ def balanced_accuracy(
 ) -> np.ndarray | float:
     """Mean of the recall of each class; the prediction is ``scores > 0``.
 
-    ``y`` may hold any number of classes when ``scores`` is replaced by predicted labels through
-    :func:`balanced_accuracy_labels`; here it is binary. With ``w`` ``[B, n]`` returns ``[B]``.
+    With ``w`` ``[B, n]`` returns ``[B]``; a resample without one of the two classes (possible in
+    a cluster bootstrap) gets NaN, which :func:`percentile_ci` leaves out.
     """
     y = np.asarray(y)
-    pred = np.asarray(scores) > 0
-    return balanced_accuracy_labels(y, pred.astype(y.dtype), w)
+    W = _as_weights(w, len(y))
+    correct = ((np.asarray(scores) > 0) == (y == 1)).astype(float)
+    recall = []
+    for m in (y == 1, y == 0):
+        tot = W[:, m].sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall.append(np.where(tot > 0, (W[:, m] * correct[m]).sum(1) / tot, np.nan))
+    out = 0.5 * (recall[0] + recall[1])
+    return float(out[0]) if w is None or np.ndim(w) == 1 else out
 
 
 def balanced_accuracy_labels(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None):
@@ -58,7 +67,9 @@ def balanced_accuracy_labels(y: np.ndarray, pred: np.ndarray, w: np.ndarray | No
         tot = W[:, m].sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             recalls.append(np.where(tot > 0, (W[:, m] * correct[m]).sum(1) / tot, np.nan))
-    out = np.nanmean(np.vstack(recalls), axis=0) if recalls else np.full(W.shape[0], np.nan)
+    with warnings.catch_warnings():  # a resample holding no class at all is NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = np.nanmean(np.vstack(recalls), axis=0) if recalls else np.full(W.shape[0], np.nan)
     return float(out[0]) if w is None or np.ndim(w) == 1 else out
 
 

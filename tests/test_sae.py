@@ -414,6 +414,7 @@ def tiny_run(tmp_path_factory):
             "sae.conditions": ["mixed", "honest_only"],
             "sae.epochs": 20,
             "sae.heldout_fraction": 0.25,
+            "sae.seeds": 1,
         },
     )
     run = init_run(cfg, root / "runs")
@@ -495,3 +496,36 @@ def test_train_grid_cell_writes_a_complete_resumable_folder(tiny_run):
     train_grid_cell(run, cfg2, 2, "jumprelu_ste", "mixed", progress=False, lm=lm)
     assert (path / "metrics.json").stat().st_mtime_ns != stamp
     assert len(read_metrics(path)["history"]["epoch_loss"]) == 3
+
+
+def test_seeds_train_one_sae_each_under_their_own_ids(tiny_run):
+    from lib.sae_training import train_grid_cell
+
+    cfg, run, lm = tiny_run
+    cfg2 = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"seeds": 2, "epochs": 2})})
+    first = train_grid_cell(run, cfg2, 1, "topk", "mixed", progress=False, lm=lm)
+    second = train_grid_cell(run, cfg2, 1, "topk", "mixed", progress=False, lm=lm, seed_index=1)
+    assert first.name == "organism_topk_L1_mixed" and second.name == "organism_topk_L1_mixed_s1"
+    a, b = read_metrics(first), read_metrics(second)
+    assert a["seed"] == cfg.seed and b["seed"] == cfg2.sae_seed(1) != cfg.seed
+    assert not torch.equal(load_sae(first).W_dec, load_sae(second).W_dec)
+
+
+def test_a_grid_cell_typed_by_hand_gets_a_clear_error(tiny_run):
+    from lib.config import ConfigError
+    from lib.sae_training import check_sae_cell
+
+    cfg, run, _ = tiny_run
+    check_sae_cell(run, cfg, 2, "jumprelu_ste", "mixed")  # a real cell passes
+    with pytest.raises(
+        ConfigError, match=r"arch='relu'.*allowed: \['topk', 'jumprelu', 'jumprelu_ste'\]"
+    ):
+        check_sae_cell(run, cfg, 2, "relu", "mixed")
+    with pytest.raises(ConfigError, match="condition='lying'"):
+        check_sae_cell(run, cfg, 2, "topk", "lying")
+    with pytest.raises(ConfigError, match=r"layer=40: the model has layers 0..7"):
+        check_sae_cell(run, cfg, 40, "topk", "mixed")
+    with pytest.raises(
+        ConfigError, match=r"layer=5: it was not captured; captured layers .*\[1, 2\]"
+    ):
+        check_sae_cell(run, cfg, 5, "topk", "mixed")
