@@ -2,9 +2,12 @@
 
 A synthetic run directory with 22 layers of d=2048 activations, 300 labelled completions (35%
 deceptive) from 9 scenarios is written to a temporary folder; then
-``lib.layer_profile.layer_profile`` runs exactly as notebook 05 runs it with the ``tinyllama`` config's
-probe settings: both CV modes, both pooled features, 1000 bootstrap resamples and 200 label
-permutations per (layer, feature, mode), plus the controls.
+``lib.layer_profile.layer_profile`` and ``lib.layer_tests.layer_tests`` run exactly as notebook 05
+runs them with the ``tinyllama`` config's probe settings: both CV modes (held-out scenarios with
+the cluster bootstrap), both pooled features and the text-only baseline (TF-IDF of 300
+completions of ~40 words), 1000 bootstrap resamples and 200 label permutations per (layer,
+feature, mode), the monitor thresholds chosen by inner folds, the incentive / role-play subsets,
+the controls, and the selection-aware peak and text tests.
 
 The activations imitate a residual stream: a large shared offset, a low-rank component with a
 decaying spectrum (64 directions), isotropic noise, scenario offsets, and a label direction whose
@@ -35,8 +38,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lib import layer_profile as lp  # noqa: E402
+from lib import layer_tests as lt  # noqa: E402
 from lib.config import load_config  # noqa: E402
 from lib.rundir import RunDir, append_jsonl, write_json  # noqa: E402
+from lib.scenarios import load_scenarios  # noqa: E402
 
 N_LAYERS, D, N, N_SCENARIOS, TOKENS_PER = 22, 2048, 300, 9, 2
 BUDGET_S = 300.0
@@ -50,10 +55,16 @@ def write_tinyllama_shaped_run(root: Path, seed: int = 0):
     run = RunDir(root / cfg.name)
     ids = [f"c{i:04d}" for i in range(N)]
     scen = np.arange(N) % N_SCENARIOS
+    names = list(load_scenarios(cfg.scenario_path()))[:N_SCENARIOS]
     y = (rng.random(N) < 0.35).astype(int)
+    vocab = [f"w{j}" for j in range(400)] + ["never", "admit", "truth", "lie"]
+    texts = [" ".join(rng.choice(vocab, 40)) for _ in range(N)]
     append_jsonl(
         run.completions,
-        [{"id": i, "scenario": f"scenario{s}"} for i, s in zip(ids, scen, strict=True)],
+        [
+            {"id": i, "scenario": names[s], "completion": t}
+            for i, s, t in zip(ids, scen, texts, strict=True)
+        ],
     )
     append_jsonl(
         run.labels,
@@ -104,14 +115,16 @@ def main(jobs: int = 2) -> float:
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         df = lp.layer_profile(run, cfg, progress=False, n_jobs=jobs)
+        tests = lt.layer_tests(run, cfg)
         seconds = time.perf_counter() - t0
         from joblib.externals.loky import get_reusable_executor
 
         get_reusable_executor().shutdown(wait=True)  # reap the workers so their CPU time is counted
         cpu = _cpu_seconds() - cpu0
-        peak = lp.peak_layer(df)
+        peak = lt.peak_summary(tests, "mean", "stratified")
         print(
-            f"rows={len(df)} peak layer {peak['layer']} ({peak['feature']}) bal_acc={peak['value']:.3f}"
+            f"rows={len(df)} peak layer {peak['layer']} (mean) bal_acc={peak['bal_acc']:.3f}; "
+            f"not below it: {peak['not_below']}"
         )
         verdict = "within" if seconds <= BUDGET_S else "OVER"
         print(
