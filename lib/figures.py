@@ -37,7 +37,7 @@ def plot_label_counts(counts: dict, model_label: str, primary: str | None = None
     fig, axes = plt.subplots(
         1,
         len(judges),
-        figsize=(6.2 * len(judges), 0.42 * len(order) + 1.9),
+        figsize=(5.0 * len(judges) + 3.5, 0.42 * len(order) + 1.9),
         sharey=True,
         squeeze=False,
     )
@@ -140,7 +140,8 @@ def plot_label_geometry(
     n_dec, n_hon = int((labels == "deceptive").sum()), int((labels == "honest").sum())
     caption(
         fig,
-        f"n = {len(labels)} completions ({n_dec} deceptive, {n_hon} honest). Right: the "
+        f"n = {len(labels)} completions ({n_dec} deceptive, {n_hon} honest, "
+        f"{len(labels) - n_dec - n_hon} ambiguous). Right: the "
         "direction is the difference of class means on a random half; histograms show the other half.",
     )
     return fig

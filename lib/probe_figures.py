@@ -126,9 +126,9 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
                 [],
                 color="#555555",
                 ls="none",
-                marker="o",
+                marker="s",
                 mfc=mfc,
-                label=f"SAE probe, {CV_SHORT[cv]}",
+                label=f"SAE probe, {CV_SHORT[cv]} (filled / hollow)",
             )
             for cv, mfc in (("stratified", "#555555"), ("scenario", "white"))
         ]
