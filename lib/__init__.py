@@ -10,6 +10,7 @@ floor  module                 concept                                           
 0      ``config``             the typed run config and the book's vocabulary             all
 0      ``stats``              metrics, bootstrap CIs, permutation tests, Holm            05, 06
 0      ``runtime``            thread limits and progress bars
+0      ``runlock``            one writer per run directory: an OS lock, lent to kernels  all
 1      ``rundir``             the run directory: paths, atomic I/O, seeds, caches        all
 1      ``scenarios``          the nine scenario prompts (``data/scenarios.yaml``)        01, 02
 1      ``sae``                the SAE model and its SAELens on-disk format               04-06

@@ -11,8 +11,11 @@
     notebooks/*.ipynb           papermill outputs
     cache/                      judge cache and other resumable state
 
-Writes here are atomic (temp file + rename) or append-and-flush per batch, so a killed notebook
-loses at most the batch in flight.
+Writes here are atomic (temp file + rename) or whole-line appends (:func:`append_jsonl`), so a
+killed notebook loses at most the rows in flight. One process writes into a run at a time: every
+writer holds the run's lock (:mod:`lib.runlock`; :func:`open_run` takes it, readers open with
+``write=False``), and :func:`append_jsonl` refuses to append inside a run another process holds.
+Only the grid, or the first writer of a new run, writes ``config.yaml``.
 
 This module also holds what every stage needs to make its work reproducible and resumable:
 stable seeds and fingerprints (:func:`stable_seed`, :func:`fingerprint`), and keyed JSON caches
@@ -21,12 +24,15 @@ stable seeds and fingerprints (:func:`stable_seed`, :func:`fingerprint`), and ke
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
 import os
+import struct
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -36,6 +42,7 @@ import numpy as np
 import yaml
 
 from lib.config import REPO_ROOT, RunConfig, config_to_yaml, load_config
+from lib.runlock import acquire, require_writer
 
 RUNS_ROOT = REPO_ROOT / "data" / "runs"
 VERSIONED_PACKAGES = ("torch", "transformers", "sae-lens", "scikit-learn", "google-genai", "numpy")
@@ -135,14 +142,19 @@ def git_commit() -> str:
         return "unknown"
 
 
-def init_run(cfg: RunConfig, runs_root: Path | str | None = None) -> RunDir:
-    """Create the run directory and write ``config.yaml``.
+def init_run(
+    cfg: RunConfig, runs_root: Path | str | None = None, write_config: bool = False
+) -> RunDir:
+    """Open the run directory for writing: take its lock, check and maybe write ``config.yaml``.
 
-    An existing run with a different *experiment* (model, scenarios, seed, sampling) is refused:
-    resuming into it would mix rows of two runs. Later-stage settings (SAE grid, probes) may change.
+    Fails at once (:class:`lib.runlock.RunLockedError`) when another process writes the run. An
+    existing run with a different *experiment* (model, scenarios, seed, sampling) is refused:
+    resuming into it would mix rows of two runs. ``config.yaml`` is written when the run is new
+    or ``write_config`` (the grid, which owns the run's settings); a notebook run by hand with
+    other later-stage settings leaves it as it is and says which settings differ.
     """
     run = RunDir.for_config(cfg, runs_root)
-    run.root.mkdir(parents=True, exist_ok=True)
+    acquire(run.root)
     resolved = cfg.model_dump(mode="json")
     if run.config.exists():
         old = yaml.safe_load(run.config.read_text()) or {}
@@ -152,12 +164,58 @@ def init_run(cfg: RunConfig, runs_root: Path | str | None = None) -> RunDir:
                     f"{run.config}: run '{cfg.name}' was made with {key}={old[key]!r}, the config "
                     f"now says {resolved[key]!r}. Use another run name or delete {run.root}."
                 )
+        if not write_config:
+            diff = config_differences(old, resolved)
+            if diff:
+                print(
+                    f"note: {run.config.name} of run '{cfg.name}' is kept as written; this "
+                    f"process runs with other settings: {'; '.join(diff[:6])}"
+                )
+            return run
     text = config_to_yaml(cfg)
     text += yaml.safe_dump(
         {"_provenance": {"versions": environment_versions(), "git_commit": git_commit()}}
     )
     atomic_write_text(run.config, text)
     return run
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs (provenance ignored)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k.startswith("_"):
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def guard_sae_write(run: RunDir, cfg: RunConfig, sae_id: str) -> None:
+    """Refuse to write ``saes/<sae_id>`` with SAE settings other than the run's ``config.yaml``.
+
+    The SAEs in ``saes/`` are the grid's: notebook 04 run by hand with other ``sae.*``, ``seed``
+    or ``judge.primary`` would overwrite one with an SAE the rest of the run does not describe.
+    """
+    if not run.config.exists():
+        return
+    old = yaml.safe_load(run.config.read_text()) or {}
+    new = cfg.model_dump(mode="json")
+    pick = lambda d: {  # noqa: E731
+        "sae": d.get("sae"),
+        "seed": d.get("seed"),
+        "judge": {"primary": (d.get("judge") or {}).get("primary")},
+    }
+    diff = config_differences(pick(old), pick(new))
+    if diff:
+        raise RunDirError(
+            f"{run.sae_dir(sae_id)}: this notebook's settings differ from the run's config.yaml "
+            f"({'; '.join(diff[:4])}); writing would replace the grid's SAE. Use another run_name "
+            "for an experiment, or change the config and rerun the grid (python -m lib.grid)."
+        )
 
 
 # ----- atomic file I/O -------------------------------------------------------------------------
@@ -212,19 +270,62 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Append rows and fsync. Rows are written whole; a previously torn tail is repaired first."""
+    """Append whole JSON lines with one ``write`` (``O_APPEND``) and fsync: the one writer of a
+    stage's JSONL output. A torn last line left by a killed writer is cut off first. Inside a
+    run directory the caller must be the run's writer (:func:`lib.runlock.require_writer`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        raw = path.read_bytes()
-        if raw and not raw.endswith(b"\n"):
-            keep = raw[: raw.rfind(b"\n") + 1]
-            atomic_write_bytes(path, keep)
-    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
+    require_writer(path)
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    if not payload:
+        return
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:
+            raw = path.read_bytes()
+            atomic_write_bytes(path, raw[: raw.rfind(b"\n") + 1])
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def safetensors_problem(path: Path | str) -> str | None:
+    """Why a safetensors file is unusable (missing, bad header, truncated), or None when sound.
+
+    Reads only the header: its length, its JSON, and the data offsets against the file's size.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return f"{path.name} is truncated ({size} bytes, the header alone says {n + 8})"
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"{path.name} has no valid safetensors header ({type(e).__name__})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        return f"{path.name} is truncated ({size} of {need} bytes)"
+    return None
+
+
+def safetensors_shapes(path: Path | str) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors header (call :func:`safetensors_problem` first)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
 
 
 def iter_batches(items: list, size: int) -> Iterator[list]:
@@ -312,7 +413,76 @@ def open_run(
     run_name: str | None = None,
     overrides: dict | None = None,
     runs_root: Path | str | None = None,
+    *,
+    write: bool = True,
 ) -> tuple[RunConfig, RunDir]:
-    """What every notebook does first: load the config (with overrides) and open its run dir."""
+    """What every notebook does first: load the config (with overrides) and open its run dir.
+
+    ``write=True`` (a stage) takes the run's lock, failing at once when another process writes
+    it, and writes ``config.yaml`` only for a new run. ``write=False`` (a reader: a figure
+    script, a notebook opened to look) takes no lock and writes nothing; the run must exist.
+    Under papermill, a parameter the notebook's parameters cell does not declare is an error
+    here. A warning says when ``lib`` comes from another checkout than the notebook's.
+    """
+    check_notebook_parameters()
+    _warn_other_checkout()
     cfg = load_config(config, overrides, run_name=run_name)
-    return cfg, init_run(cfg, runs_root)
+    if write:
+        return cfg, init_run(cfg, runs_root)
+    run = RunDir.for_config(cfg, runs_root)
+    if not run.root.is_dir():
+        raise RunDirError(f"run '{cfg.name}' does not exist ({run.root}); run its stages first")
+    return cfg, run
+
+
+def _assigned_names(source: str) -> list[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [
+        t.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    ]
+
+
+def check_notebook_parameters(history: list[str] | None = None) -> None:
+    """Fail when papermill passed a parameter the notebook's parameters cell does not declare.
+
+    Papermill runs the parameters cell, then its injected cell (first line ``# Parameters``); the
+    kernel's input history ``In`` holds both. Outside papermill there is nothing to check.
+    """
+    if history is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return
+        shell = get_ipython()
+        history = list(shell.user_ns.get("In", [])) if shell is not None else []
+    for i in range(len(history) - 1, 0, -1):
+        if history[i].startswith("# Parameters\n"):
+            declared = set(_assigned_names(history[i - 1]))
+            unknown = sorted(set(_assigned_names(history[i])) - declared)
+            if declared and unknown:
+                raise ValueError(
+                    f"unknown notebook parameter(s) {unknown}; this notebook declares "
+                    f"{sorted(declared)}"
+                )
+            return
+
+
+def _warn_other_checkout() -> None:
+    here = Path.cwd().resolve()
+    for repo in (here, *here.parents):
+        if (repo / "lib" / "__init__.py").exists() and (repo / "notebooks").is_dir():
+            if repo != REPO_ROOT.resolve():
+                warnings.warn(
+                    f"lib is imported from {REPO_ROOT}, but this notebook runs in the checkout "
+                    f"{repo}: the .venv's editable install points at the other clone. Run "
+                    f"`pip install -e {repo}` or set PYTHONPATH={repo}.",
+                    stacklevel=3,
+                )
+            return
