@@ -1,6 +1,6 @@
 """One writer per run directory: an OS lock that dies with the process holding it.
 
-A process that writes into a run directory holds ``fcntl.flock(LOCK_EX)`` on ``<run>/.lock``.
+A process that writes into a run directory holds ``fcntl.flock(LOCK_EX)`` on ``<run>/.writer.lock``.
 The kernel releases a flock when the holder exits for any reason (kill -9 included), so a lock is
 never stale, and a second writer fails at once with :class:`RunLockedError`, whose one-line
 message names the holder (pid, command, start time) and what to do.
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-LOCK_NAME = ".lock"
+LOCK_NAME = ".writer.lock"  # distinctive: pytest, among others, keeps ".lock" files in folders
 LEASE_ENV = "DECEPTION_SAES_RUN_LEASE"
 
 
@@ -194,8 +194,9 @@ def held(root: Path | str) -> RunLock | None:
     return _held.get(_key(root))
 
 
-def find_run_root(path: Path | str, max_up: int = 4) -> Path | None:
-    """The nearest directory at or above ``path`` (at most ``max_up`` levels) with a lock file."""
+def find_run_root(path: Path | str, max_up: int = 2) -> Path | None:
+    """The nearest directory at or above ``path`` (at most ``max_up`` levels up: a run's files lie
+    at most that deep, e.g. ``cache/judge/``) holding a run's lock file."""
     p = Path(path)
     for cand in [p, *list(p.parents)[:max_up]]:
         if (cand / LOCK_NAME).exists():

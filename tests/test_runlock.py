@@ -177,4 +177,4 @@ def test_a_notebook_in_another_checkout_warns(tmp_path, monkeypatch):
         open_run("organism", "w", None, tmp_path / "runs")
     release(tmp_path / "runs" / "w")
     assert holder_info(tmp_path / "runs" / "w")["pid"] == os.getpid()
-    assert Path(tmp_path / "runs" / "w" / ".lock").exists()
+    assert Path(tmp_path / "runs" / "w" / ".writer.lock").exists()
