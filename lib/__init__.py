@@ -11,6 +11,7 @@ floor  module                 concept                                           
 0      ``stats``              metrics, bootstrap CIs, permutation tests, Holm            05, 06
 0      ``runtime``            thread limits and progress bars
 0      ``runlock``            one writer per run directory: an OS lock, lent to kernels  all
+0      ``kernel``             notebooks run by papermill, one kernel each, or on Dask    make book
 1      ``rundir``             the run directory: paths, atomic I/O, seeds, caches        all
 1      ``scenarios``          the nine scenario prompts (``data/scenarios.yaml``)        01, 02
 1      ``sae``                the SAE model and its SAELens on-disk format               04-06
@@ -38,6 +39,7 @@ floor  module                 concept                                           
 5      ``sae_training``       the SAE stage: one SAE per grid cell, exported             04
 5      ``sae_probes``         SAE probes against raw, leakage-free SAE probes            05
 6      ``summary``            our numbers beside the study's                             07
+6      ``stages``             what each stage produces, and whether a run holds it       make book
 7      ``grid``               papermill over the grid, locally or on Dask                make book
 =====  =====================  =========================================================  ========
 """
