@@ -13,6 +13,7 @@ floor  module                 concept                                           
 0      ``runlock``            one writer per run directory: an OS lock, lent to kernels  all
 0      ``kernel``             notebooks run by papermill, one kernel each, or on Dask    make book
 1      ``rundir``             the run directory: paths, atomic I/O, seeds, caches        all
+1      ``gemini_client``      a Gemini client: JSON answers, retries, the key guarded    02
 1      ``scenarios``          the nine scenario prompts (``data/scenarios.yaml``)        01, 02
 1      ``sae``                the SAE model and its SAELens on-disk format               04-06
 1      ``logistic``           the exact fast solver of the study's probe                 05
@@ -26,7 +27,7 @@ floor  module                 concept                                           
 2      ``probe_figures``      figures of stages 05-06                                    05, 06
 3      ``models``             loading causal LMs, decoder layers, residual hooks         01, 03
 3      ``sampling``           same-prompt temperature sampling                           01
-3      ``gemini``             the Gemini judge: client, retries, cache, key handling     02
+3      ``gemini``             the Gemini judge: prompt, answers, per-answer cache        02
 3      ``sae_trainer``        training one SAE on a matrix of activations                04
 3      ``controls``           permutation p-values, scenario-identity probe              05
 3      ``sae_features``       SAE codes of completions on the SAE's own input kind       05-08
