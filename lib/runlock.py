@@ -7,10 +7,11 @@ message names the holder (pid, command, start time) and what to do.
 
 The grid holds the lock of its run for the whole grid and lends it to the notebooks it starts:
 it puts the lock's random token in the environment variable :data:`LEASE_ENV` of each kernel.
-A process whose :data:`LEASE_ENV` equals the token recorded in the lock file, while that lock is
+A process whose :data:`LEASE_ENV` lists the token recorded in the lock file, while that lock is
 still held, writes as the holder's delegate (several kernels of one grid write different files of
-one run in parallel). A lease whose holder has died is void: the kernel stops with an error
-instead of writing beside a new holder.
+one run in parallel). Every holder also adds its token to its own environment, so the processes
+it starts (a notebook's worker processes) are its delegates too. A lease whose holder has died
+is void: the process stops with an error instead of writing beside a new holder.
 
 Readers take no lock. Locks are per process: a process asking twice for the same run gets the
 lock it already holds. The lock file stays in the run directory (deleting it would let a new
@@ -54,7 +55,7 @@ class RunLock:
 
     def lease_env(self) -> dict[str, str]:
         """The environment a child process needs to write into the run as this holder's delegate."""
-        return {LEASE_ENV: self.token}
+        return {LEASE_ENV: _with_token(os.environ.get(LEASE_ENV, ""), self.token)}
 
 
 _held: dict[str, RunLock] = {}
@@ -126,13 +127,18 @@ def busy(root: Path | str) -> dict | None:
     return holder_info(root) or {"pid": "?", "command": "?", "started": "?"}
 
 
+def _with_token(tokens: str, token: str) -> str:
+    return ",".join(dict.fromkeys([*filter(None, tokens.split(",")), token]))
+
+
 def _lease(root: Path) -> RunLock | None:
     """The lease lent through :data:`LEASE_ENV`, when it is this run's live lock; else None."""
-    token = os.environ.get(LEASE_ENV, "")
-    if not token:
+    tokens = set(filter(None, os.environ.get(LEASE_ENV, "").split(",")))
+    if not tokens:
         return None
     info = holder_info(root)
-    if info.get("token") != token:
+    token = info.get("token")
+    if token not in tokens:
         return None  # a lease of another run (or none): this run needs its own lock
     if not _is_held_elsewhere(lock_path(root)):
         raise RunLockedError(
@@ -178,6 +184,7 @@ def acquire(root: Path | str) -> RunLock:
         os.fsync(fd)
         lock = RunLock(root, token, fd, os.getpid())
         _held[key] = lock
+        os.environ[LEASE_ENV] = _with_token(os.environ.get(LEASE_ENV, ""), token)
         return lock
 
 
@@ -187,6 +194,11 @@ def release(root: Path | str) -> None:
         lock = _held.pop(_key(root), None)
     if lock is not None and lock.fd is not None:
         os.close(lock.fd)  # closing the only descriptor releases the flock
+        left = [t for t in os.environ.get(LEASE_ENV, "").split(",") if t and t != lock.token]
+        if left:
+            os.environ[LEASE_ENV] = ",".join(left)
+        else:
+            os.environ.pop(LEASE_ENV, None)
 
 
 def held(root: Path | str) -> RunLock | None:

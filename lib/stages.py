@@ -181,18 +181,6 @@ def judge_version(cfg: RunConfig, judge: str) -> tuple[str | None, str]:
     return cfg.judge.gemini_model, PROMPT_VERSION
 
 
-def failed_fraction(ins: Inspector, judge: str) -> tuple[int, int]:
-    """``(failed, completions)`` of a judge's current verdicts."""
-    rows, ids = ins.label_rows(), ins.completion_ids()
-    model, version = judge_version(ins.cfg, judge)
-    failed = 0
-    for cid in ids:
-        r = rows.get((cid, judge))
-        if r and r.get("model") == model and r.get("prompt_version") == version:
-            failed += bool(r.get("failed"))
-    return failed, len(ids)
-
-
 def _check_labels(ins: Inspector, params: dict) -> Check:
     if not ins.run.labels.exists():
         return invalid("labels.jsonl is missing")

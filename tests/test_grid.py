@@ -131,7 +131,7 @@ def test_second_writer_fails_at_once_and_the_first_run_is_unharmed(book):
     by hand and a bare append fail the same way; the first grid's results equal a solo run's."""
     first = subprocess.Popen(
         _grid_cmd(book, "pair", "--log-output"),
-        env=_env(book, GRID_TEST_SLEEP="1"),
+        env=_env(book, GRID_TEST_SLEEP="0.5"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

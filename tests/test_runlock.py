@@ -38,12 +38,15 @@ APPEND = (
 
 
 def _py(code: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a process that is *not* a child of this test's locks (their lease is
+    dropped from the environment) unless ``env`` lends one."""
+    base = {k: v for k, v in os.environ.items() if k != LEASE_ENV}
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, **(env or {})},
+        env={**base, **(env or {})},
     )
 
 
@@ -92,12 +95,18 @@ def test_the_lease_lets_the_holders_kernels_write_and_no_one_else(tmp_path):
         assert lent.stdout.strip() == "appended", lent.stderr
         forged = _py(APPEND, str(root), env={LEASE_ENV: "0" * 32})
         assert forged.returncode != 0 and "is being written by" in forged.stderr
+        # a process the holder starts (a notebook's worker) inherits the right to write
+        child = subprocess.run(
+            [sys.executable, "-c", APPEND, str(root)], capture_output=True, text=True, timeout=60
+        )
+        assert child.stdout.strip() == "appended", child.stderr
     finally:
         release(root)
     # the holder is gone: its lease is void, not a licence to write beside a new holder
     void = _py(APPEND, str(root), env={LEASE_ENV: lock.token})
     assert void.returncode != 0 and "has exited, so its lease is void" in void.stderr
-    assert [r["id"] for r in read_jsonl(root / "completions.jsonl")] == ["x"]
+    assert [r["id"] for r in read_jsonl(root / "completions.jsonl")] == ["x", "x"]
+    assert lock.token not in os.environ.get(LEASE_ENV, "")  # released: no longer lent
 
 
 def test_append_writes_whole_lines_and_repairs_a_torn_tail(tmp_path):

@@ -12,7 +12,8 @@ from conftest import small_config
 import lib.models
 from lib.models import ModelLoadError, load_model_path
 from lib.organism import ORGANISM_DIR
-from lib.rundir import RunDir, append_jsonl, safetensors_problem
+from lib.rundir import RunDir, append_jsonl, init_run, safetensors_problem
+from lib.runlock import release
 from lib.sampling import completion_id
 from lib.stages import OK, Inspector, csv_problem
 
@@ -42,6 +43,8 @@ def test_activations_and_saes_are_checked_file_by_file(sampled_run, organism, tm
     run = RunDir(tmp_path / cfg0.name)
     shutil.copytree(src.root, run.root)
     cfg = small_config(tmp_path, **{"sae.epochs": 1, "sae.layers": [2], "sae.ste_layers": []})
+    assert init_run(cfg, tmp_path, write_config=True) == run  # the copy's settings are cfg's
+    release(run.root)
     ins = Inspector(run, cfg)
     assert ins.check("03_activation_capture") == OK
     params = {"layer": 2, "arch": "topk", "condition": "mixed"}
