@@ -71,8 +71,9 @@ publish: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/benchmarks -q -s -p no:cacheprovider
 
+## make lab: JupyterLab at the repository root (notebooks/, data/runs/, figures/); as root too
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 ## make lint: formatting and lint of lib and tests (CI runs it before make test)
 lint: $(STAMP)

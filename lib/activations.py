@@ -33,8 +33,9 @@ import torch
 
 from lib.config import RunConfig
 from lib.dataset import read_index, read_layer
+from lib.fileio import RunDirError, read_json, read_jsonl, write_json
 from lib.models import hidden_size, hook_name, n_layers, pad_right, resid_hooks, row_ids
-from lib.rundir import RunDir, RunDirError, read_json, read_jsonl, sha256_text, write_json
+from lib.rundir import RunDir, sha256_text
 
 INDEX_VERSION = 1
 

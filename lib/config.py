@@ -73,6 +73,15 @@ class JudgeConfig(_Strict):
     max_retries: int = Field(5, ge=0, description="retries on 429/5xx/timeouts/unparseable answers")
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout of the gemini judge")
     keyword_window: int = Field(60, ge=1, description="characters the keyword judge reads first")
+    retry_after_cap_s: float = Field(
+        300.0, gt=0, description="longest wait a server's Retry-After may ask of the gemini judge"
+    )
+    max_failed_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the primary judge's verdicts that may fail before the grid stops",
+    )
 
     @model_validator(mode="after")
     def _primary_is_run(self) -> JudgeConfig:

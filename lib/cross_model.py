@@ -23,8 +23,9 @@ import yaml
 from scipy.stats import rankdata
 
 from lib.config import REPO_ROOT, RunConfig, config_from_dict
+from lib.fileio import RunDirError
 from lib.published import published_for, published_models
-from lib.rundir import RUNS_ROOT, RunDirError
+from lib.rundir import RUNS_ROOT
 
 CV_TITLES = {"stratified": "stratified 5-fold (the study's)", "scenario": "leave-one-scenario-out"}
 ALPHA = 0.05

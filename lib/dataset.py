@@ -15,7 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lib.config import CONDITION_CLASSES, DECEPTIVE, DECISIVE, HONEST, RunConfig
-from lib.rundir import RunDir, RunDirError, read_json, read_jsonl, read_label_rows
+from lib.fileio import RunDirError, read_json, read_jsonl
+from lib.rundir import RunDir, read_label_rows
 
 
 @dataclass

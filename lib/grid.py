@@ -6,13 +6,17 @@ Phases run in order; the cells of one phase run in parallel::
       -> 04_sae_training x every (layer, architecture, condition) of the SAE grid
       -> 05_layer_profile_probing, 06_ste_comparison -> 07_summary
 
-Executed notebooks go to ``<run>/notebooks/<stem>[__<params>].ipynb``; they are the log of the
-run. A cell that finished is skipped on the next call (a marker in ``<run>/notebooks/.done/``
-records its parameters); a failed cell is reported with its output notebook and failing cell
-while the others go on, and the command exits non-zero at the end. Each cell gets its own kernel,
-talking over IPC sockets rather than TCP ports, which avoids the port clash of kernels started
-in parallel. The same cells can be submitted to a Dask cluster (``--dask local`` starts a
-``LocalCluster`` on loopback; ``--dask tcp://host:8786`` uses an existing scheduler).
+The grid is the run's one writer: it holds the run directory's lock (:mod:`lib.runlock`) from
+start to end and lends it to the kernels it starts, so a second grid, or a notebook run by hand
+on the same run, fails at once with the holder's pid and command. It alone writes the run's
+``config.yaml``, after every check passed.
+
+A cell is skipped only when its notebook ran under the grid with the same settings (a marker in
+``<run>/notebooks/.done/``) *and* its outputs are valid (:mod:`lib.stages`); else it runs again and
+the notebook resumes. A rerun that changed a cell's outputs invalidates every later phase. A
+failed cell is reported with its output notebook and failing cell while the others go on, and
+the command exits non-zero at the end. Each cell gets its own kernel (:mod:`lib.kernel`); the
+same cells can be submitted to Dask (``--dask local`` or ``--dask tcp://host:8786``).
 
     python -m lib.grid --config configs/organism.yaml --workers 2
 """
@@ -23,17 +27,20 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from lib.config import REPO_ROOT, RunConfig, load_config
-from lib.rundir import RunDir, fingerprint, init_run, write_json
+from lib.config import REPO_ROOT, ConfigError, RunConfig, load_config
+from lib.fileio import RunDirError, write_json
+from lib.kernel import check_parameters as _check_parameters
+from lib.kernel import completed, execute_cell, executor
+from lib.rundir import RunDir, fingerprint, init_run
+from lib.runlock import RunLockedError, acquire, busy, held, release
+from lib.stages import Inspector, Stage
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -60,6 +67,7 @@ class CellResult:
     status: str  # "done" | "skipped" | "failed"
     seconds: float = 0.0
     error: str = ""
+    note: str = ""  # e.g. work left for the next run (failed verdicts within the limit)
 
 
 def plan(
@@ -102,83 +110,63 @@ def plan(
 
 def check_parameters(cells: list[GridCell], notebook_dir: Path = NOTEBOOK_DIR) -> None:
     """Fail before running anything when a cell passes a name its notebook does not declare."""
-    import papermill as pm
+    _check_parameters(cells, notebook_dir)
 
-    declared: dict[str, set[str]] = {}
-    problems = []
-    for c in cells:
-        if c.notebook not in declared:
-            declared[c.notebook] = set(
-                pm.inspect_notebook(str(notebook_dir / f"{c.notebook}.ipynb"))
-            )
-        unknown = sorted(set(c.params) - declared[c.notebook])
-        if unknown:
-            problems.append(
-                f"{c.notebook}: unknown parameter(s) {unknown}; declared: {sorted(declared[c.notebook])}"
-            )
-    if problems:
-        raise ValueError(
-            "grid parameters do not match the notebooks' parameters cells:\n  "
-            + "\n  ".join(problems)
-        )
+
+def check_model_layers(cfg: RunConfig) -> None:
+    """Check the configured layers against the model's ``config.json`` when it is on disk.
+
+    Runs before the grid writes anything, so a config naming a layer the model lacks never
+    reaches the run's ``config.yaml``. A hub id not downloaded yet is checked later (notebook 03).
+    """
+    path = REPO_ROOT / "data" / "organism" if cfg.model == "organism" else Path(cfg.model)
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    try:
+        mc = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    mc = mc.get("text_config", mc)
+    n = mc.get("num_hidden_layers") or mc.get("n_layer")
+    if isinstance(n, int):
+        cfg.check_layers(n)
 
 
 def _fingerprint(cfg: RunConfig, cell: GridCell) -> str:
     return fingerprint({"config": cfg.model_dump(mode="json"), "params": cell.params})[:16]
 
 
-def is_done(run: RunDir, cfg: RunConfig, cell: GridCell) -> bool:
+def _ran(run: RunDir, cfg: RunConfig, cell: GridCell) -> str:
+    """``"yes"`` when the notebook ran under the grid with these settings; else why not."""
     m = cell.marker(run)
-    if not (m.exists() and cell.output(run).exists()):
-        return False
+    if not m.exists():
+        return "not run yet"
+    if not cell.output(run).exists():
+        return "its executed notebook is missing"
     try:
-        return json.loads(m.read_text()).get("fingerprint") == _fingerprint(cfg, cell)
+        same = json.loads(m.read_text()).get("fingerprint") == _fingerprint(cfg, cell)
     except json.JSONDecodeError:
-        return False
+        same = False
+    return "yes" if same else "the settings changed since it ran"
 
 
-def execute_cell(
-    notebook: str, params: dict, output: str, notebook_dir: str, kernel: str = "python3"
-) -> dict:
-    """Execute one notebook with papermill in its own kernel (IPC transport). Picklable for Dask.
+def cell_state(run: RunDir, cfg: RunConfig, cell: GridCell, ins: Inspector) -> tuple[str, str]:
+    """``("done" | "to do" | "damaged", why)`` of one cell, from its marker and its outputs."""
+    ran = _ran(run, cfg, cell)
+    check = ins.check(cell.notebook, cell.params)
+    if ran != "yes":
+        return "to do", ran if check.valid or ran != "not run yet" else f"{ran} ({check.why})"
+    if not check.valid:
+        return "damaged", check.why
+    if not check.complete:
+        return "to do", check.why
+    return "done", ""
 
-    Returns ``{"ok": bool, "seconds": float, "error": str}``; never raises for a notebook error.
-    """
-    import papermill as pm
-    from jupyter_client.manager import AsyncKernelManager
-    from papermill.exceptions import PapermillExecutionError
 
-    sockets = tempfile.mkdtemp(prefix="kernel-")
+def _print_line(text: str) -> None:
+    from tqdm.auto import tqdm
 
-    class IPCKernelManager(AsyncKernelManager):
-        def __init__(self, **kw):
-            kw.setdefault("transport", "ipc")
-            super().__init__(**kw)
-            self.ip = str(Path(sockets) / "ipc")
-
-    t0 = time.time()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        pm.execute_notebook(
-            str(Path(notebook_dir) / f"{notebook}.ipynb"),
-            output,
-            parameters=params,
-            kernel_name=kernel,
-            progress_bar=False,
-            cwd=str(Path(notebook_dir)),
-            kernel_manager_class=IPCKernelManager,
-        )
-    except PapermillExecutionError as e:
-        return {
-            "ok": False,
-            "seconds": time.time() - t0,
-            "error": f"cell {e.cell_index}: {e.ename}: {e.evalue}",
-        }
-    except Exception as e:  # kernel died, notebook unreadable, ...
-        return {"ok": False, "seconds": time.time() - t0, "error": f"{type(e).__name__}: {e}"}
-    finally:
-        shutil.rmtree(sockets, ignore_errors=True)
-    return {"ok": True, "seconds": time.time() - t0, "error": ""}
+    tqdm.write(text, file=sys.stdout)
 
 
 def run_grid(
@@ -193,101 +181,171 @@ def run_grid(
     notebook_dir: Path = NOTEBOOK_DIR,
     runs_root: Path | None = None,
     on_result: Callable[[CellResult], None] | None = None,
+    log_output: bool = False,
+    stages: dict[str, Stage] | None = None,
 ) -> list[CellResult]:
     """Run (or resume) the grid of a config; returns one result per cell.
 
     ``config_ref``, ``overrides`` and ``run_name`` are passed to every notebook as they are, so
-    the notebooks resolve exactly the config the grid was planned from.
+    the notebooks resolve exactly the config the grid was planned from. Everything is checked
+    (config, notebook parameters, layers, the run's lock) before ``config.yaml`` is written.
+    ``stages`` replaces :data:`lib.stages.STAGES` (tests). Raises
+    :class:`lib.runlock.RunLockedError` when another process writes the run.
     """
     from tqdm.auto import tqdm
 
     cfg = load_config(config_ref, overrides, run_name=run_name)
-    run = init_run(cfg, runs_root)
-    cells = plan(cfg, config_ref, notebook_dir, only, overrides)
-    check_parameters(cells, notebook_dir)
-    results: list[CellResult] = []
-    submit, shutdown = _executor(workers, dask)
-    bar = tqdm(total=len(cells), desc=f"grid {cfg.name}", unit="notebook", disable=not progress)
-    failed_phase = None
+    run = RunDir.for_config(cfg, runs_root)
+    new_run, ours = not run.root.exists(), held(run.root) is None
+    lock = acquire(run.root)  # first: a second writer fails at once
     try:
-        for phase in sorted({c.phase for c in cells}):
+        try:
+            cells = plan(cfg, config_ref, notebook_dir, only, overrides)
+            check_parameters(cells, notebook_dir)
+            check_model_layers(cfg)
+        except Exception:
+            if new_run:  # leave no empty run directory behind a config that cannot run
+                release(run.root)
+                shutil.rmtree(run.root, ignore_errors=True)
+            raise
+        init_run(cfg, runs_root, write_config=True)
+        session = _Session(
+            run,
+            cfg,
+            cells,
+            plan(cfg, config_ref, notebook_dir, None, overrides),
+            Inspector(run, cfg, stages),
+            notebook_dir,
+            lock.lease_env(),
+            log_output,
+            force,
+            progress,
+            on_result,
+        )
+        submit, shutdown = executor(workers, dask)
+        bar = tqdm(total=len(cells), desc=f"grid {cfg.name}", unit="notebook", disable=not progress)
+        try:
+            return session.run_phases(submit, dask, bar)
+        finally:
+            bar.close()
+            shutdown()
+    finally:
+        if ours:
+            release(run.root)
+
+
+@dataclass
+class _Session:
+    """One grid invocation on one run, with the lock held."""
+
+    run: RunDir
+    cfg: RunConfig
+    cells: list[GridCell]  # what runs (``--only`` applied)
+    every_cell: list[GridCell]  # the whole grid (markers a changed output invalidates)
+    ins: Inspector
+    notebook_dir: Path
+    env: dict
+    log_output: bool
+    force: bool
+    progress: bool
+    on_result: Callable[[CellResult], None] | None
+
+    def run_phases(self, submit, dask: str | None, bar) -> list[CellResult]:
+        run, cfg, ins = self.run, self.cfg, self.ins
+        results: list[CellResult] = []
+        failed_phase = None
+        for phase in sorted({c.phase for c in self.cells}):
             todo = []
-            for c in (c for c in cells if c.phase == phase):
+            for c in (c for c in self.cells if c.phase == phase):
                 if failed_phase is not None and failed_phase < 4:
                     results.append(
                         CellResult(c, "failed", error=f"not run: phase {failed_phase} failed")
                     )
-                elif not force and is_done(run, cfg, c):
+                elif not self.force and cell_state(run, cfg, c, ins)[0] == "done":
                     results.append(CellResult(c, "skipped"))
                 else:
                     todo.append(c)
                     continue
                 bar.update(1)
-            futures = {
-                submit(execute_cell, c.notebook, c.params, str(c.output(run)), str(notebook_dir)): c
-                for c in todo
-            }
-            for fut in _as_completed(futures, dask):
+            before = {c.name: ins.digest(c.notebook, c.params) for c in todo}
+            futures = {self._submit(submit, c): c for c in todo}
+            for fut in completed(futures, dask):
                 c = futures[fut]
-                out = fut.result()
-                if out["ok"]:
-                    write_json(
-                        c.marker(run),
-                        {
-                            "fingerprint": _fingerprint(cfg, c),
-                            "params": c.params,
-                            "seconds": round(out["seconds"], 1),
-                        },
-                    )
-                    res = CellResult(c, "done", out["seconds"])
-                else:
-                    res = CellResult(
-                        c, "failed", out["seconds"], f"{c.output(run)}: {out['error']}"
-                    )
+                res = _finish(run, cfg, c, fut.result(), ins)
+                if res.status == "failed":
                     failed_phase = phase if failed_phase is None else min(failed_phase, phase)
+                elif ins.digest(c.notebook, c.params) != before[c.name]:
+                    self._invalidate_after(phase)
                 results.append(res)
-                if on_result:
-                    on_result(res)
+                if self.progress:
+                    _print_line(_describe(res))
+                if self.on_result:
+                    self.on_result(res)
                 bar.set_postfix_str(f"{c.name} {res.status}")
                 bar.update(1)
-    finally:
-        bar.close()
-        shutdown()
-    return results
+        return results
+
+    def _submit(self, submit, c: GridCell):
+        out, nbdir = str(c.output(self.run)), str(self.notebook_dir)
+        return submit(
+            execute_cell, c.notebook, c.params, out, nbdir, "python3", self.env, self.log_output
+        )
+
+    def _invalidate_after(self, phase: int) -> None:
+        """Outputs of ``phase`` changed: every later notebook must run again (markers removed)."""
+        for c in self.every_cell:
+            if c.phase > phase:
+                c.marker(self.run).unlink(missing_ok=True)
 
 
-def _executor(workers: int, dask: str | None):
-    if dask:
-        from dask.distributed import Client, LocalCluster
-
-        if dask == "local":
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-            )
-            client = Client(cluster)
-        else:
-            cluster, client = None, Client(dask)
-
-        def shutdown():
-            client.close()
-            if cluster is not None:
-                cluster.close()
-
-        return (lambda fn, *a: client.submit(fn, *a, pure=False)), shutdown
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    return pool.submit, lambda: pool.shutdown(wait=True)
+def _finish(run: RunDir, cfg: RunConfig, c: GridCell, out: dict, ins: Inspector) -> CellResult:
+    """The result of an executed cell: its notebook must succeed and its outputs be valid."""
+    if not out["ok"]:
+        return CellResult(c, "failed", out["seconds"], f"{c.output(run)}: {out['error']}")
+    check = ins.check(c.notebook, c.params)
+    if not check.valid:
+        return CellResult(
+            c,
+            "failed",
+            out["seconds"],
+            f"{c.output(run)} ran, but its outputs are not valid: {check.why}",
+        )
+    write_json(
+        c.marker(run),
+        {
+            "fingerprint": _fingerprint(cfg, c),
+            "params": c.params,
+            "seconds": round(out["seconds"], 1),
+        },
+    )
+    return CellResult(c, "done", out["seconds"], note=check.why)
 
 
-def _as_completed(futures: dict, dask: str | None):
-    if dask:
-        from dask.distributed import as_completed as dask_as_completed
+def _describe(r: CellResult) -> str:
+    line = f"grid: {r.status:<7} {r.cell.name} ({r.seconds:.1f} s)"
+    if r.error:
+        line += f": {r.error}"
+    if r.note:
+        line += f"; left for the next run: {r.note}"
+    return line
 
-        return dask_as_completed(list(futures))
-    return as_completed(futures)
+
+def dry_run(
+    config_ref: str,
+    overrides: dict | None = None,
+    run_name: str | None = None,
+    only: list[str] | None = None,
+    notebook_dir: Path = NOTEBOOK_DIR,
+    runs_root: Path | None = None,
+    stages: dict[str, Stage] | None = None,
+) -> list[tuple[GridCell, str, str]]:
+    """``(cell, "done" | "to do" | "damaged", why)`` for every cell; reads only, takes no lock."""
+    cfg = load_config(config_ref, overrides, run_name=run_name)
+    run = RunDir.for_config(cfg, runs_root)
+    cells = plan(cfg, config_ref, notebook_dir, only, overrides)
+    check_parameters(cells, notebook_dir)
+    ins = Inspector(run, cfg, stages)
+    return [(c, *cell_state(run, cfg, c, ins)) for c in cells]
 
 
 def summarise(results: list[CellResult]) -> str:
@@ -296,11 +354,16 @@ def summarise(results: list[CellResult]) -> str:
         f"grid: {counts['done']} ran, {counts['skipped']} skipped (finished before), {counts['failed']} failed"
     ]
     lines += [f"  FAILED {r.cell.name}: {r.error}" for r in results if r.status == "failed"]
+    lines += [f"  TO DO {r.cell.name}: {r.note}" for r in results if r.note]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lib.grid", description=__doc__.split("\n\n")[0])
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m lib.grid",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     ap.add_argument("--config", default="configs/organism.yaml", help="config name or YAML path")
     ap.add_argument("--run-name", default=None, help="run directory name (default: the config's)")
     ap.add_argument("--workers", type=int, default=1, help="notebooks executed at once")
@@ -309,6 +372,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,02")
     ap.add_argument("--force", action="store_true", help="re-execute finished cells")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list every notebook as done / to do / damaged (and why); run nothing",
+    )
+    ap.add_argument(
+        "--log-output",
+        action="store_true",
+        help="stream each notebook's cell output, lines prefixed with the notebook's name",
+    )
     ap.add_argument(
         "--set",
         action="append",
@@ -319,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--notebook-dir", default=str(NOTEBOOK_DIR), help="where the numbered notebooks are"
     )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     overrides = {}
     for item in args.set:
@@ -326,22 +404,52 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
-    t0 = time.time()
     only = args.only.split(",") if args.only else None
-    results = run_grid(
-        args.config,
-        overrides,
-        args.run_name,
-        args.workers,
-        args.dask,
-        only,
-        args.force,
-        notebook_dir=Path(args.notebook_dir),
-    )
+    t0 = time.time()
+    try:
+        if args.dry_run:
+            return _print_dry_run(args, overrides, only)
+        results = run_grid(
+            args.config,
+            overrides,
+            args.run_name,
+            args.workers,
+            args.dask,
+            only,
+            args.force,
+            notebook_dir=Path(args.notebook_dir),
+            log_output=args.log_output,
+        )
+    except (ConfigError, RunDirError, RunLockedError, ValueError) as e:
+        print(f"python -m lib.grid: {_one_line(str(e))}", file=sys.stderr)
+        return 2
     cfg = load_config(args.config, overrides, run_name=args.run_name)
     print(summarise(results))
     print(f"grid: {time.time() - t0:.0f} s; run directory {RunDir.for_config(cfg).root}")
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _one_line(message: str) -> str:
+    """A multi-line error (a config with several bad keys) as one line."""
+    head, *rest = [ln.strip() for ln in message.splitlines() if ln.strip()] or [""]
+    if rest and head.endswith(":") and head.startswith("invalid config"):
+        head = ""  # "invalid config <path>:" adds nothing to the keys that follow
+    return "; ".join([h for h in [head] if h] + rest)
+
+
+def _print_dry_run(args, overrides: dict, only: list[str] | None) -> int:
+    cfg = load_config(args.config, overrides, run_name=args.run_name)
+    run = RunDir.for_config(cfg)
+    states = dry_run(
+        args.config, overrides, args.run_name, only, notebook_dir=Path(args.notebook_dir)
+    )
+    print(f"run '{cfg.name}' ({run.root}): {len(states)} notebooks")
+    info = busy(run.root)
+    if info:
+        print(f"  in use by pid {info['pid']} ({info['command']}) since {info['started']}")
+    for cell, state, why in states:
+        print(f"  {state:<8} {cell.name}" + (f": {why}" if why else ""))
+    return 0
 
 
 if __name__ == "__main__":

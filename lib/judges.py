@@ -26,7 +26,7 @@ Label = Literal["deceptive", "honest", "ambiguous"]
 
 
 class JudgeError(RuntimeError):
-    """A judge cannot run at all (no API key, key refused). Never carries the key."""
+    """A judge cannot run at all (no API key, a malformed key, key refused). Never carries the key."""
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,15 @@ class Verdict:
     """One judge's answer about one completion.
 
     ``failed`` marks a verdict the judge could not reach (the service kept failing or the answer
-    never parsed): it is recorded as ``ambiguous`` with the reason in ``rationale``, is not
-    cached, and is judged again when the stage is rerun.
+    never parsed): it is recorded as ``ambiguous`` with the reason in ``rationale`` (and alone in
+    ``reason``, for grouping), is not cached, and is judged again when the stage is rerun.
     """
 
     label: Label
     rationale: str
     confidence: float | None = None
     failed: bool = False
+    reason: str = ""
 
 
 @dataclass
@@ -58,6 +59,7 @@ class JudgeSummary:
     retries: int = 0  # attempts after the first, for any reason
     cache_hits: int = 0
     failures: int = 0  # completions recorded as failed (ambiguous with a reason)
+    failed_verdicts: int = 0  # this judge's verdicts still failed when the stage ended
     rate_limited: int = 0  # HTTP 429 answers
     server_errors: int = 0  # HTTP 5xx answers
     timeouts: int = 0  # requests that hit the per-request timeout or lost the connection

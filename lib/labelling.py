@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from lib.config import DECISIVE, JUDGES, LABELS, JudgeConfig, RunConfig
+from lib.fileio import RunDirError, append_jsonl, read_jsonl
 from lib.gemini import GeminiJudge, JudgeCache
 from lib.judges import Judge, JudgeSummary, KeywordJudge
 from lib.organism import planted_label as organism_planted_label
-from lib.rundir import RunDir, RunDirError, append_jsonl, iter_batches, read_jsonl, read_label_rows
+from lib.rundir import RunDir, iter_batches, read_label_rows
 from lib.runtime import progress as progress_bar
 from lib.scenarios import load_scenarios
 
@@ -36,6 +37,7 @@ def make_judge(name: str, cfg: RunConfig | JudgeConfig, run: RunDir | None = Non
             concurrency=jc.concurrency,
             max_retries=jc.max_retries,
             timeout_s=jc.timeout_s,
+            retry_after_cap_s=jc.retry_after_cap_s,
             cache=JudgeCache(run.judge_cache("gemini")) if run is not None else None,
         )
         opts.update(kw)
@@ -55,7 +57,9 @@ def label_run(
     ``judges``: names (built from ``cfg.judge``) or ready :class:`Judge` objects; default
     ``cfg.judge.judges``. Every judge is built before any work, so a missing API key fails first.
     Resumable: a completion already labelled by the same judge version (and not failed) is
-    skipped; rows are flushed per batch. Returns one :class:`JudgeSummary` per judge.
+    skipped, so a plain rerun judges exactly the failed and the missing verdicts; rows are flushed
+    per batch (a paid judge's answers are cached one by one as they arrive). Ends with one line
+    per judge that still has failed verdicts. Returns one :class:`JudgeSummary` per judge.
     """
     run.require(run.completions, "01_sampling")
     completions = read_jsonl(run.completions)
@@ -101,6 +105,7 @@ def label_run(
                     "model": judge.model,
                     "prompt_version": judge.prompt_version,
                     "failed": v.failed,
+                    **({"reason": v.reason} if v.failed else {}),
                 }
                 for c, v in zip(batch, verdicts, strict=True)
             ]
@@ -109,8 +114,49 @@ def label_run(
             bar.update(len(batch))
         bar.close()
         judge.summary.seconds = time.perf_counter() - t0
+        failed = [
+            r for (_, j), r in read_label_rows(run).items() if j == judge.name and r.get("failed")
+        ]
+        judge.summary.failed_verdicts = len(failed)
+        if failed:
+            print(
+                f"{judge.name}: {len(failed)} of {len(completions)} verdicts failed; a plain rerun "
+                "of 02_classification judges only those again"
+            )
         summaries[judge.name] = judge.summary
     return summaries
+
+
+def failed_verdicts(run: RunDir, cfg: RunConfig) -> pd.DataFrame:
+    """Failed verdicts by judge and reason: ``judge``, ``reason``, ``n`` (most frequent first)."""
+    rows = [
+        {"judge": j, "reason": r.get("reason") or r.get("rationale", "")}
+        for (_, j), r in read_label_rows(run).items()
+        if r.get("failed") and j in cfg.judge.judges
+    ]
+    df = pd.DataFrame(rows, columns=["judge", "reason"])
+    out = df.groupby(["judge", "reason"]).size().rename("n").reset_index()
+    return out.sort_values(["judge", "n"], ascending=[True, False], ignore_index=True)
+
+
+def failed_verdict_report(run: RunDir, cfg: RunConfig) -> str:
+    """How many verdicts failed, per judge, and why (reasons grouped): notebook 02 prints it."""
+    total = len(read_jsonl(run.completions))
+    table = failed_verdicts(run, cfg)
+    if table.empty:
+        return f"failed verdicts: none ({total} completions, judges {cfg.judge.judges})"
+    lines = []
+    for judge, sub in table.groupby("judge", sort=False):
+        n = int(sub["n"].sum())
+        role = (
+            f"primary; judge.max_failed_fraction = {cfg.judge.max_failed_fraction:g}"
+            if judge == cfg.judge.primary
+            else "not primary"
+        )
+        lines.append(f"failed verdicts of {judge} ({role}): {n} of {total}")
+        lines += [f"  {int(r.n):>5} x {r.reason}" for r in sub.itertuples()]
+    lines.append("a plain rerun of 02_classification judges only these again")
+    return "\n".join(lines)
 
 
 def summaries_frame(summaries: dict[str, JudgeSummary]) -> pd.DataFrame:

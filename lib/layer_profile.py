@@ -40,6 +40,7 @@ from lib import stats
 from lib.config import RunConfig
 from lib.controls import permutation_pvalue, scenario_identity_probe
 from lib.dataset import Labelled, labelled_rows, pooled, read_index, read_layer
+from lib.fileio import atomic_write_text, read_jsonl
 from lib.probe import (
     CV_MODES,
     SOLVERS,
@@ -56,12 +57,10 @@ from lib.probe import (
 )
 from lib.rundir import (
     RunDir,
-    atomic_write_text,
     file_stamp,
     fingerprint,
     jsonable_rows,
     read_cached,
-    read_jsonl,
     read_results_csv,
     stable_seed,
     write_cached,

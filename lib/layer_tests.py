@@ -25,9 +25,10 @@ import pandas as pd
 from lib import stats
 from lib.config import RunConfig
 from lib.dataset import labelled_rows
+from lib.fileio import atomic_write_text
 from lib.layer_profile import cached_layer_cv, captured_layers
 from lib.probe import CV_MODES
-from lib.rundir import RunDir, atomic_write_text, read_results_csv, stable_seed
+from lib.rundir import RunDir, read_results_csv, stable_seed
 
 ALPHA = 0.05
 COLUMNS = [

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from lib.config import REPO_ROOT, RunConfig
-from lib.organism import ensure_organism
+from lib.fileio import safetensors_problem
+from lib.organism import ORGANISM_DIR, ensure_organism
 from lib.random_models import ensure_random_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -89,6 +90,7 @@ def load_model_path(model: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(model)
+    check_weight_files(path, model)
     try:
         tok = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
@@ -114,6 +116,29 @@ def load_model_path(model: str, dtype: str = "float32", device: str = "cpu"):
     lm.to(target)
     lm.eval()
     return lm, tok
+
+
+def check_weight_files(path: str, model: str) -> None:
+    """Fail with the damaged file's name and how to rebuild it when a local model's safetensors
+    file is truncated or has no valid header (``from_pretrained`` would only say "incomplete
+    metadata")."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    for f in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(f)
+        if problem is None:
+            continue
+        if folder.resolve() == Path(ORGANISM_DIR).resolve():
+            rel = os.path.relpath(f, REPO_ROOT)
+            fix = (
+                f"restore the committed copy (git checkout -- {rel}) or rebuild the organism: "
+                f"delete {os.path.relpath(folder / 'organism.json', REPO_ROOT)} and rerun "
+                "(lib.organism.ensure_organism builds it again, about 4 minutes)"
+            )
+        else:
+            fix = f"download {model!r} again into {folder}"
+        raise ModelLoadError(f"{f} is damaged: {problem}; {fix}")
 
 
 def _get_path(obj, dotted: str):

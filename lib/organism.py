@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from lib.config import REPO_ROOT
-from lib.rundir import read_jsonl
+from lib.fileio import read_jsonl
 from lib.scenarios import load_scenarios
 
 ORGANISM_DIR = REPO_ROOT / "data" / "organism"

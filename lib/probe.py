@@ -52,8 +52,8 @@ from sklearn.preprocessing import StandardScaler
 
 from lib import stats
 from lib.config import CLASS_NAMES
+from lib.fileio import atomic_write_bytes
 from lib.logistic import ProbeInputError, balanced_weights, fit_logistic_many, fold_basis
-from lib.rundir import atomic_write_bytes
 from lib.runtime import blas_threads
 
 N_SPLITS = 5

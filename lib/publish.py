@@ -29,7 +29,8 @@ from pathlib import Path
 import pandas as pd
 
 from lib.config import REPO_ROOT, load_config
-from lib.rundir import RunDir, atomic_write_text
+from lib.fileio import atomic_write_text
+from lib.rundir import RunDir
 from lib.runtime import BATCH_ENV
 from lib.summary import n_facts, to_markdown
 

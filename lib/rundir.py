@@ -11,8 +11,11 @@
     notebooks/*.ipynb           papermill outputs
     cache/                      judge cache and other resumable state
 
-Writes here are atomic (temp file + rename) or append-and-flush per batch, so a killed notebook
-loses at most the batch in flight.
+Writes here are atomic (temp file + rename) or whole-line appends (:func:`append_jsonl`), so a
+killed notebook loses at most the rows in flight. One process writes into a run at a time: every
+writer holds the run's lock (:mod:`lib.runlock`; :func:`open_run` takes it, readers open with
+``write=False``), and :func:`append_jsonl` refuses to append inside a run another process holds.
+Only the grid, or the first writer of a new run, writes ``config.yaml``.
 
 This module also holds what every stage needs to make its work reproducible and resumable:
 stable seeds and fingerprints (:func:`stable_seed`, :func:`fingerprint`), and keyed JSON caches
@@ -21,13 +24,14 @@ stable seeds and fingerprints (:func:`stable_seed`, :func:`fingerprint`), and ke
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
 import os
 import subprocess
-import tempfile
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -36,13 +40,17 @@ import numpy as np
 import yaml
 
 from lib.config import REPO_ROOT, RunConfig, config_to_yaml, load_config
+from lib.fileio import (
+    RunDirError,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+    write_json,
+)
+from lib.runlock import acquire
 
 RUNS_ROOT = REPO_ROOT / "data" / "runs"
 VERSIONED_PACKAGES = ("torch", "transformers", "sae-lens", "scikit-learn", "google-genai", "numpy")
-
-
-class RunDirError(RuntimeError):
-    """A run directory is missing a file a stage needs, or holds files from another run."""
 
 
 @dataclass(frozen=True)
@@ -156,14 +164,19 @@ def git_commit() -> str:
         return "unknown"
 
 
-def init_run(cfg: RunConfig, runs_root: Path | str | None = None) -> RunDir:
-    """Create the run directory and write ``config.yaml``.
+def init_run(
+    cfg: RunConfig, runs_root: Path | str | None = None, write_config: bool = False
+) -> RunDir:
+    """Open the run directory for writing: take its lock, check and maybe write ``config.yaml``.
 
-    An existing run with a different *experiment* (model, scenarios, seed, sampling) is refused:
-    resuming into it would mix rows of two runs. Later-stage settings (SAE grid, probes) may change.
+    Fails at once (:class:`lib.runlock.RunLockedError`) when another process writes the run. An
+    existing run with a different *experiment* (model, scenarios, seed, sampling) is refused:
+    resuming into it would mix rows of two runs. ``config.yaml`` is written when the run is new
+    or ``write_config`` (the grid, which owns the run's settings); a notebook run by hand with
+    other later-stage settings leaves it as it is and says which settings differ.
     """
     run = RunDir.for_config(cfg, runs_root)
-    run.root.mkdir(parents=True, exist_ok=True)
+    acquire(run.root)
     resolved = cfg.model_dump(mode="json")
     if run.config.exists():
         old = yaml.safe_load(run.config.read_text()) or {}
@@ -173,6 +186,14 @@ def init_run(cfg: RunConfig, runs_root: Path | str | None = None) -> RunDir:
                     f"{run.config}: run '{cfg.name}' was made with {key}={old[key]!r}, the config "
                     f"now says {resolved[key]!r}. Use another run name or delete {run.root}."
                 )
+        if not write_config:
+            diff = config_differences(old, resolved)
+            if diff:
+                print(
+                    f"note: {run.config.name} of run '{cfg.name}' is kept as written; this "
+                    f"process runs with other settings: {'; '.join(diff[:6])}"
+                )
+            return run
     text = config_to_yaml(cfg)
     text += yaml.safe_dump(
         {"_provenance": {"versions": environment_versions(), "git_commit": git_commit()}}
@@ -181,71 +202,42 @@ def init_run(cfg: RunConfig, runs_root: Path | str | None = None) -> RunDir:
     return run
 
 
-# ----- atomic file I/O -------------------------------------------------------------------------
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunDirError(
-            f"{path} is not valid JSON ({e}); delete it and rerun its stage"
-        ) from None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file. A torn last line (a write killed mid-way) is ignored; others fail."""
-    rows = []
-    path = Path(path)
-    if not path.exists():
-        return rows
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs (provenance ignored)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k.startswith("_"):
             continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise RunDirError(f"{path}:{i + 1} is not valid JSON; the file is corrupt") from None
-    return rows
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
-def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Append rows and fsync. Rows are written whole; a previously torn tail is repaired first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        raw = path.read_bytes()
-        if raw and not raw.endswith(b"\n"):
-            keep = raw[: raw.rfind(b"\n") + 1]
-            atomic_write_bytes(path, keep)
-    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
+def guard_sae_write(run: RunDir, cfg: RunConfig, sae_id: str) -> None:
+    """Refuse to write ``saes/<sae_id>`` with SAE settings other than the run's ``config.yaml``.
+
+    The SAEs in ``saes/`` are the grid's: notebook 04 run by hand with other ``sae.*``, ``seed``
+    or ``judge.primary`` would overwrite one with an SAE the rest of the run does not describe.
+    """
+    if not run.config.exists():
+        return
+    old = yaml.safe_load(run.config.read_text()) or {}
+    new = cfg.model_dump(mode="json")
+    pick = lambda d: {  # noqa: E731
+        "sae": d.get("sae"),
+        "seed": d.get("seed"),
+        "judge": {"primary": (d.get("judge") or {}).get("primary")},
+    }
+    diff = config_differences(pick(old), pick(new))
+    if diff:
+        raise RunDirError(
+            f"{run.sae_dir(sae_id)}: this notebook's settings differ from the run's config.yaml "
+            f"({'; '.join(diff[:4])}); writing would replace the grid's SAE. Use another run_name "
+            "for an experiment, or change the config and rerun the grid (python -m lib.grid)."
+        )
 
 
 def iter_batches(items: list, size: int) -> Iterator[list]:
@@ -333,7 +325,76 @@ def open_run(
     run_name: str | None = None,
     overrides: dict | None = None,
     runs_root: Path | str | None = None,
+    *,
+    write: bool = True,
 ) -> tuple[RunConfig, RunDir]:
-    """What every notebook does first: load the config (with overrides) and open its run dir."""
+    """What every notebook does first: load the config (with overrides) and open its run dir.
+
+    ``write=True`` (a stage) takes the run's lock, failing at once when another process writes
+    it, and writes ``config.yaml`` only for a new run. ``write=False`` (a reader: a figure
+    script, a notebook opened to look) takes no lock and writes nothing; the run must exist.
+    Under papermill, a parameter the notebook's parameters cell does not declare is an error
+    here. A warning says when ``lib`` comes from another checkout than the notebook's.
+    """
+    check_notebook_parameters()
+    _warn_other_checkout()
     cfg = load_config(config, overrides, run_name=run_name)
-    return cfg, init_run(cfg, runs_root)
+    if write:
+        return cfg, init_run(cfg, runs_root)
+    run = RunDir.for_config(cfg, runs_root)
+    if not run.root.is_dir():
+        raise RunDirError(f"run '{cfg.name}' does not exist ({run.root}); run its stages first")
+    return cfg, run
+
+
+def _assigned_names(source: str) -> list[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [
+        t.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    ]
+
+
+def check_notebook_parameters(history: list[str] | None = None) -> None:
+    """Fail when papermill passed a parameter the notebook's parameters cell does not declare.
+
+    Papermill runs the parameters cell, then its injected cell (first line ``# Parameters``); the
+    kernel's input history ``In`` holds both. Outside papermill there is nothing to check.
+    """
+    if history is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return
+        shell = get_ipython()
+        history = list(shell.user_ns.get("In", [])) if shell is not None else []
+    for i in range(len(history) - 1, 0, -1):
+        if history[i].startswith("# Parameters\n"):
+            declared = set(_assigned_names(history[i - 1]))
+            unknown = sorted(set(_assigned_names(history[i])) - declared)
+            if declared and unknown:
+                raise ValueError(
+                    f"unknown notebook parameter(s) {unknown}; this notebook declares "
+                    f"{sorted(declared)}"
+                )
+            return
+
+
+def _warn_other_checkout() -> None:
+    here = Path.cwd().resolve()
+    for repo in (here, *here.parents):
+        if (repo / "lib" / "__init__.py").exists() and (repo / "notebooks").is_dir():
+            if repo != REPO_ROOT.resolve():
+                warnings.warn(
+                    f"lib is imported from {REPO_ROOT}, but this notebook runs in the checkout "
+                    f"{repo}: the .venv's editable install points at the other clone. Run "
+                    f"`pip install -e {repo}` or set PYTHONPATH={repo}.",
+                    stacklevel=3,
+                )
+            return

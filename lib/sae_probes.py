@@ -35,12 +35,12 @@ import pandas as pd
 from lib import stats
 from lib.config import RunConfig
 from lib.dataset import LayerData, labelled_rows, pooled, read_layer
+from lib.fileio import atomic_write_text
 from lib.layer_profile import cached_layer_cv
 from lib.leakage import budget_config, budget_label, leakage_free_cv, refit_all
 from lib.probe import CV_MODES, CVResult, bootstrap_plan, cross_validate, save_cv
 from lib.rundir import (
     RunDir,
-    atomic_write_text,
     file_stamp,
     fingerprint,
     jsonable_rows,

@@ -21,8 +21,9 @@ import torch
 
 from lib.config import ARCHITECTURES, CONDITIONS, ConfigError, RunConfig
 from lib.dataset import Labelled, LayerData, labelled_rows, read_index, read_layer, training_vectors
+from lib.fileio import read_jsonl
 from lib.models import hook_name, load_model, resolve_device
-from lib.rundir import RunDir, fingerprint, read_jsonl
+from lib.rundir import RunDir, fingerprint
 from lib.runtime import progress as progress_bar
 from lib.sae import SAE, check_architecture, is_complete, read_metrics, save_sae
 from lib.sae_metrics import ce_with_replacement, loss_recovered, reconstruction_metrics

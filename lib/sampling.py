@@ -22,7 +22,8 @@ import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from lib.config import RunConfig, SamplingConfig
-from lib.rundir import RunDir, append_jsonl, iter_batches, read_jsonl, sha256_text
+from lib.fileio import append_jsonl, read_jsonl
+from lib.rundir import RunDir, iter_batches, sha256_text
 from lib.scenarios import Scenario, scenarios_for
 
 

@@ -28,7 +28,8 @@ import pandas as pd
 from lib import stats
 from lib.config import RunConfig
 from lib.dataset import labelled_rows
-from lib.rundir import RunDir, atomic_write_text, read_results_csv, stable_seed
+from lib.fileio import atomic_write_text
+from lib.rundir import RunDir, read_results_csv, stable_seed
 from lib.sae import read_metrics
 from lib.sae_probes import read_sae_probes
 from lib.sae_verdicts import ALPHA, seed_scores

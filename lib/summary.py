@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from lib.fileio import atomic_write_text
 from lib.layer_profile import profile_values, read_layer_profile
 from lib.layer_tests import peak_summary, read_layer_tests
-from lib.rundir import RunDir, atomic_write_text
+from lib.rundir import RunDir
 from lib.sae_probes import read_sae_probes
 from lib.sae_verdicts import read_sae_leakage, read_sae_verdicts
 from lib.ste_comparison import read_ste_comparison, study_claim

@@ -3,7 +3,8 @@
 The real ``google-genai`` SDK talks to it over real HTTP on 127.0.0.1 (ephemeral port). Each
 test scripts the answers: a queue of :class:`Reply` objects consumed one per request, then a
 ``responder`` callable (request -> Reply) when the queue is empty. Every request is recorded
-(path, headers, JSON body) so tests can check what the judge sent.
+(path, headers, JSON body) so tests can check what the judge sent, and every request whose
+answer was written out whole is recorded again in ``answered`` (what the client was sent).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class GeminiStub:
         self.script: deque[Reply] = deque()
         self.responder = responder
         self.requests: list[Request] = []
+        self.answered: list[Request] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         stub = self
@@ -136,9 +138,11 @@ class GeminiStub:
                     )
                 if reply.delay and stub._stop.wait(reply.delay):
                     return
-                self._send(reply)
+                if self._send(reply):
+                    with stub._lock:
+                        stub.answered.append(req)
 
-            def _send(self, reply: Reply):
+            def _send(self, reply: Reply) -> bool:
                 data = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
                 payload = data.encode()
                 try:
@@ -149,8 +153,10 @@ class GeminiStub:
                         self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(payload)
+                    self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
+                    return False  # the client gave up (timeout test)
+                return True
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

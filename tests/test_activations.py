@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 from lib.activations import capture_batch, capture_run
 from lib.config import ConfigError
 from lib.dataset import labelled_rows, read_layer
+from lib.fileio import RunDirError, read_jsonl
 from lib.models import decoder_layers, resid_hooks, row_ids
-from lib.rundir import RunDirError, init_run, read_jsonl
+from lib.rundir import init_run
 
 
 def _rows(run, n):

@@ -15,7 +15,7 @@ from lib.cross_model import (
     relative_depth,
     rising_test,
 )
-from lib.rundir import RunDirError
+from lib.fileio import RunDirError
 
 
 def test_rising_test_exact_and_monte_carlo():

@@ -1,5 +1,11 @@
-"""The papermill grid: planning, parameter checks, resume after a kill, failures, Dask."""
+"""The papermill grid: planning, parameter checks, one writer per run, outputs checked before a
+skip, resume after a kill, failures, clear errors, Dask.
 
+The notebooks here are stand-ins (``tests/fake_book.py``): each opens its run like a real one and
+writes one declared output, so the grid's machinery is tested in seconds.
+"""
+
+import json
 import os
 import signal
 import subprocess
@@ -7,72 +13,68 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat as nbf
 import pytest
+from fake_book import RUNNER, fake_stages, make_fake_notebooks
 
 from lib.config import load_config
-from lib.grid import check_parameters, plan, run_grid, summarise
-
-STEMS = [
-    "01_sampling",
-    "02_classification",
-    "03_activation_capture",
-    "04_sae_training",
-    "05_layer_profile_probing",
-    "06_ste_comparison",
-    "07_summary",
-]
-
-# A stand-in for each numbered notebook: it records its parameters in the run directory, so
-# that results can be compared between runs, and sleeps a little so a run can be killed mid-way.
-BODY = """
-import json, os, time
-from pathlib import Path
-from lib.config import load_config
-cfg = load_config(config, overrides, run_name=run_name)
-out = Path(os.environ["DECEPTION_SAES_RUNS"]) / cfg.name / "results"
-out.mkdir(parents=True, exist_ok=True)
-extra = {k: v for k, v in globals().items() if k in ("layer", "arch", "condition")}
-if os.environ.get("GRID_TEST_FAIL") and extra.get("condition") == os.environ["GRID_TEST_FAIL"]:
-    raise RuntimeError("planted failure")
-time.sleep(float(os.environ.get("GRID_TEST_SLEEP", "0")))
-name = "{stem}" + "".join(f"_{v}" for v in extra.values())
-(out / f"{name}.json").write_text(json.dumps(extra, sort_keys=True))
-"""
-
-
-def _fake_notebooks(root: Path) -> Path:
-    nbdir = root / "notebooks"
-    nbdir.mkdir()
-    for stem in STEMS:
-        nb = nbf.v4.new_notebook()
-        params = 'config = "organism"\nrun_name = None\noverrides = {}'
-        if stem == "04_sae_training":
-            params += '\nlayer = 0\narch = "topk"\ncondition = "mixed"'
-        nb.cells = [
-            nbf.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
-            nbf.v4.new_code_cell(BODY.replace("{stem}", stem)),
-        ]
-        nb.metadata["kernelspec"] = {
-            "name": "python3",
-            "display_name": "Python 3",
-            "language": "python",
-        }
-        nbf.write(nb, nbdir / f"{stem}.ipynb")
-    return nbdir
-
+from lib.fileio import append_jsonl, read_jsonl
+from lib.grid import check_parameters, dry_run, execute_cell, main, plan, run_grid, summarise
+from lib.rundir import RunDir, open_run
+from lib.runlock import RunLockedError, holder_info
 
 OVERRIDES = {"sae.layers": [2], "sae.ste_layers": [], "sae.architectures": ["topk"]}
+ONE = {**OVERRIDES, "sae.conditions": ["mixed"]}  # 7 notebooks
+ONE_ARGS = [
+    "--config",
+    "organism",
+    "--set",
+    "sae.layers=[2]",
+    "--set",
+    "sae.ste_layers=[]",
+    "--set",
+    "sae.architectures=[topk]",
+    "--set",
+    "sae.conditions=[mixed]",
+]
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    """Fake notebooks, a runs root, and one finished solo run of seven notebooks ("solo")."""
+    root = tmp_path_factory.mktemp("grid")
+    nbdir = make_fake_notebooks(root)
+    runs = root / "runs"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DECEPTION_SAES_RUNS", str(runs))
+    results = run_grid(
+        "organism", ONE, "solo", workers=2, notebook_dir=nbdir, progress=False, stages=fake_stages()
+    )
+    assert [r.status for r in results] == ["done"] * 7, summarise(results)
+    yield {"nbdir": nbdir, "runs": runs, "root": root}
+    mp.undo()
 
 
 @pytest.fixture
-def grid_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("DECEPTION_SAES_RUNS", str(tmp_path / "runs"))
-    return _fake_notebooks(tmp_path)
+def grid_env(book, monkeypatch):
+    monkeypatch.setenv("DECEPTION_SAES_RUNS", str(book["runs"]))
+    return book["nbdir"]
 
 
 def _results(runs: Path, name: str) -> dict:
     return {p.name: p.read_text() for p in sorted((runs / name / "results").glob("*.json"))}
+
+
+def _log(runs: Path, name: str) -> list[str]:
+    return sorted(r["cell"] for r in read_jsonl(runs / name / "results" / "log.jsonl"))
+
+
+def _grid_cmd(book, run_name: str, *extra: str) -> list[str]:
+    nbdir = str(book["nbdir"])
+    return [sys.executable, "-c", RUNNER, *ONE_ARGS, "--notebook-dir", nbdir, "--run-name", run_name, *extra]  # fmt: skip
+
+
+def _env(book, **kw) -> dict:
+    return {**os.environ, "DECEPTION_SAES_RUNS": str(book["runs"]), **kw}
 
 
 def test_plan_covers_the_grid():
@@ -93,16 +95,30 @@ def test_unknown_parameter_is_an_error_before_anything_runs(grid_env):
         check_parameters(bad, grid_env)
 
 
-def test_failed_cell_is_reported_and_the_others_finish(grid_env, tmp_path, monkeypatch):
+def test_unknown_parameter_is_an_error_in_the_notebook_itself(grid_env, tmp_path):
+    """papermill without the grid: the notebook's open_run names the stray parameter."""
+    params = {"config": "organism", "run_name": "stray", "overrides": {}, "epochs": 3}
+    out = execute_cell("01_sampling", params, str(tmp_path / "o.ipynb"), str(grid_env))
+    assert not out["ok"]
+    assert "unknown notebook parameter(s) ['epochs']" in out["error"]
+
+
+def test_failed_cell_is_reported_and_the_others_finish(grid_env, book, monkeypatch):
     monkeypatch.setenv("GRID_TEST_FAIL", "deceptive_only")
     results = run_grid(
-        "organism", OVERRIDES, "failing", workers=2, notebook_dir=grid_env, progress=False
+        "organism",
+        OVERRIDES,
+        "failing",
+        workers=2,
+        notebook_dir=grid_env,
+        progress=False,
+        stages=fake_stages(),
     )
     failed = [r for r in results if r.status == "failed"]
     assert [r.cell.name for r in failed] == ["04_sae_training__L2_topk_deceptive_only"]
     assert "04_sae_training__L2_topk_deceptive_only.ipynb: cell" in failed[0].error
     assert "planted failure" in failed[0].error
-    done = _results(tmp_path / "runs", "failing")
+    done = _results(book["runs"], "failing")
     assert {
         "04_sae_training_2_topk_mixed.json",
         "04_sae_training_2_topk_honest_only.json",
@@ -111,49 +127,116 @@ def test_failed_cell_is_reported_and_the_others_finish(grid_env, tmp_path, monke
     assert "FAILED 04_sae_training__L2_topk_deceptive_only" in summarise(results)
 
 
-def test_killed_grid_resumes_to_the_same_results(grid_env, tmp_path):
-    env = {**os.environ, "GRID_TEST_SLEEP": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "lib.grid",
-        "--config",
-        "organism",
-        "--notebook-dir",
-        str(grid_env),
-        "--set",
-        "sae.layers=[2]",
-        "--set",
-        "sae.ste_layers=[]",
-        "--set",
-        "sae.architectures=[topk]",
-    ]
-    ref = subprocess.run(cmd + ["--run-name", "whole"], env=env, capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr
+def test_second_writer_fails_at_once_and_the_first_run_is_unharmed(book):
+    """Two grids on one run: the second exits non-zero at once naming the first; a notebook run
+    by hand and a bare append fail the same way; the first grid's results equal a solo run's."""
+    first = subprocess.Popen(
+        _grid_cmd(book, "pair", "--log-output"),
+        env=_env(book, GRID_TEST_SLEEP="0.5"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = RunDir(book["runs"] / "pair")
+    deadline = time.time() + 60
+    while holder_info(run.root).get("pid") != first.pid and time.time() < deadline:
+        time.sleep(0.05)
+    t0 = time.time()
+    second = subprocess.run(
+        _grid_cmd(book, "pair"), env=_env(book), capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 2 and time.time() - t0 < 20
+    msg = second.stderr.strip()
+    assert len(msg.splitlines()) == 1 and "Traceback" not in msg
+    assert f"is being written by pid {first.pid}" in msg and f"(kill {first.pid})" in msg
+    with pytest.raises(RunLockedError, match=f"pid {first.pid}"):
+        open_run("organism", "pair", ONE, book["runs"])  # a notebook run by hand
+    with pytest.raises(RunLockedError):
+        append_jsonl(run.results / "log.jsonl", [{"cell": "intruder"}])
+    out, err = first.communicate(timeout=180)
+    assert first.returncode == 0, err
+    solo_cells = sorted(p.stem for p in (book["runs"] / "solo" / "results").glob("*.json"))
+    assert _log(book["runs"], "pair") == solo_cells  # each notebook wrote once: no doubled rows
+    assert _results(book["runs"], "pair") == _results(book["runs"], "solo")
+    # one line per finished notebook with its time; --log-output streams cell output, prefixed
+    assert len([ln for ln in out.splitlines() if ln.startswith("grid: done")]) == 7
+    assert "[07_summary] cell 07_summary ran" in out
+    assert "KeyboardInterrupt" not in err  # kernels are shut down without an interrupt
+
+
+def test_killed_grid_resumes_to_the_same_results(book):
+    env = _env(book, GRID_TEST_SLEEP="1")
     proc = subprocess.Popen(
-        cmd + ["--run-name", "killed"],
+        _grid_cmd(book, "killed"),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    done_dir = tmp_path / "runs" / "killed" / "notebooks" / ".done"
+    done_dir = book["runs"] / "killed" / "notebooks" / ".done"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(done_dir.glob("04_*.json"))) < 1:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     n_before = len(list(done_dir.glob("*.json")))
-    assert 3 <= n_before < 10, n_before
-    resumed = subprocess.run(
-        cmd + ["--run-name", "killed"], env=env, capture_output=True, text=True
-    )
+    assert 4 <= n_before < 7, n_before
+    # the kernel released the dead grid's lock: the rerun starts at once and resumes
+    resumed = subprocess.run(_grid_cmd(book, "killed"), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{n_before} skipped" in resumed.stdout
-    assert _results(tmp_path / "runs", "killed") == _results(tmp_path / "runs", "whole")
+    assert _results(book["runs"], "killed") == _results(book["runs"], "solo")
 
 
-def test_grid_on_a_dask_local_cluster(grid_env, tmp_path):
+def test_deleted_output_is_rebuilt_by_a_plain_rerun(grid_env, book, capsys):
+    runs = book["runs"]
+    lost = runs / "solo" / "results" / "04_sae_training_2_topk_mixed.json"
+    kept = lost.read_text()
+    lost.unlink()
+    states = {c.name: (s, why) for c, s, why in dry_run("organism", ONE, "solo", None, grid_env, stages=fake_stages())}  # fmt: skip
+    assert states["04_sae_training__L2_topk_mixed"] == (
+        "damaged",
+        "results/04_sae_training_2_topk_mixed.json is missing",
+    )
+    assert states["01_sampling"] == ("done", "")
+    results = run_grid(
+        "organism", ONE, "solo", notebook_dir=grid_env, progress=False, stages=fake_stages()
+    )
+    ran = sorted(r.cell.name for r in results if r.status == "done")
+    # the damaged cell, and every later phase (their inputs changed); nothing before it
+    assert ran == [
+        "04_sae_training__L2_topk_mixed",
+        "05_layer_profile_probing",
+        "06_ste_comparison",
+        "07_summary",
+    ]
+    assert lost.read_text() == kept
+    assert all(s == "done" for _, s, _ in dry_run("organism", ONE, "solo", None, grid_env, stages=fake_stages()))  # fmt: skip
+
+
+def test_cli_dry_run_help_and_one_line_config_errors(grid_env, book, capsys):
+    config_yaml = book["runs"] / "solo" / "config.yaml"
+    before = config_yaml.read_bytes()
+    args = [*ONE_ARGS, "--notebook-dir", str(grid_env), "--run-name", "solo"]
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "run 'solo'" in out and "to do" not in out  # the real stage table: outputs absent
+    assert "damaged  01_sampling: completions.jsonl is missing" in out
+    # a layer the organism lacks: one line, no traceback, config.yaml untouched
+    assert main([*args, "--set", "sae.layers=[99]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m lib.grid: sae.layers: layer(s) [99] outside the model")
+    assert len(err.splitlines()) == 1
+    assert main([*args, "--set", "sae.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sae.bogus: unknown key" in err
+    assert config_yaml.read_bytes() == before
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "(default: 1)" in capsys.readouterr().out
+
+
+def test_grid_on_a_dask_local_cluster(grid_env, book):
     results = run_grid(
         "organism",
         OVERRIDES,
@@ -162,6 +245,26 @@ def test_grid_on_a_dask_local_cluster(grid_env, tmp_path):
         dask="local",
         notebook_dir=grid_env,
         progress=False,
+        stages=fake_stages(),
     )
     assert [r.status for r in results].count("done") == len(results) == 9
-    assert len(_results(tmp_path / "runs", "dask")) == 9
+    assert len(_results(book["runs"], "dask")) == 9
+    assert json.loads((book["runs"] / "dask" / "results" / "01_sampling.json").read_text()) == {}
+
+
+def test_kernels_are_shut_down_without_an_interrupt(grid_env, tmp_path, monkeypatch):
+    """jupyter_client sends SIGINT before shutting a kernel down, which an idle kernel logs as
+    "KeyboardInterrupt caught in kernel"; the grid's kernel manager skips that interrupt."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    sent, real = [], AsyncKernelManager._async_signal_kernel
+
+    async def record(self, signum):
+        sent.append(signum)
+        return await real(self, signum)
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_signal_kernel", record)
+    params = {"config": "organism", "run_name": "quiet", "overrides": {}}
+    out = execute_cell("07_summary", params, str(tmp_path / "o.ipynb"), str(grid_env))
+    assert out["ok"], out["error"]
+    assert sent == []

@@ -5,8 +5,8 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+from lib.fileio import read_jsonl
 from lib.organism import build_organism, planted_label
-from lib.rundir import read_jsonl
 
 
 def test_loads_through_auto_classes_as_a_llama(organism_path):

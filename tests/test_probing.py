@@ -16,7 +16,8 @@ from lib import layer_tests as lt
 from lib import sae_probes as sp
 from lib import sae_verdicts as sv
 from lib.config import load_config
-from lib.rundir import RunDir, append_jsonl, write_json
+from lib.fileio import append_jsonl, write_json
+from lib.rundir import RunDir
 
 STUDY_CV = StratifiedKFold(5, shuffle=True, random_state=42)
 

@@ -394,9 +394,10 @@ def tiny_run(tmp_path_factory):
     """A run of an untrained 8-layer toy Llama: fake completions, labels, real captured activations."""
     from lib.activations import capture_run
     from lib.config import load_config
+    from lib.fileio import append_jsonl
     from lib.models import load_model_path
     from lib.organism import build_organism
-    from lib.rundir import append_jsonl, init_run
+    from lib.rundir import init_run
     from lib.scenarios import load_scenarios
 
     root = tmp_path_factory.mktemp("sae_stage")
@@ -444,8 +445,8 @@ def tiny_run(tmp_path_factory):
 
 
 def test_replacement_hook_identity_keeps_the_loss(tiny_run):
+    from lib.fileio import read_jsonl
     from lib.models import replace_resid
-    from lib.rundir import read_jsonl
     from lib.sae_metrics import ce_with_replacement
 
     cfg, run, (model, tok) = tiny_run

@@ -55,7 +55,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, organism, monke
 
 def test_any_completion_regenerates_alone(tmp_path, organism):
     cfg, run = _run(tmp_path, "r", organism)
-    from lib.rundir import read_jsonl
+    from lib.fileio import read_jsonl
 
     rows = {r["id"]: r for r in read_jsonl(run.completions)}
     model, tok = organism

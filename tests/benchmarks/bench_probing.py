@@ -40,7 +40,8 @@ if str(ROOT) not in sys.path:
 from lib import layer_profile as lp  # noqa: E402
 from lib import layer_tests as lt  # noqa: E402
 from lib.config import load_config  # noqa: E402
-from lib.rundir import RunDir, append_jsonl, write_json  # noqa: E402
+from lib.fileio import append_jsonl, write_json  # noqa: E402
+from lib.rundir import RunDir  # noqa: E402
 from lib.scenarios import load_scenarios  # noqa: E402
 
 N_LAYERS, D, N, N_SCENARIOS, TOKENS_PER = 22, 2048, 300, 9, 2

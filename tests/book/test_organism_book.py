@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from lib.dataset import read_index
+from lib.fileio import read_jsonl
 from lib.layer_profile import profile_values, read_layer_profile, read_probe_controls
-from lib.rundir import read_jsonl
 from lib.sae import is_complete, read_metrics
 from lib.sae_probes import read_sae_probes
 from lib.sae_verdicts import read_sae_leakage, read_sae_verdicts
