@@ -23,7 +23,7 @@ from lib.config import ARCHITECTURES, CONDITIONS, ConfigError, RunConfig
 from lib.dataset import Labelled, LayerData, labelled_rows, read_index, read_layer, training_vectors
 from lib.fileio import read_jsonl
 from lib.models import hook_name, load_model, resolve_device
-from lib.rundir import RunDir, fingerprint
+from lib.rundir import RunDir, fingerprint, guard_sae_write
 from lib.runtime import progress as progress_bar
 from lib.sae import SAE, check_architecture, is_complete, read_metrics, save_sae
 from lib.sae_metrics import ce_with_replacement, loss_recovered, reconstruction_metrics
@@ -166,6 +166,7 @@ def train_grid_cell(
         print(
             f"{sae_id}: SAE settings, labels or activations changed since it was trained; retraining"
         )
+    guard_sae_write(run, cfg, sae_id)
     layer_data = layer_data if layer_data is not None else read_layer(run, layer)
     sc = cfg.sae
     train_pos, held_pos = split_condition(labelled, condition, sc.heldout_fraction, cfg.seed)
