@@ -112,6 +112,15 @@ class SAEConfig(_Strict):
     lr: float = Field(3e-4, gt=0, description="Adam learning rate (constant)")
     l1_coefficient: float = Field(1e-3, ge=0, description="L1 penalty of threshold-0 JumpReLU")
     aux_k_coefficient: float = Field(1 / 32, ge=0, description="TopK dead-latent auxiliary loss")
+    topk_variant: Literal["saelens", "openai"] = Field(
+        "saelens",
+        description="TopK training: SAELens 6's (AuxK scaled by the dead share) or the TopK paper's "
+        "(decoder gradient projected off the rows, AuxK normalised by the residual variance)",
+    )
+    matmul_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype of the encoder/decoder matmuls; weights and Adam state stay float32",
+    )
     train_on: Literal["tokens", "last", "mean"] = Field("tokens", description="training vectors")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="completions kept for metrics")
     ste: SteConfig = Field(default_factory=SteConfig, description="the STE JumpReLU's settings")
