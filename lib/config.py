@@ -107,7 +107,15 @@ class SAEConfig(_Strict):
     ste_layers: list[int] = Field(default_factory=list, description="layers with jumprelu_ste SAEs")
     expansion_factor: int = Field(4, ge=1, description="d_sae / d_in")
     k: int = Field(64, ge=1, description="active latents of a TopK SAE")
-    epochs: int = Field(300, ge=1, description="passes over the training vectors")
+    epochs: int = Field(
+        300, ge=1, description="passes over the training vectors (used only when steps is null)"
+    )
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimiser steps per SAE, cycling through reshuffled epochs; when set it "
+        "governs and epochs is ignored, so every condition trains for the same number of steps",
+    )
     batch_size: int = Field(128, ge=1, description="training vectors per Adam step")
     lr: float = Field(3e-4, gt=0, description="Adam learning rate (constant)")
     l1_coefficient: float = Field(1e-3, ge=0, description="L1 penalty of threshold-0 JumpReLU")

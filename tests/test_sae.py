@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -18,7 +19,14 @@ from lib.sae_kernels import (
     kernel,
     ste_threshold_grad,
 )
-from lib.sae_trainer import scale_factor, train_sae
+from lib.sae_trainer import (
+    L0_STABLE,
+    NotConvergedWarning,
+    l0_trend,
+    scale_factor,
+    train_sae,
+    training_budget,
+)
 from lib.sae_training import heldout_mask
 
 ARCHS = ("topk", "jumprelu", "jumprelu_ste")
@@ -398,6 +406,54 @@ def test_same_seed_same_weights_other_seed_differs():
     for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert not torch.equal(a.W_dec, c.W_dec)
+
+
+# ----- training length and convergence ------------------------------------------------------------
+def test_training_budget_steps_govern_when_set():
+    cfg = SAEConfig(batch_size=100, epochs=3)
+    assert training_budget(250, cfg) == (9, "epochs")  # 3 passes of ceil(250 / 100) batches
+    with_steps = cfg.model_copy(update={"steps": 40})
+    assert training_budget(250, with_steps) == (40, "steps")
+    assert training_budget(25_000, with_steps) == (40, "steps")  # whatever the data size
+    assert training_budget(250, with_steps, epochs=2) == (6, "epochs")  # an argument overrides
+    assert training_budget(250, cfg, steps=5) == (5, "steps")
+    with pytest.raises(ValueError, match="steps=0 must be >= 1"):
+        training_budget(250, cfg, steps=0)
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        SAEConfig(steps=0)
+
+
+@pytest.mark.parametrize("n", [40, 300, 1000])
+def test_a_step_budget_trains_equally_long_on_any_data_size(n):
+    cfg = SAEConfig(expansion_factor=2, k=2, batch_size=32, steps=25, epochs=1)
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(n))
+    _, h = train_sae(x, "topk", cfg, 0, progress=False)
+    per_epoch = math.ceil(n / 32)
+    assert h["steps"] == len(h["step_loss"]) == 25 and h["budget"] == "steps"
+    assert len(h["epoch_loss"]) == math.ceil(25 / per_epoch)  # reshuffled passes, last cut short
+    assert h["epoch_step"][-1] == 25 and h["epochs"] == pytest.approx(25 / per_epoch, abs=1e-4)
+    assert h["training_mean_norm"] == pytest.approx(float(x.norm(dim=1).mean()), rel=1e-5)
+
+
+def test_l0_trend_is_the_change_over_the_last_tenth():
+    assert l0_trend([12.0] * 100) == 0.0
+    assert l0_trend([100.0] * 80 + [90.0] * 10 + [81.0] * 10) == pytest.approx(-0.1)
+    assert l0_trend([3.0] * 19) is None  # too short to tell
+
+
+def test_an_sae_still_changing_sparsity_is_flagged():
+    g = torch.Generator().manual_seed(0)
+    D = torch.nn.functional.normalize(torch.randn(64, 16, generator=g), dim=1)
+    x = _dictionary_data(2048, D, 3, seed=1)
+    cfg = SAEConfig(expansion_factor=4, k=3, batch_size=64, lr=1e-2, steps=80)
+    cfg = cfg.model_copy(update={"ste": SteConfig(l0_coefficient=1e-2)})
+    with pytest.warns(NotConvergedWarning, match="has not converged"):
+        _, h = train_sae(x, "jumprelu_ste", cfg, 0, progress=False)
+    assert h["converged"] is False and h["l0_change_last_10pct"] < -L0_STABLE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotConvergedWarning)
+        _, h = train_sae(x, "topk", cfg, 0, progress=False)  # TopK: L0 fixed at k from the start
+    assert h["converged"] is True and abs(h["l0_change_last_10pct"]) <= L0_STABLE
 
 
 def test_training_input_errors():
