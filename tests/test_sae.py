@@ -556,7 +556,7 @@ def tiny_run(tmp_path_factory):
             "sae.architectures": ["topk"],
             "sae.ste_layers": [2],
             "sae.conditions": ["mixed", "honest_only"],
-            "sae.epochs": 20,
+            "sae.steps": 30,
             "sae.heldout_fraction": 0.25,
         },
     )
@@ -606,6 +606,43 @@ def test_replacement_hook_identity_keeps_the_loss(tiny_run):
     assert n > 0 and math.isfinite(clean) and zero != clean
 
 
+def test_sae_lm_metrics_agree_with_separate_runs_and_a_direct_kl(tiny_run):
+    from lib.models import replace_resid, row_ids
+    from lib.rundir import read_jsonl
+    from lib.sae_metrics import ce_with_replacement, sae_lm_metrics
+
+    cfg, run, (model, tok) = tiny_run
+    rows = read_jsonl(run.completions)[:4]
+    sae = random_sae("jumprelu", d_in=128, d_sae=256)
+    with torch.no_grad():
+        sae.W_dec.mul_(0.05)
+    m = sae_lm_metrics(model, tok, rows, 1, sae, batch_size=3)
+    clean, n = ce_with_replacement(model, tok, rows, 1, "clean")
+    spliced, _ = ce_with_replacement(model, tok, rows, 1, "sae", sae=sae)
+    assert m["n_tokens"] == n > 0
+    assert m["ce_clean"] == pytest.approx(clean, rel=1e-6)
+    assert m["ce_sae"] == pytest.approx(spliced, rel=1e-6)
+    assert m["delta_ce"] == pytest.approx(spliced - clean, rel=1e-6) and m["delta_ce"] != 0
+    # KL(clean || sae) of one completion, written out
+    ids, n_prompt = row_ids(tok, rows[0])
+    ids_t = torch.tensor([ids])
+    comp = torch.zeros(1, len(ids), dtype=torch.bool)
+    comp[0, n_prompt:] = True
+
+    def splice(h):
+        out = h.clone()
+        out[comp] = sae(h[comp].float()).to(h.dtype)
+        return out
+
+    with torch.no_grad():
+        p = torch.log_softmax(model(ids_t).logits[0, n_prompt - 1 : -1].float(), -1)
+        with replace_resid(model, 1, splice):
+            q = torch.log_softmax(model(ids_t).logits[0, n_prompt - 1 : -1].float(), -1)
+    kl_one = float((p.exp() * (p - q)).sum(-1).mean())
+    one = sae_lm_metrics(model, tok, rows[:1], 1, sae)
+    assert one["kl"] == pytest.approx(kl_one, rel=1e-4) and kl_one > 0
+
+
 def test_train_grid_cell_writes_a_complete_resumable_folder(tiny_run):
     from lib.dataset import labelled_rows
     from lib.sae_training import train_grid, train_grid_cell
@@ -619,14 +656,18 @@ def test_train_grid_cell_writes_a_complete_resumable_folder(tiny_run):
     assert m["n_heldout_completions"] == 4 and m["evaluated_on"] == "heldout"
     assert m["d_in"] == 128 and m["d_sae"] == 512 and m["hook_name"] == "model.layers.2"
     assert 0 <= m["dead_fraction"] <= 1 and 0 < m["fvu"] < 2 and m["l0"] > 0
-    for key in ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered"):
+    for key in ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered", "ce_delta", "kl"):
         assert math.isfinite(m[key]), key
     assert m["ce_loss_recovered"] == pytest.approx(
         (m["ce_zero"] - m["ce_sae"]) / (m["ce_zero"] - m["ce_clean"])
     )
-    assert len(m["history"]["epoch_loss"]) == 20 and m["train_steps"] > 0
+    assert m["ce_delta"] == pytest.approx(m["ce_sae"] - m["ce_clean"]) and m["kl"] > 0
+    assert m["train_steps"] == 30 and m["budget"] == "steps"
+    assert m["history"]["epoch_step"][-1] == 30 and isinstance(m["converged"], bool)
     sae = load_sae(path, d_in=128)
     assert sae.architecture == "jumprelu_ste" and sae.meta["training_condition"] == "mixed"
+    assert "activation_scale" not in sae.meta  # the name that read like a factor to apply
+    assert sae.meta["training_mean_norm"] == pytest.approx(m["training_mean_norm"])
     stamp = (path / "metrics.json").stat().st_mtime_ns
     train_grid_cell(run, cfg, 2, "jumprelu_ste", "mixed", progress=False, lm=lm)  # skipped
     assert (path / "metrics.json").stat().st_mtime_ns == stamp
@@ -634,8 +675,13 @@ def test_train_grid_cell_writes_a_complete_resumable_folder(tiny_run):
     assert len(paths) == len(cfg.sae_grid()) == 4 and all(is_complete(p) for p in paths)
     honest = read_metrics(run.sae_dir("organism_topk_L1_honest_only"))
     assert honest["n_completions"] == 9 and honest["l0"] == pytest.approx(cfg.sae.k)
+    # sae.steps: every condition trains for the same number of steps, whatever its size
+    grid = [read_metrics(p) for p in paths]
+    assert {g["train_steps"] for g in grid} == {30}
+    assert len({g["n_train_vectors"] for g in grid}) > 1
+    assert {g["condition"] for g in grid} == {"mixed", "honest_only"}
     # changed SAE settings must not silently reuse the old SAE
-    cfg2 = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"epochs": 3})})
+    cfg2 = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"steps": 12})})
     train_grid_cell(run, cfg2, 2, "jumprelu_ste", "mixed", progress=False, lm=lm)
     assert (path / "metrics.json").stat().st_mtime_ns != stamp
-    assert len(read_metrics(path)["history"]["epoch_loss"]) == 3
+    assert read_metrics(path)["train_steps"] == 12
