@@ -201,11 +201,13 @@ class FastSAETrainer:
         self.params = params
         self.opt = FusedAdam(params, sae_cfg.lr)
         # the matmul operands: the weights themselves, or low-precision copies refreshed per step
-        self.W_enc_mm, self.W_dec_mm = self.W_enc_T, self.W_dec
+        # (bf16 decodes from a transposed copy: CPU bf16 GEMMs are ~10x slower in f @ W layout)
+        self.W_enc_mm, self.W_dec_mm, self.W_decT_mm = self.W_enc_T, self.W_dec, self.W_dec.t()
         if self.lp is not None:
             self.W_enc_mm = torch.empty(m, d, dtype=self.lp)
             if self.arch != "topk":
                 self.W_dec_mm = torch.empty(m, d, dtype=self.lp)
+                self.W_decT_mm = torch.empty(d, m, dtype=self.lp)
         # buffers (views [:b] serve short batches)
         self.xc, self.e, self.g, self.recon = (torch.empty(B, d) for _ in range(4))
         self.pre = torch.empty(B, m)
@@ -236,6 +238,7 @@ class FastSAETrainer:
             self.W_enc_mm.copy_(self.W_enc_T)
             if self.W_dec_mm is not self.W_dec:
                 self.W_dec_mm.copy_(self.W_dec)
+                self.W_decT_mm.copy_(self.W_dec_mm.t())
         if self.arch != "topk":
             return self._step_jumprelu(x)
         out = self._step_topk(x)
@@ -388,7 +391,7 @@ class FastSAETrainer:
         pre = self._mm(xc, self.W_enc_mm.t(), self.pre[:b], bias=b_enc)
         mask = torch.gt(pre, self.threshold if ste else 0.0, out=self.mask[:b])  # float 0/1
         f = torch.mul(pre, mask, out=self.f[:b])
-        recon = self._mm(f, self.W_dec_mm, self.recon[:b], bias=b_dec)
+        recon = self._mm(f, self.W_decT_mm.t(), self.recon[:b], bias=b_dec)
         e = torch.sub(recon, x, out=self.e[:b])
         ef = e.view(-1)
         mse = float(torch.dot(ef, ef)) / b
