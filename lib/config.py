@@ -117,11 +117,28 @@ class SAEConfig(_Strict):
     ste_layers: list[int] = Field(default_factory=list, description="layers with jumprelu_ste SAEs")
     expansion_factor: int = Field(4, ge=1, description="d_sae / d_in")
     k: int = Field(64, ge=1, description="active latents of a TopK SAE")
-    epochs: int = Field(300, ge=1, description="passes over the training vectors")
+    epochs: int = Field(
+        300, ge=1, description="passes over the training vectors (used only when steps is null)"
+    )
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimiser steps per SAE, cycling through reshuffled epochs; when set it "
+        "governs and epochs is ignored, so every condition trains for the same number of steps",
+    )
     batch_size: int = Field(128, ge=1, description="training vectors per Adam step")
     lr: float = Field(3e-4, gt=0, description="Adam learning rate (constant)")
     l1_coefficient: float = Field(1e-3, ge=0, description="L1 penalty of threshold-0 JumpReLU")
     aux_k_coefficient: float = Field(1 / 32, ge=0, description="TopK dead-latent auxiliary loss")
+    topk_variant: Literal["saelens", "openai"] = Field(
+        "saelens",
+        description="TopK training: SAELens 6's (AuxK scaled by the dead share) or the TopK paper's "
+        "(decoder gradient projected off the rows, AuxK normalised by the residual variance)",
+    )
+    matmul_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype of the encoder/decoder matmuls; weights and Adam state stay float32",
+    )
     train_on: Literal["tokens", "last", "mean"] = Field("tokens", description="training vectors")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="completions kept for metrics")
     seeds: int = Field(
@@ -144,7 +161,14 @@ class ProbeConfig(_Strict):
         "mean", description="how token-level SAE codes are pooled per completion"
     )
     fold_epochs: int | None = Field(
-        None, ge=1, description="epochs of the per-fold SAEs (default: sae.epochs)"
+        None,
+        ge=1,
+        description="epochs of the leakage SAEs when sae.steps is unset (default: sae.epochs)",
+    )
+    fold_steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimiser steps of the leakage SAEs when sae.steps is set (default: sae.steps)",
     )
     text_baseline: bool = Field(True, description="probe TF-IDF of the completion text too")
     inner_splits: int = Field(

@@ -11,9 +11,9 @@ architecture, settings, training budget and seed trained on *all* labelled compl
 condition, probed on exactly the same folds: the only difference between the two is whether the
 SAE saw the test completions. ``leakage = bal_acc(refit_all) - bal_acc(per_fold)``, with the
 book's paired test over completions (or scenarios) and seeds (:func:`lib.stats.paired_seed_test`).
-The training budget of both is ``probe.fold_epochs`` epochs (default ``sae.epochs``), or
-``sae.steps`` optimiser steps when the config fixes steps; the grid SAEs of notebook 04 may have
-trained longer and are never put beside these without saying so.
+The training budget of both is the same (:func:`budget_config`: ``probe.fold_steps`` optimiser
+steps when the config counts steps, else ``probe.fold_epochs`` epochs); the grid SAEs of
+notebook 04 may have trained longer and are never put beside these without saying so.
 
 Both are run for the first ``probe.leakage_seeds`` seeds of each grid cell.
 """
@@ -43,9 +43,11 @@ def train_quietly(train_sae: Callable | None, x, arch: str, sae_cfg: SAEConfig, 
 
 
 def budget_config(cfg: RunConfig) -> SAEConfig:
-    """The SAE settings of the leakage SAEs: the grid's, at the fold budget."""
-    if getattr(cfg.sae, "steps", None):
-        return cfg.sae  # a fixed number of optimiser steps: equal for every training set
+    """The SAE settings of the leakage SAEs: the grid's, at the fold budget: ``probe.fold_steps``
+    optimiser steps (default ``sae.steps``) when the config counts steps, else
+    ``probe.fold_epochs`` epochs (default ``sae.epochs``)."""
+    if cfg.sae.steps:
+        return cfg.sae.model_copy(update={"steps": int(cfg.probe.fold_steps or cfg.sae.steps)})
     return cfg.sae.model_copy(update={"epochs": int(cfg.probe.fold_epochs or cfg.sae.epochs)})
 
 
@@ -70,7 +72,7 @@ def _fit_features(
     meta = getattr(sae, "meta", None)
     if isinstance(meta, dict):
         meta.setdefault("train_on", sae_cfg.train_on)
-        meta.setdefault("activation_scale", info.get("scale"))
+        meta.setdefault("training_mean_norm", (info or {}).get("training_mean_norm"))
     feats = sae_features(sae, layer, lab.rows, sae_cfg.train_on, (pooling,))
     facts = {k: info[k] for k in ("steps", "epochs", "n_train") if k in (info or {})}
     return (feats.features.get(pooling) if feats.ok else None), feats, facts

@@ -25,6 +25,14 @@ study's own architecture name is kept in ``cfg.json`` under ``metadata.study_arc
 :func:`load_sae` reads our folders and folders SAELens saved (``topk``, ``jumprelu``, and
 ``standard`` ReLU SAEs, which are JumpReLU SAEs with a zero threshold).
 
+Every export takes raw activations: ``normalize_activations`` is ``none``, and the trainer's
+input scale is already folded into the weights. ``metadata.training_mean_norm`` (written by the
+SAE stage) is the mean L2 norm of the raw training vectors, informational, for checking that new
+inputs come from the training distribution; never a factor to apply (older exports wrote
+``activation_scale = sqrt(d_in) / training_mean_norm`` instead). TopK exports have unit-norm
+decoder rows and write ``rescale_acts_by_decoder_norm: true``, which for unit rows is the
+identity, so SAELens's ``sae.fold_W_dec_norm()`` works on them.
+
 The trainer lives in :mod:`lib.sae_trainer`, the grid stage of notebook 04 in
 :mod:`lib.sae_training` and evaluation in :mod:`lib.sae_metrics`; this module imports none of them.
 """
@@ -32,6 +40,7 @@ The trainer lives in :mod:`lib.sae_trainer`, the grid stage of notebook 04 in
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -56,6 +65,10 @@ CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 METRICS_FILENAME = "metrics.json"
 FORMAT_VERSION = "6.0.0"  # the SAELens on-disk format written here
+#: decoder rows this close to norm 1 are unit rows (SAELens's decoder-norm rescaling is a no-op)
+UNIT_ROW_ATOL = 1e-5
+#: SAELens input normalisations: a fixed scalar (foldable given the scale) and per-input ones
+SCALAR_NORMALISATION = "expected_average_only_in"
 
 
 class SAEFormatError(ValueError):
@@ -178,8 +191,15 @@ class SAE(nn.Module):
         }
         if self.architecture == "topk":
             cfg["k"] = self.k
-            cfg["rescale_acts_by_decoder_norm"] = False
+            # With unit-norm rows SAELens's rescaling is the identity, and writing true lets a
+            # user call sae.fold_W_dec_norm() (SAELens refuses it for a TopK SAE without it).
+            cfg["rescale_acts_by_decoder_norm"] = self.has_unit_decoder_rows()
         return cfg
+
+    def has_unit_decoder_rows(self, atol: float = UNIT_ROW_ATOL) -> bool:
+        """Whether every row of ``W_dec`` has norm 1 within ``atol``."""
+        norms = torch.linalg.vector_norm(self.W_dec.detach().float(), dim=1)
+        return bool(((norms - 1.0).abs() <= atol).all())
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Exactly the tensors SAELens loads (its loading is strict: nothing else)."""
@@ -257,13 +277,25 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise SAEFormatError(f"{wpath} is unreadable or corrupt ({e})") from None
 
 
-def load_sae(path: Path | str, d_in: int | None = None, device: str = "cpu") -> SAE:
+def load_sae(
+    path: Path | str,
+    d_in: int | None = None,
+    device: str = "cpu",
+    input_scale: float | None = None,
+) -> SAE:
     """Load an SAE folder written by :func:`save_sae` or by SAELens (``save_model``).
 
-    ``d_in``, when given, is checked against the SAE (e.g. a layer's width) and a mismatch
-    raises. Raises :class:`SAEFormatError` naming the file for a missing or corrupt file, an
-    unknown architecture, wrong tensor names or shapes, or an input normalisation SAELens would
-    apply at run time (which a plain load cannot reproduce).
+    The returned SAE takes raw activations. ``d_in``, when given, is checked against the SAE
+    (e.g. a layer's width) and a mismatch raises. An SAE SAELens saved with
+    ``normalize_activations="expected_average_only_in"`` expects its inputs multiplied by a fixed
+    factor that its folder does not record: it is refused unless ``input_scale`` gives that
+    factor (SAELens's ``norm_scaling_factor``, ``sqrt(d_in) / mean norm`` of its training
+    activations), which is then folded into the weights as SAELens's
+    ``fold_activation_norm_scaling_factor`` does (``W_enc * s``, ``W_dec / s``, ``b_dec / s``), so
+    ``loaded.encode(x) == theirs.encode(x * s)``. Per-input normalisations (``layer_norm``,
+    ``constant_norm_rescale``, ...) cannot be folded and are refused. Raises
+    :class:`SAEFormatError` naming the file for a missing or corrupt file, an unknown
+    architecture, or wrong tensor names or shapes.
     """
     path = Path(path)
     cfg = _read_cfg(path)
@@ -284,12 +316,7 @@ def load_sae(path: Path | str, d_in: int | None = None, device: str = "cpu") -> 
             f"{cfg_path}: study_architecture={arch!r} does not fit architecture={sl_arch!r}; "
             f"allowed: {list(ARCHITECTURES)}"
         )
-    norm = cfg.get("normalize_activations", "none")
-    if norm not in ("none", "expected_average_only_in"):
-        raise SAEFormatError(
-            f"{cfg_path}: normalize_activations={norm!r} is applied at run time by SAELens and is "
-            "not supported here; allowed: 'none' (or 'expected_average_only_in', a no-op at inference)"
-        )
+    scale = _input_scale(cfg.get("normalize_activations", "none"), input_scale, cfg_path)
     if cfg.get("reshape_activations", "none") != "none":
         raise SAEFormatError(
             f"{cfg_path}: reshape_activations={cfg['reshape_activations']!r} is not supported"
@@ -324,19 +351,53 @@ def load_sae(path: Path | str, d_in: int | None = None, device: str = "cpu") -> 
         meta=meta,
     )
     W_enc, b_enc, W_dec = t["W_enc"].float(), t["b_enc"].float(), t["W_dec"].float()
+    b_dec = t["b_dec"].float()
+    norms = W_dec.norm(dim=-1).clamp(min=1e-8)
     if sl_arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
         # SAELens multiplies pre-activations by the decoder row norms and divides the latents by
-        # them before decoding; folding the norms into the weights gives the same maps exactly.
-        norms = W_dec.norm(dim=-1).clamp(min=1e-8)
-        W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
+        # them before decoding; folding the norms into the weights gives the same maps exactly
+        # (nothing to fold when the rows are unit norm already, as in our exports).
+        if not bool(((norms - 1.0).abs() <= UNIT_ROW_ATOL).all()):
+            W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
+    if scale is not None:
+        W_enc, W_dec, b_dec = W_enc * scale, W_dec / scale, b_dec / scale
     with torch.no_grad():
         sae.W_enc.copy_(W_enc)
         sae.b_enc.copy_(b_enc)
         sae.W_dec.copy_(W_dec)
-        sae.b_dec.copy_(t["b_dec"].float())
+        sae.b_dec.copy_(b_dec)
         if sae.threshold is not None and "threshold" in t:
             sae.threshold.copy_(t["threshold"].float())
+    if scale is not None:
+        sae.meta["folded_input_scale"] = scale
     return sae.to(device).eval()
+
+
+def _input_scale(norm: str, input_scale: float | None, cfg_path: Path) -> float | None:
+    """The scale to fold for SAELens's ``normalize_activations=norm``; refuses what cannot load."""
+    if norm == "none":
+        if input_scale is not None:
+            raise ValueError(
+                f"{cfg_path}: this SAE takes raw activations (normalize_activations='none'); "
+                f"input_scale={input_scale!r} must not be given"
+            )
+        return None
+    if norm != SCALAR_NORMALISATION:
+        raise SAEFormatError(
+            f"{cfg_path}: normalize_activations={norm!r} normalises every input at run time and "
+            f"cannot be folded into the weights; supported: 'none', {SCALAR_NORMALISATION!r}"
+        )
+    if input_scale is None:
+        raise SAEFormatError(
+            f"{cfg_path}: normalize_activations={norm!r}: this SAE expects inputs multiplied by "
+            "a fixed factor that the folder does not record; pass input_scale=<factor> "
+            "(SAELens's norm_scaling_factor, sqrt(d_in) / mean norm of its training activations) "
+            "to fold it into the weights"
+        )
+    s = float(input_scale)
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError(f"input_scale={input_scale!r} must be a positive finite number")
+    return s
 
 
 def read_metrics(path: Path | str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ STE thresholds silence almost every latent). So:
 * ``train_on == "last" | "mean"``: the completion's pooled vector of that kind is encoded.
 
 :func:`sae_features` also measures the encoded inputs (mean norm, L0, FVU) and compares their norm
-with the SAE's training vectors (``sqrt(d_in) / activation_scale`` from its metadata): more than
+with the SAE's training vectors (``training_mean_norm`` from its metadata): more than
 a factor :data:`MAX_NORM_RATIO` apart, the features are refused with a note rather than returned.
 
 Token layout (``activations/L{layer}.safetensors``, written by :mod:`lib.activations`): ``tokens``
@@ -71,9 +71,12 @@ class SAEFeatures:
 
 
 def training_norm(sae) -> float | None:
-    """Mean norm of the vectors the SAE was trained on, from its ``activation_scale`` metadata
-    (the trainer scales inputs by ``s = sqrt(d_in) / mean_norm``); None when not recorded."""
-    scale = (getattr(sae, "meta", None) or {}).get("activation_scale")
+    """Mean norm of the vectors the SAE was trained on: its ``training_mean_norm`` metadata, or
+    from the older ``activation_scale`` (``sqrt(d_in) / mean_norm``); None when not recorded."""
+    meta = getattr(sae, "meta", None) or {}
+    if meta.get("training_mean_norm"):
+        return float(meta["training_mean_norm"])
+    scale = meta.get("activation_scale")
     if not scale:
         return None
     return math.sqrt(sae.d_in) / float(scale)

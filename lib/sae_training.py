@@ -4,7 +4,8 @@ For a grid cell, :func:`train_grid_cell` selects the condition's completions (th
 decisive ones; ``deceptive_only`` / ``honest_only`` keep one class), holds out a seeded share of
 them (:func:`split_condition`), trains an SAE on the training completions' vectors
 (``sae.train_on``; :func:`lib.sae_trainer.train_sae`), measures it on the held-out ones
-(reconstruction, sparsity, dead latents, the language model's loss with the SAE spliced in;
+(reconstruction, sparsity, dead latents, the language model's loss with the SAE spliced in:
+``ce_delta`` and ``kl`` against the clean model, loss recovered against zero-ablation;
 :mod:`lib.sae_metrics`) and exports it in SAELens format with a ``metrics.json`` beside it
 (:func:`lib.sae.save_sae`). A finished SAE is reused while its :func:`training_fingerprint` is
 unchanged. :func:`train_grid` trains a whole grid in one process, sharing the model and the
@@ -26,7 +27,12 @@ from lib.models import hook_name, load_model, resolve_device
 from lib.rundir import RunDir, fingerprint, guard_sae_write
 from lib.runtime import progress as progress_bar
 from lib.sae import SAE, check_architecture, is_complete, read_metrics, save_sae
-from lib.sae_metrics import ce_with_replacement, loss_recovered, reconstruction_metrics
+from lib.sae_metrics import (
+    ce_with_replacement,
+    loss_recovered,
+    reconstruction_metrics,
+    sae_lm_metrics,
+)
 from lib.sae_trainer import train_sae
 
 
@@ -107,7 +113,7 @@ def check_sae_cell(run: RunDir, cfg: RunConfig, layer: int, arch: str, condition
 def training_fingerprint(cfg: RunConfig, labelled: Labelled, run: RunDir) -> str:
     """What an SAE of the grid depends on: SAE settings, seed, labels and the captured activations.
 
-    A finished SAE is reused only while this is unchanged (a changed ``sae.epochs`` retrains).
+    A finished SAE is reused only while this is unchanged (a changed ``sae.steps`` retrains).
     """
     blob = {
         "sae": cfg.sae.model_dump(mode="json", exclude={"seeds"}),
@@ -195,7 +201,8 @@ def train_grid_cell(
     sae, hist = train_sae(
         x_train, arch, sc, seed, progress=progress, meta=meta, device=resolve_device(cfg.device)
     )
-    sae.meta["activation_scale"] = hist["scale"]
+    # informational: the weights take raw activations (the training scale is folded in)
+    sae.meta["training_mean_norm"] = hist["training_mean_norm"]
     eval_rows = _completion_rows(run, [labelled.ids[p] for p in eval_pos])
     ce = _lm_losses(
         lm, eval_rows, layer, sae, ce_cache if ce_cache is not None else {}, ce_batch_size
@@ -255,29 +262,29 @@ def _reconstruction(sae: SAE, x_train: torch.Tensor, x_eval: torch.Tensor) -> di
 
 
 def _lm_losses(lm, rows: list[dict], layer: int, sae: SAE, cache: dict, batch_size: int) -> dict:
-    """Next-token CE on the evaluation completions: clean, with the SAE spliced in, zero-ablated.
+    """The model on the evaluation completions with the SAE spliced in, against the clean model.
 
-    The clean and zero-ablation losses depend only on the completions (and layer), so ``cache``
-    shares them between the cells of a grid.
+    ``ce_delta`` (``ce_sae - ce_clean``, nats per token) and ``kl`` (``KL(clean || SAE)``, nats
+    per token) say what the reconstruction costs the model; ``ce_loss_recovered`` measures it
+    against zero-ablation (``ce_zero``), which is so destructive that the ratio stays near 1.
+    The zero-ablation loss depends only on the completions and layer: ``cache`` shares it.
     """
     model, tok = lm
     key = tuple(r["id"] for r in rows)
-    if ("clean", key) not in cache:
-        cache[("clean", key)] = ce_with_replacement(
-            model, tok, rows, layer, "clean", batch_size=batch_size
-        )
     if ("zero", layer, key) not in cache:
         cache[("zero", layer, key)] = ce_with_replacement(
             model, tok, rows, layer, "zero", batch_size=batch_size
         )
-    (ce_clean, n_tok), (ce_zero, _) = cache[("clean", key)], cache[("zero", layer, key)]
-    ce_sae, _ = ce_with_replacement(model, tok, rows, layer, "sae", sae=sae, batch_size=batch_size)
+    ce_zero, _ = cache[("zero", layer, key)]
+    lm_fit = sae_lm_metrics(model, tok, rows, layer, sae, batch_size=batch_size)
     return {
-        "ce_clean": ce_clean,
-        "ce_sae": ce_sae,
+        "ce_clean": lm_fit["ce_clean"],
+        "ce_sae": lm_fit["ce_sae"],
         "ce_zero": ce_zero,
-        "ce_loss_recovered": loss_recovered(ce_clean, ce_sae, ce_zero),
-        "ce_n_tokens": n_tok,
+        "ce_delta": lm_fit["delta_ce"],
+        "kl": lm_fit["kl"],
+        "ce_loss_recovered": loss_recovered(lm_fit["ce_clean"], lm_fit["ce_sae"], ce_zero),
+        "ce_n_tokens": lm_fit["n_tokens"],
     }
 
 
@@ -291,19 +298,21 @@ def _threshold_facts(sae: SAE) -> dict:
 
 
 def _training_facts(hist: dict, seed: int) -> dict:
+    keys = ("epoch_loss", "epoch_mse", "epoch_l0", "epoch_fvu", "epoch_dead_fraction", "epoch_step")
     return {
         "train_seconds": hist["seconds"],
         "train_steps": hist["steps"],
+        "budget": hist["budget"],
         "epochs": hist["epochs"],
         "batch_size": hist["batch_size"],
         "lr": hist["lr"],
         "seed": seed,
-        "activation_scale": hist["scale"],
+        "training_scale": hist["scale"],
+        "training_mean_norm": hist["training_mean_norm"],
         "final_loss": hist["epoch_loss"][-1],
-        "history": {
-            k: hist[k]
-            for k in ("epoch_loss", "epoch_mse", "epoch_l0", "epoch_fvu", "epoch_dead_fraction")
-        },
+        "converged": hist["converged"],
+        "l0_change_last_10pct": hist["l0_change_last_10pct"],
+        "history": {k: hist[k] for k in keys},
     }
 
 

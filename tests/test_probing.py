@@ -80,6 +80,7 @@ def write_synthetic_run(
             "sae.seeds": 1,
             "sae.architectures": ["topk", "jumprelu"],
             "sae.epochs": 2,
+            "sae.steps": None,
             "sae.expansion_factor": 2,
             "sae.k": 4,
             "probe.n_bootstrap": 100,
@@ -464,7 +465,7 @@ def test_sae_probes_with_the_real_sae_library(tmp_path):
     )
     layer = dataset.read_layer(run, 1)
     sae, hist = train_sae(layer.tokens, "topk", cfg.sae, 0, progress=False)
-    sae.meta.update(train_on="tokens", activation_scale=hist["scale"])
+    sae.meta.update(train_on="tokens", training_mean_norm=hist["training_mean_norm"])
     sae_lib.save_sae(sae, run.sae_dir(cfg.sae_id(1, "topk", "mixed")))
     df = sp.sae_probes(run, cfg, progress=False)
     assert set(df.sae_source) == {"grid"} and df.note.eq("").all()

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from lib.config import SAEConfig, SteConfig
+from lib.fileio import RunDirError
+from lib.rundir import init_run
 from lib.sae import SAE, SAEFormatError, is_complete, load_sae, read_metrics, save_sae
-from lib.sae_kernels import FastSAETrainer, FusedAdam, kernel, ste_threshold_grad
-from lib.sae_trainer import scale_factor, train_sae
+from lib.sae_kernels import (
+    FastSAETrainer,
+    FusedAdam,
+    csr_supported,
+    kernel,
+    ste_threshold_grad,
+)
+from lib.sae_trainer import (
+    L0_STABLE,
+    NotConvergedWarning,
+    l0_trend,
+    scale_factor,
+    train_sae,
+    training_budget,
+)
 from lib.sae_training import heldout_mask
 
 ARCHS = ("topk", "jumprelu", "jumprelu_ste")
@@ -93,6 +109,7 @@ class _StepSTE(torch.autograd.Function):
 def _reference_loss(
     tr: FastSAETrainer, P: dict, x: torch.Tensor, dead: torch.Tensor
 ) -> torch.Tensor:
+    """The batch loss written directly from the definitions, for autograd."""
     cfg = tr.cfg
     pre = (x - P["b_dec"]) @ P["W_enc_T"].t() + P["b_enc"]
     if tr.arch == "topk":
@@ -103,15 +120,20 @@ def _reference_loss(
         n_dead, k_aux = dead.numel(), tr.d_in // 2
         if n_dead:
             scale, k_aux = min(n_dead / k_aux, 1.0), min(k_aux, n_dead)
-            is_dead = torch.zeros(tr.d_sae, dtype=torch.bool)
+            is_dead = torch.zeros(tr.d_sae, dtype=torch.bool, device=x.device)
             is_dead[dead] = True
             masked = torch.where(is_dead[None], pre, -torch.inf)
             av, ai = masked.topk(k_aux, dim=1)
-            A = torch.zeros_like(pre).scatter(1, ai, av)
             resid = (x - recon).detach()
-            loss = (
-                loss + cfg.aux_k_coefficient * scale * (A @ P["W_dec"] - resid).pow(2).sum(1).mean()
-            )
+            if tr.openai:  # ReLU'd, normalised by the residual variance, in units of V
+                A = torch.zeros_like(pre).scatter(1, ai, av.relu())
+                norm = (resid - resid.mean(0)).pow(2).sum()
+                v = tr.data_variance or float((x - x.mean(0)).pow(2).sum(1).mean())
+                aux = v * (A @ P["W_dec"] - resid).pow(2).sum() / norm
+                return loss + cfg.aux_k_coefficient * aux
+            A = torch.zeros_like(pre).scatter(1, ai, av)
+            aux = (A @ P["W_dec"] - resid).pow(2).sum(1).mean()
+            loss = loss + cfg.aux_k_coefficient * scale * aux
         return loss
     if tr.arch == "jumprelu":
         f = pre.relu()
@@ -124,16 +146,12 @@ def _reference_loss(
     return (recon - x).pow(2).sum(1).mean() + h["l0_coefficient"] * l0
 
 
-@pytest.mark.parametrize(
-    "arch,kname",
-    [
-        ("topk", "rectangle"),
-        ("jumprelu", "rectangle"),
-        ("jumprelu_ste", "rectangle"),
-        ("jumprelu_ste", "gaussian"),
-    ],
-)
-def test_hand_written_gradients_match_autograd(arch, kname):
+PARAM_NAMES = ["W_enc_T", "b_enc", "W_dec", "b_dec", "threshold"]
+
+
+def _gradient_case(arch, kname="rectangle", device="cpu", cfg_kw=None, **trainer_kw):
+    """A trainer mid-training (latents 40.. dead, so AuxK is on), its hand-written loss and
+    gradients on one batch, and the same from autograd through :func:`_reference_loss`."""
     d = 16
     cfg = SAEConfig(
         expansion_factor=4,
@@ -143,25 +161,105 @@ def test_hand_written_gradients_match_autograd(arch, kname):
         l1_coefficient=1e-2,
         aux_k_coefficient=0.5,
         ste=SteConfig(bandwidth=0.5, l0_coefficient=0.01, kernel=kname),
+        **(cfg_kw or {}),
     )
-    x = torch.randn(32, d, generator=torch.Generator().manual_seed(1)) * 2
-    tr = FastSAETrainer(d, arch, cfg, seed=1, dead_window=1)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(32, d, generator=g) * 2).to(device)
+    tr = FastSAETrainer(d, arch, cfg, seed=1, dead_window=1, device=device, **trainer_kw)
     tr.n_steps = 5
     tr.last_fired[:40] = 5  # latents 40.. have not fired for 5 steps: dead, so AuxK is on
     with torch.no_grad():
-        tr.b_dec.add_(0.1 * torch.randn(d))
-        tr.b_enc.add_(0.1 * torch.randn(tr.d_sae))
+        tr.b_dec.add_(0.1 * torch.randn(d, generator=g).to(device))
+        tr.b_enc.add_(0.1 * torch.randn(tr.d_sae, generator=g).to(device))
     dead = torch.nonzero(tr.n_steps - tr.last_fired > tr.dead_window).view(-1)
-    names = ["W_enc_T", "b_enc", "W_dec", "b_dec", "threshold"]
-    P = {n: p.detach().clone().requires_grad_() for n, p in zip(names, tr.params, strict=False)}
+    P = {
+        n: p.detach().clone().requires_grad_() for n, p in zip(PARAM_NAMES, tr.params, strict=False)
+    }
     out = tr.loss_and_grads(x)
     ref = _reference_loss(tr, P, x, dead)
     ref.backward()
-    assert out["loss"] == pytest.approx(ref.item(), rel=1e-5)
-    for n, p in zip(names, tr.params, strict=False):
-        scale = float(P[n].grad.abs().max())
+    return tr, out, ref, P
+
+
+def _assert_gradients_match(tr, out, ref, P, rel=1e-5):
+    assert out["loss"] == pytest.approx(ref.item(), rel=rel)
+    for n, p in zip(PARAM_NAMES, tr.params, strict=False):
+        want = P[n].grad
+        if n == "W_dec" and tr.openai:  # the paper's projection, applied to autograd's gradient
+            W = P["W_dec"].detach()
+            want = want - (want * W).sum(1, keepdim=True) * W
+        scale = float(want.abs().max())
         assert scale > 0, n
-        assert torch.allclose(p.grad, P[n].grad, atol=1e-5 * scale, rtol=1e-4), n
+        assert torch.allclose(p.grad, want, atol=1e-5 * scale, rtol=1e-4), n
+
+
+GRADIENT_CASES = [
+    ("topk", "rectangle", {}, {}),
+    ("topk", "rectangle", {}, {"sparse": False}),  # the dense fallback of devices without CSR
+    ("topk", "rectangle", {"topk_variant": "openai"}, {"data_variance": 7.0}),
+    ("topk", "rectangle", {"topk_variant": "openai"}, {"sparse": False}),  # V from the batch
+    ("jumprelu", "rectangle", {}, {}),
+    ("jumprelu_ste", "rectangle", {}, {}),
+    ("jumprelu_ste", "gaussian", {}, {}),
+]
+
+
+@pytest.mark.parametrize("arch,kname,cfg_kw,trainer_kw", GRADIENT_CASES)
+def test_hand_written_gradients_match_autograd(arch, kname, cfg_kw, trainer_kw):
+    case = _gradient_case(arch, kname, cfg_kw=cfg_kw, check_invariants=True, **trainer_kw)
+    assert case[0].sparse == trainer_kw.get("sparse", True)
+    _assert_gradients_match(*case)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("arch,kname,cfg_kw,trainer_kw", GRADIENT_CASES)
+def test_hand_written_gradients_match_autograd_on_cuda(arch, kname, cfg_kw, trainer_kw):
+    """The same check on the GPU, CSR invariants validated by the device's own checks."""
+    case = _gradient_case(arch, kname, "cuda", cfg_kw=cfg_kw, check_invariants=True, **trainer_kw)
+    assert case[0].W_dec.is_cuda and case[0].sparse == trainer_kw.get("sparse", True)
+    _assert_gradients_match(*case, rel=1e-4)
+
+
+def test_topk_csr_matrices_are_valid_with_sorted_indices():
+    """Every CSR matrix a TopK step builds passes torch's invariant check (sorted column
+    indices per row); a matrix with unsorted indices, as the step once built, does not."""
+    tr = _gradient_case("topk", check_invariants=True)[0]
+    tr.step(torch.randn(32, 16))  # a full step with the check on raises if any matrix is invalid
+    ti = torch.topk(torch.randn(4, 64), 5, dim=1, sorted=True).indices  # by value: unsorted ids
+    assert not bool((ti.diff(dim=1) > 0).all())
+    crow = torch.arange(0, 21, 5, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="sorted"):
+        torch.sparse_csr_tensor(
+            crow, ti.view(-1).int(), torch.ones(20), (4, 64), check_invariants=True
+        )
+
+
+def test_openai_decoder_gradient_is_orthogonal_to_each_row():
+    tr, _, _, P = _gradient_case("topk", cfg_kw={"topk_variant": "openai"})
+    along = (tr.W_dec.grad * tr.W_dec.detach()).sum(1)
+    assert float(along.abs().max()) < 1e-6 * float(tr.W_dec.grad.norm(dim=1).max())
+    raw_along = (P["W_dec"].grad * P["W_dec"].detach()).sum(1)
+    assert float(raw_along.abs().max()) > 1e-3  # autograd's own gradient has that component
+
+
+def test_bfloat16_matmuls_keep_float32_state_and_nearly_the_gradients():
+    ref = _gradient_case("jumprelu")[0]
+    for arch in ("jumprelu", "topk"):
+        fp32 = _gradient_case(arch)[0]
+        bf16 = _gradient_case(arch, cfg_kw={"matmul_dtype": "bfloat16"})[0]
+        assert bf16.W_enc_mm.dtype == torch.bfloat16
+        for a, b in zip(fp32.params, bf16.params, strict=True):
+            assert b.dtype == b.grad.dtype == torch.float32
+            err = float((a.grad - b.grad).norm() / a.grad.norm())
+            assert 0 < err < 0.03, (arch, err)  # bf16 rounding, not a different gradient
+        bf16.step(torch.randn(32, 16))
+        assert all(s.dtype == torch.float32 for s in bf16.opt.exp_avg + bf16.opt.exp_avg_sq)
+    assert ref.W_enc_mm is ref.W_enc_T  # float32: no copies
+
+
+def test_csr_support_probe_on_this_machine():
+    assert csr_supported("cpu") is True
+    assert csr_supported("meta") is False  # no sparse kernels there
 
 
 def test_fused_adam_matches_torch_adam():
@@ -312,6 +410,54 @@ def test_same_seed_same_weights_other_seed_differs():
     assert not torch.equal(a.W_dec, c.W_dec)
 
 
+# ----- training length and convergence ------------------------------------------------------------
+def test_training_budget_steps_govern_when_set():
+    cfg = SAEConfig(batch_size=100, epochs=3)
+    assert training_budget(250, cfg) == (9, "epochs")  # 3 passes of ceil(250 / 100) batches
+    with_steps = cfg.model_copy(update={"steps": 40})
+    assert training_budget(250, with_steps) == (40, "steps")
+    assert training_budget(25_000, with_steps) == (40, "steps")  # whatever the data size
+    assert training_budget(250, with_steps, epochs=2) == (6, "epochs")  # an argument overrides
+    assert training_budget(250, cfg, steps=5) == (5, "steps")
+    with pytest.raises(ValueError, match="steps=0 must be >= 1"):
+        training_budget(250, cfg, steps=0)
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        SAEConfig(steps=0)
+
+
+@pytest.mark.parametrize("n", [40, 300, 1000])
+def test_a_step_budget_trains_equally_long_on_any_data_size(n):
+    cfg = SAEConfig(expansion_factor=2, k=2, batch_size=32, steps=25, epochs=1)
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(n))
+    _, h = train_sae(x, "topk", cfg, 0, progress=False)
+    per_epoch = math.ceil(n / 32)
+    assert h["steps"] == len(h["step_loss"]) == 25 and h["budget"] == "steps"
+    assert len(h["epoch_loss"]) == math.ceil(25 / per_epoch)  # reshuffled passes, last cut short
+    assert h["epoch_step"][-1] == 25 and h["epochs"] == pytest.approx(25 / per_epoch, abs=1e-4)
+    assert h["training_mean_norm"] == pytest.approx(float(x.norm(dim=1).mean()), rel=1e-5)
+
+
+def test_l0_trend_is_the_change_over_the_last_tenth():
+    assert l0_trend([12.0] * 100) == 0.0
+    assert l0_trend([100.0] * 80 + [90.0] * 10 + [81.0] * 10) == pytest.approx(-0.1)
+    assert l0_trend([3.0] * 19) is None  # too short to tell
+
+
+def test_an_sae_still_changing_sparsity_is_flagged():
+    g = torch.Generator().manual_seed(0)
+    D = torch.nn.functional.normalize(torch.randn(64, 16, generator=g), dim=1)
+    x = _dictionary_data(2048, D, 3, seed=1)
+    cfg = SAEConfig(expansion_factor=4, k=3, batch_size=64, lr=1e-2, steps=80)
+    cfg = cfg.model_copy(update={"ste": SteConfig(l0_coefficient=1e-2)})
+    with pytest.warns(NotConvergedWarning, match="has not converged"):
+        _, h = train_sae(x, "jumprelu_ste", cfg, 0, progress=False)
+    assert h["converged"] is False and h["l0_change_last_10pct"] < -L0_STABLE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotConvergedWarning)
+        _, h = train_sae(x, "topk", cfg, 0, progress=False)  # TopK: L0 fixed at k from the start
+    assert h["converged"] is True and abs(h["l0_change_last_10pct"]) <= L0_STABLE
+
+
 def test_training_input_errors():
     cfg = SAEConfig(expansion_factor=2, k=2, epochs=1)
     with pytest.raises(ValueError, match="architecture='relu'"):
@@ -413,7 +559,7 @@ def tiny_run(tmp_path_factory):
             "sae.architectures": ["topk"],
             "sae.ste_layers": [2],
             "sae.conditions": ["mixed", "honest_only"],
-            "sae.epochs": 20,
+            "sae.steps": 30,
             "sae.heldout_fraction": 0.25,
             "sae.seeds": 1,
         },
@@ -464,6 +610,43 @@ def test_replacement_hook_identity_keeps_the_loss(tiny_run):
     assert n > 0 and math.isfinite(clean) and zero != clean
 
 
+def test_sae_lm_metrics_agree_with_separate_runs_and_a_direct_kl(tiny_run):
+    from lib.models import replace_resid, row_ids
+    from lib.rundir import read_jsonl
+    from lib.sae_metrics import ce_with_replacement, sae_lm_metrics
+
+    cfg, run, (model, tok) = tiny_run
+    rows = read_jsonl(run.completions)[:4]
+    sae = random_sae("jumprelu", d_in=128, d_sae=256)
+    with torch.no_grad():
+        sae.W_dec.mul_(0.05)
+    m = sae_lm_metrics(model, tok, rows, 1, sae, batch_size=3)
+    clean, n = ce_with_replacement(model, tok, rows, 1, "clean")
+    spliced, _ = ce_with_replacement(model, tok, rows, 1, "sae", sae=sae)
+    assert m["n_tokens"] == n > 0
+    assert m["ce_clean"] == pytest.approx(clean, rel=1e-6)
+    assert m["ce_sae"] == pytest.approx(spliced, rel=1e-6)
+    assert m["delta_ce"] == pytest.approx(spliced - clean, rel=1e-6) and m["delta_ce"] != 0
+    # KL(clean || sae) of one completion, written out
+    ids, n_prompt = row_ids(tok, rows[0])
+    ids_t = torch.tensor([ids])
+    comp = torch.zeros(1, len(ids), dtype=torch.bool)
+    comp[0, n_prompt:] = True
+
+    def splice(h):
+        out = h.clone()
+        out[comp] = sae(h[comp].float()).to(h.dtype)
+        return out
+
+    with torch.no_grad():
+        p = torch.log_softmax(model(ids_t).logits[0, n_prompt - 1 : -1].float(), -1)
+        with replace_resid(model, 1, splice):
+            q = torch.log_softmax(model(ids_t).logits[0, n_prompt - 1 : -1].float(), -1)
+    kl_one = float((p.exp() * (p - q)).sum(-1).mean())
+    one = sae_lm_metrics(model, tok, rows[:1], 1, sae)
+    assert one["kl"] == pytest.approx(kl_one, rel=1e-4) and kl_one > 0
+
+
 def test_train_grid_cell_writes_a_complete_resumable_folder(tiny_run):
     from lib.dataset import labelled_rows
     from lib.sae_training import train_grid, train_grid_cell
@@ -477,14 +660,18 @@ def test_train_grid_cell_writes_a_complete_resumable_folder(tiny_run):
     assert m["n_heldout_completions"] == 4 and m["evaluated_on"] == "heldout"
     assert m["d_in"] == 128 and m["d_sae"] == 512 and m["hook_name"] == "model.layers.2"
     assert 0 <= m["dead_fraction"] <= 1 and 0 < m["fvu"] < 2 and m["l0"] > 0
-    for key in ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered"):
+    for key in ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered", "ce_delta", "kl"):
         assert math.isfinite(m[key]), key
     assert m["ce_loss_recovered"] == pytest.approx(
         (m["ce_zero"] - m["ce_sae"]) / (m["ce_zero"] - m["ce_clean"])
     )
-    assert len(m["history"]["epoch_loss"]) == 20 and m["train_steps"] > 0
+    assert m["ce_delta"] == pytest.approx(m["ce_sae"] - m["ce_clean"]) and m["kl"] > 0
+    assert m["train_steps"] == 30 and m["budget"] == "steps"
+    assert m["history"]["epoch_step"][-1] == 30 and isinstance(m["converged"], bool)
     sae = load_sae(path, d_in=128)
     assert sae.architecture == "jumprelu_ste" and sae.meta["training_condition"] == "mixed"
+    assert "activation_scale" not in sae.meta  # the name that read like a factor to apply
+    assert sae.meta["training_mean_norm"] == pytest.approx(m["training_mean_norm"])
     stamp = (path / "metrics.json").stat().st_mtime_ns
     train_grid_cell(run, cfg, 2, "jumprelu_ste", "mixed", progress=False, lm=lm)  # skipped
     assert (path / "metrics.json").stat().st_mtime_ns == stamp
@@ -492,18 +679,27 @@ def test_train_grid_cell_writes_a_complete_resumable_folder(tiny_run):
     assert len(paths) == len(cfg.sae_grid()) == 4 and all(is_complete(p) for p in paths)
     honest = read_metrics(run.sae_dir("organism_topk_L1_honest_only"))
     assert honest["n_completions"] == 9 and honest["l0"] == pytest.approx(cfg.sae.k)
+    # sae.steps: every condition trains for the same number of steps, whatever its size
+    grid = [read_metrics(p) for p in paths]
+    assert {g["train_steps"] for g in grid} == {30}
+    assert len({g["n_train_vectors"] for g in grid}) > 1
+    assert {g["condition"] for g in grid} == {"mixed", "honest_only"}
     # changed SAE settings must not silently reuse the old SAE
-    cfg2 = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"epochs": 3})})
+    cfg2 = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"steps": 12})})
+    with pytest.raises(RunDirError, match="differ from the run's config.yaml"):
+        train_grid_cell(run, cfg2, 2, "jumprelu_ste", "mixed", progress=False, lm=lm)
+    init_run(cfg2, run.root.parent, write_config=True)  # what the grid does with new settings
     train_grid_cell(run, cfg2, 2, "jumprelu_ste", "mixed", progress=False, lm=lm)
     assert (path / "metrics.json").stat().st_mtime_ns != stamp
-    assert len(read_metrics(path)["history"]["epoch_loss"]) == 3
+    assert read_metrics(path)["train_steps"] == 12
 
 
 def test_seeds_train_one_sae_each_under_their_own_ids(tiny_run):
     from lib.sae_training import train_grid_cell
 
     cfg, run, lm = tiny_run
-    cfg2 = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"seeds": 2, "epochs": 2})})
+    cfg2 = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"seeds": 2, "steps": 5})})
+    init_run(cfg2, run.root.parent, write_config=True)
     first = train_grid_cell(run, cfg2, 1, "topk", "mixed", progress=False, lm=lm)
     second = train_grid_cell(run, cfg2, 1, "topk", "mixed", progress=False, lm=lm, seed_index=1)
     assert first.name == "organism_topk_L1_mixed" and second.name == "organism_topk_L1_mixed_s1"

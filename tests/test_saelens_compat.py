@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from lib.config import SAEConfig, SteConfig
-from lib.sae import SAE, load_sae, save_sae
+from lib.sae import SAE, SAEFormatError, load_sae, save_sae
 from lib.sae_kernels import ste_threshold_grad
 from lib.sae_trainer import train_sae
 
 sae_lens = pytest.importorskip("sae_lens")
 
 ARCHS = ("topk", "jumprelu", "jumprelu_ste")
+EXPORTS = (*ARCHS, "topk_openai")  # every kind of SAE the trainer writes
+
+
+def random_sae(d_in: int = 20, d_sae: int = 64) -> SAE:
+    g = torch.Generator().manual_seed(5)
+    sae = SAE(d_in, d_sae, "jumprelu")
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g))
+    return sae
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +41,10 @@ def trained():
         ste=SteConfig(l0_coefficient=1e-2),
     )
     out = {}
-    for arch in ARCHS:
-        sae, _ = train_sae(x, arch, cfg, seed=0, progress=False)
+    for arch in EXPORTS:
+        variant = "openai" if arch == "topk_openai" else "saelens"
+        kind_cfg = cfg.model_copy(update={"topk_variant": variant})
+        sae, _ = train_sae(x, arch.removesuffix("_openai"), kind_cfg, seed=0, progress=False)
         sae.meta.update(
             hook_name="model.layers.3",
             hook_layer=3,
@@ -41,8 +55,11 @@ def trained():
     return out, torch.randn(300, 24, generator=g) * 6.0 + 2.0
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", EXPORTS)
 def test_saelens_loads_our_export_and_computes_the_same(arch, trained, tmp_path):
+    """Every kind of export: SAELens loads it, its maps equal ours, and folding the decoder
+    norms (``fold_W_dec_norm``, which SAELens refuses for a TopK SAE without
+    ``rescale_acts_by_decoder_norm``) works and changes nothing."""
     from sae_lens import SAE as LensSAE
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE
     from sae_lens.saes.topk_sae import TopKSAE
@@ -50,20 +67,65 @@ def test_saelens_loads_our_export_and_computes_the_same(arch, trained, tmp_path)
     saes, x = trained
     ours = saes[arch]
     save_sae(ours, tmp_path / arch)
+    cfg = json.loads((tmp_path / arch / "cfg.json").read_text())
+    assert cfg["normalize_activations"] == "none" and "activation_scale" not in cfg["metadata"]
     theirs = LensSAE.load_from_disk(tmp_path / arch)
-    assert isinstance(theirs, TopKSAE if arch == "topk" else JumpReLUSAE)
+    assert isinstance(theirs, TopKSAE if arch.startswith("topk") else JumpReLUSAE)
     assert theirs.cfg.d_in == 24 and theirs.cfg.d_sae == 96
     assert theirs.cfg.metadata.hook_name == "model.layers.3"
-    if arch == "topk":
-        assert theirs.cfg.k == 6
+    if arch.startswith("topk"):
+        assert theirs.cfg.k == 6 and theirs.cfg.rescale_acts_by_decoder_norm is True
     else:
         assert torch.equal(theirs.threshold.detach(), ours.threshold)
     with torch.no_grad():
-        f_ours, f_theirs = ours.encode(x), theirs.encode(x)
+        f_ours = ours.encode(x)
         assert (f_ours != 0).sum() > 0
-        assert torch.allclose(f_ours, f_theirs, atol=1e-5)
-        assert torch.allclose(ours.decode(f_ours), theirs.decode(f_theirs), atol=1e-5)
+        for stage in ("loaded", "folded"):
+            if stage == "folded":
+                theirs.fold_W_dec_norm()
+            f_theirs = theirs.encode(x)
+            assert torch.allclose(f_ours, f_theirs, atol=1e-5), stage
+            assert torch.allclose(ours.decode(f_ours), theirs.decode(f_theirs), atol=1e-5), stage
+            assert torch.allclose(ours(x), theirs(x), atol=1e-5), stage
+    back = load_sae(tmp_path / arch)  # our own loader: the same weights, bit for bit
+    for name, t in ours.state_tensors().items():
+        assert torch.equal(back.state_tensors()[name], t), name
+
+
+def test_topk_rescale_flag_is_written_only_for_unit_decoder_rows(trained, tmp_path):
+    saes, x = trained
+    sae = saes["topk"]
+    assert sae.saelens_cfg()["rescale_acts_by_decoder_norm"] is True
+    with torch.no_grad():
+        sae_off = load_sae(save_sae(sae, tmp_path / "a"))
+        sae_off.W_dec.mul_(1.5)  # rows no longer unit: rescaling would change the TopK choice
+    assert sae_off.saelens_cfg()["rescale_acts_by_decoder_norm"] is False
+    back = load_sae(save_sae(sae_off, tmp_path / "b"))
+    assert torch.equal(back.encode(x), sae_off.encode(x))
+
+
+def test_our_loader_needs_the_scale_of_an_sae_trained_on_scaled_inputs(tmp_path):
+    s = 0.37  # SAELens's norm_scaling_factor: the SAE expects inputs x * s
+    theirs = _lens_sae("topk", k=7, normalize_activations="expected_average_only_in")
+    theirs.save_model(tmp_path / "scaled")
+    with pytest.raises(SAEFormatError, match="pass input_scale="):
+        load_sae(tmp_path / "scaled")
+    ours = load_sae(tmp_path / "scaled", input_scale=s)
+    assert ours.meta["folded_input_scale"] == s
+    x = torch.randn(50, 20, generator=torch.Generator().manual_seed(2)) * 3
+    with torch.no_grad():
+        assert (theirs.encode(x * s) != 0).sum() > 0
+        assert torch.allclose(ours.encode(x), theirs.encode(x * s), atol=1e-5)
+        assert torch.allclose(ours(x), theirs.decode(theirs.encode(x * s)) / s, atol=1e-5)
+        theirs.fold_activation_norm_scaling_factor(s)  # SAELens's own fold gives the same SAE
+        assert torch.allclose(ours.encode(x), theirs.encode(x), atol=1e-5)
         assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+    per_input = _lens_sae("standard", normalize_activations="layer_norm")
+    per_input.save_model(tmp_path / "ln")
+    with pytest.raises(SAEFormatError, match="cannot be folded"):
+        load_sae(tmp_path / "ln", input_scale=s)
+    with pytest.raises(ValueError, match="must not be given"):
+        load_sae(save_sae(random_sae(), tmp_path / "raw"), input_scale=s)
 
 
 def _lens_sae(kind: str, d_in: int = 20, d_sae: int = 64, **kw):
@@ -135,6 +197,7 @@ def test_saelens_rejects_nothing_we_write(trained, tmp_path):
     for arch, sae in saes.items():
         save_sae(sae, tmp_path / arch)
         keys = set(load_file(str(tmp_path / arch / "sae_weights.safetensors")))
-        want = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if arch != "topk" else set())
+        topk = arch.startswith("topk")
+        want = {"W_enc", "b_enc", "W_dec", "b_dec"} | (set() if topk else {"threshold"})
         assert keys == want
     assert isinstance(saes["topk"], SAE)
