@@ -15,6 +15,7 @@ floor  module                 concept                                           
 1      ``sae``                the SAE model and its SAELens on-disk format               04-06
 1      ``logistic``           the exact fast solver of the study's probe                 05
 1      ``style``              colours, names and saving of every figure                  all
+1      ``latent_stats``       per-latent AUROC with CIs, q-values, held-out scenarios    08
 2      ``organism``           the embedded model organism with planted behaviour         (default)
 2      ``dataset``            activations joined with labels for later stages            04-07
 2      ``judges``             the judge interface and the keyword judge                  02
@@ -34,6 +35,7 @@ floor  module                 concept                                           
 4      ``layer_profile``      the layer profile stage and its controls                   05
 4      ``leakage``            SAEs that never saw the probe's test completions           05
 4      ``ste_comparison``     STE JumpReLU vs TopK vs threshold-0 JumpReLU               06
+4      ``latents``            separating latents, k-sparse probes, examples              08
 5      ``sae_training``       the SAE stage: one SAE per grid cell, exported             04
 5      ``sae_probes``         SAE probes against raw, leakage-free SAE probes            05
 6      ``summary``            our numbers beside the study's                             07
