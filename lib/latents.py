@@ -190,13 +190,19 @@ def select_examples(
 
 
 def token_pieces(tokenizer, ids: list[int]) -> list[str]:
-    """The text each token adds to the decoded completion (incremental decoding keeps spaces and
-    multi-byte characters right, which per-token decoding does not for SentencePiece)."""
-    pieces, prev = [], ""
+    """The text each token adds to the decoded completion, one string per token.
+
+    Incremental decoding keeps spaces right (per-token decoding drops SentencePiece's leading
+    spaces); a token that ends inside a multi-byte character gets ``""`` and the character goes
+    to the token that completes it."""
+    pieces, shown = [], ""
     for i in range(len(ids)):
         text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
-        pieces.append(text[len(prev) :] if text.startswith(prev) else text)
-        prev = text
+        if text.endswith("\ufffd") and i + 1 < len(ids):
+            pieces.append("")
+            continue
+        pieces.append(text[len(shown) :] if text.startswith(shown) else text)
+        shown = text
     return pieces
 
 
