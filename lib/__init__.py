@@ -24,6 +24,7 @@ floor  module                 concept                                           
 2      ``figures``            figures of stages 02-04                                    02-04
 2      ``probe_figures``      figures of stages 05-06                                    05, 06
 2      ``dashboard``          the self-contained HTML page of one SAE's latents          08
+2      ``autointerp``         latent labels from examples; the deception-label test      08
 3      ``models``             loading causal LMs, decoder layers, residual hooks         01, 03
 3      ``sampling``           same-prompt temperature sampling                           01
 3      ``gemini``             the Gemini judge: client, retries, cache, key handling     02

@@ -240,6 +240,7 @@ class LatentReport:
     histograms: dict[int, dict]
     meta: dict = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
+    key: str = ""  # the cache key of report.json (what the report was computed from)
 
     @property
     def top_ids(self) -> list[int]:
@@ -305,8 +306,25 @@ def analyse_sae(
     if cached is not None and all(p.exists() for p in parts):
         return _from_files(cached, parts)
     report = _compute(run, cfg, sae_id, sae, layer, lab, tokenizer)
-    write_report(run, report, key)
+    report.key = key
+    write_report(run, report)
     return report
+
+
+def extend_examples(run: RunDir, cfg: RunConfig, report: LatentReport, latents, tokenizer) -> None:
+    """Add examples and histograms of more ``latents`` (e.g. random ones for auto-interpretation)
+    to ``report`` and rewrite its files; latents it already has are skipped."""
+    latents = [int(i) for i in latents if int(i) not in report.examples]
+    if not latents:
+        return
+    sae = load_sae(run.sae_dir(report.sae_id))
+    lab = labelled_rows(run, cfg)
+    data = read_layer(run, report.layer)
+    pool = report.meta.get("pooling", cfg.features.pooling)
+    feats = sae_features(sae, data, lab.rows, poolings=tuple(dict.fromkeys([pool, "max"])))
+    F, fmax = feats.features[pool], feats.features["max"]
+    add_examples(report, run, cfg, sae, data, lab, F, fmax, latents, tokenizer)
+    write_report(run, report)
 
 
 def _compute(run, cfg, sae_id, sae, layer, lab, tokenizer) -> LatentReport:
@@ -393,12 +411,12 @@ def add_examples(report, run, cfg, sae, data, lab, F, fmax, latents, tokenizer) 
         report.histograms[lat] = class_histograms(F[:, lat], lab.y, fc.histogram_bins)
 
 
-def write_report(run: RunDir, report: LatentReport, key: str) -> None:
+def write_report(run: RunDir, report: LatentReport) -> None:
     """Write the per-SAE CSV parts, then ``features/<sae_id>/report.json`` (last: its key marks
     the whole report as complete)."""
     for name, df in (("latents", report.latents_csv()), ("k_sparse", report.k_sparse)):
         atomic_write_text(run.result(f"{name}/{report.sae_id}.csv"), df.to_csv(index=False))
-    write_cached(features_dir(run, report.sae_id) / "report.json", key, report.payload())
+    write_cached(features_dir(run, report.sae_id) / "report.json", report.key, report.payload())
 
 
 def _from_files(cached: dict, parts) -> LatentReport:
@@ -415,6 +433,7 @@ def _from_files(cached: dict, parts) -> LatentReport:
         {int(k): v for k, v in cached["histograms"].items()},
         cached["meta"],
         labels,
+        cached["key"],
     )
 
 

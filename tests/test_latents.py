@@ -264,3 +264,89 @@ def test_dashboard_renders_in_headless_chromium(organism_report, tmp_path):
     )
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((features_dir(run, report.sae_id) / "report.json").read_text())["top"]
+
+
+# ----- auto-interpretation ------------------------------------------------------------------------
+class FakeClient:
+    """Answers like a labeller would: from the marked tokens of the prompt. Counts calls; fails
+    on demand."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.calls, self.prompts, self.fail_on = 0, [], fail_on
+
+    def generate_json(self, prompt, schema):
+        self.calls += 1
+        self.prompts.append(prompt)
+        if self.fail_on and self.fail_on in prompt:
+            raise TimeoutError("the service kept timing out")
+        import re
+
+        marked = re.findall(r"\[\[([^|\]]+)\|", prompt)
+        words = " ".join(m.strip() for m in marked[:3]) or "nothing"
+        return schema(label=f"fires on {words}", explanation="the marked tokens")
+
+
+def test_autointerp_labels_once_per_latent_and_caches(organism_report, tmp_path):
+    from lib.autointerp import AutoInterpCache, choose_latents, label_latents
+
+    cfg, run, report, _ = organism_report
+    latents = choose_latents(report, 0, seed=1)
+    assert latents == report.top_ids
+    client = FakeClient()
+    cache = AutoInterpCache(tmp_path / "autointerp.jsonl")
+    labels, failures = label_latents(client, report, latents, cache, "fake-model")
+    assert client.calls == len(latents) == len(labels) and not failures
+    prompt = client.prompts[0]
+    assert "deceptive" not in prompt and "honest" not in prompt  # the judge's labels stay hidden
+    assert "[[" in prompt and "|9]]" in prompt  # the strongest token is marked at level 9
+    # a rerun (fresh cache object on the same file) makes no call
+    again = FakeClient()
+    labels2, _ = label_latents(
+        again, report, latents, AutoInterpCache(tmp_path / "autointerp.jsonl"), "fake-model"
+    )
+    assert again.calls == 0 and labels2 == labels
+    # another model is another key: asked again
+    other = FakeClient()
+    label_latents(other, report, latents[:1], cache, "another-model")
+    assert other.calls == 1
+
+
+def test_autointerp_failures_are_reported_and_not_cached(organism_report, tmp_path):
+    from lib.autointerp import AutoInterpCache, label_latents
+
+    _, _, report, _ = organism_report
+    lat = report.top_ids[0]
+    cache = AutoInterpCache(tmp_path / "a.jsonl")
+    client = FakeClient(fail_on="Strongest activations")  # in every prompt: every call fails
+    labels, failures = label_latents(client, report, [lat], cache, "m")
+    assert labels == {} and "timing out" in failures[lat]
+    assert cache.get(cache.key("m", client.prompts[0])) is None
+    assert not (tmp_path / "a.jsonl").exists()
+    ok = FakeClient()
+    labels, failures = label_latents(ok, report, [lat], cache, "m")  # asked again, then cached
+    assert ok.calls == 1 and lat in labels and not failures
+
+
+def test_deception_label_rank_test_known_answers():
+    from lib.autointerp import deception_label_test, mentions_deception
+
+    assert mentions_deception("denial of wrongdoing") and mentions_deception("Lying about X")
+    assert mentions_deception("concealment of facts") and not mentions_deception("the word 'ask'")
+    assert not mentions_deception("believes")  # no substring matches ("lie" in "believes")
+    n = 200
+    auroc = np.linspace(0.2, 0.8, n)
+    table = pd.DataFrame({"latent": np.arange(n), "auroc": auroc, "rate_deceptive": 0.5})
+    # deception-labelled latents are the 10 most deceptive-high: the test sees it
+    labels = {i: "deceptive denial" for i in range(190, 200)} | {i: "punctuation" for i in range(5)}
+    res = deception_label_test(table, labels).set_index("reference")
+    assert res.loc["all_other_latents", "p_greater"] == 1.0
+    assert res.loc["all_other_latents", "p_value"] < 1e-6
+    assert res.loc["other_labelled_latents", "n_reference"] == 5
+    # labelled at random: nothing to find
+    rand = np.random.default_rng(0).choice(n, 20, replace=False)
+    res = deception_label_test(table, {int(i): "lying" for i in rand}).set_index("reference")
+    assert res.loc["all_other_latents", "p_value"] > 0.05
+    assert 0.3 < res.loc["all_other_latents", "p_greater"] < 0.7
+    # no deception label at all: NaN, not an error
+    res = deception_label_test(table, {1: "commas"})
+    assert res["n_deception"].eq(0).all() and res["p_value"].isna().all()
