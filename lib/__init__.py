@@ -40,6 +40,7 @@ floor  module                 concept                                           
 4      ``latents``            separating latents, k-sparse probes, examples              08
 5      ``sae_training``       the SAE stage: one SAE per grid cell, exported             04
 5      ``sae_probes``         SAE probes against raw, leakage-free SAE probes            05
+5      ``steering``           steering and ablation during sampling, re-judged           09
 6      ``summary``            our numbers beside the study's                             07
 7      ``grid``               papermill over the grid, locally or on Dask                make book
 =====  =====================  =========================================================  ========
