@@ -24,7 +24,7 @@ floor  module                 concept                                           
 2      ``figures``            figures of stages 02-04                                    02-04
 2      ``probe_figures``      figures of stages 05-06                                    05, 06
 2      ``dashboard``          the self-contained HTML page of one SAE's latents          08
-2      ``autointerp``         latent labels from examples; the deception-label test      08
+2      ``latent_figures``     figures of stages 08-09                                    08, 09
 3      ``models``             loading causal LMs, decoder layers, residual hooks         01, 03
 3      ``sampling``           same-prompt temperature sampling                           01
 3      ``gemini``             the Gemini judge: client, retries, cache, key handling     02
@@ -41,6 +41,7 @@ floor  module                 concept                                           
 5      ``sae_training``       the SAE stage: one SAE per grid cell, exported             04
 5      ``sae_probes``         SAE probes against raw, leakage-free SAE probes            05
 5      ``steering``           steering and ablation during sampling, re-judged           09
+5      ``autointerp``         latent labels from examples; the deception-label test      08
 6      ``summary``            our numbers beside the study's                             07
 7      ``grid``               papermill over the grid, locally or on Dask                make book
 =====  =====================  =========================================================  ========

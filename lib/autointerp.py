@@ -32,6 +32,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 from scipy.stats import mannwhitneyu
 
+from lib.latents import extend_examples, features_dir, write_report
 from lib.rundir import append_jsonl, read_jsonl, sha256_text, stable_seed
 
 PROMPT_VERSION = "ai1"
@@ -206,3 +207,37 @@ def deception_label_test(table: pd.DataFrame, labels: dict[int, str]) -> pd.Data
 
 def autointerp_seed(run_seed: int, sae_id: str) -> int:
     return stable_seed(run_seed, sae_id, "autointerp")
+
+
+# ----- the stage: label one SAE's report ----------------------------------------------------------
+class AutoInterpError(RuntimeError):
+    """Auto-interpretation cannot run (no client); the message says what to do."""
+
+
+def make_client(cfg, run) -> JSONClient:
+    """The run's Gemini client for labelling, from ``lib.gemini.make_json_client(cfg, run,
+    model)`` (the judge's retries, cache and key handling behind ``generate_json``)."""
+    from lib import gemini  # lazy: the Gemini SDK is imported only when labelling is on
+
+    factory = getattr(gemini, "make_json_client", None)
+    if factory is None:
+        raise AutoInterpError(
+            "features.autointerp is on but lib.gemini has no make_json_client(cfg, run, model) "
+            "returning a client with generate_json(prompt, schema); wire it, or set "
+            "features.autointerp=false"
+        )
+    return factory(cfg, run, model=cfg.features.autointerp_model)
+
+
+def label_report(run, cfg, report, client: JSONClient, tokenizer) -> dict[int, str]:
+    """Label the report's top latents and ``features.autointerp_random`` random firing latents
+    (examples added first), store the labels in the report and its files; returns failures."""
+    latents = choose_latents(
+        report, cfg.features.autointerp_random, autointerp_seed(cfg.seed, report.sae_id)
+    )
+    extend_examples(run, cfg, report, latents, tokenizer)
+    cache = AutoInterpCache(features_dir(run, report.sae_id) / "autointerp.jsonl")
+    labels, failures = label_latents(client, report, latents, cache, cfg.features.autointerp_model)
+    report.labels = {lat: a.label for lat, a in labels.items()}
+    write_report(run, report)
+    return failures

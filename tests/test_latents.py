@@ -350,3 +350,35 @@ def test_deception_label_rank_test_known_answers():
     # no deception label at all: NaN, not an error
     res = deception_label_test(table, {1: "commas"})
     assert res["n_deception"].eq(0).all() and res["p_value"].isna().all()
+
+
+def test_label_report_puts_labels_in_the_files(organism_report):
+    import copy
+
+    from lib.autointerp import label_report
+    from lib.latents import read_parts
+
+    cfg, run, report, tok = organism_report
+    report = copy.deepcopy(report)
+    cfg = cfg.model_copy(
+        update={"features": cfg.features.model_copy(update={"autointerp_random": 2})}
+    )
+    client = FakeClient()
+    failures = label_report(run, cfg, report, client, tok)
+    assert not failures and client.calls == len(report.top_ids) + 2
+    assert len(report.labels) == len(report.top_ids) + 2
+    extra = set(report.labels) - set(report.top_ids)
+    assert len(extra) == 2 and all(report.examples[i] for i in extra)  # examples were added
+    csv = read_parts(run, "latents", [report.sae_id]).set_index("latent")
+    assert csv["label"].notna().sum() == len(report.labels)
+    assert csv.loc[report.top_ids[0], "label"].startswith("fires on")
+
+
+def test_make_client_says_what_to_wire(monkeypatch, sampled_run):
+    from lib import gemini
+    from lib.autointerp import AutoInterpError, make_client
+
+    monkeypatch.delattr(gemini, "make_json_client", raising=False)
+    cfg, run = sampled_run
+    with pytest.raises(AutoInterpError, match="make_json_client"):
+        make_client(cfg, run)
