@@ -119,17 +119,21 @@ def bootstrap_auroc(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-    chunk: int = 16,
+    chunk: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile CI ``(low [L], high [L])`` of every column's AUROC under one stratified bootstrap.
 
     Resample b gives completion i the multiplicity ``W[b, i]``; its AUROC is the weighted
     Mann-Whitney statistic ``sum_{i pos, j neg} W_bi W_bj K_ij / (n_pos n_neg)`` with
     ``K_ij = [f_i > f_j] + [f_i = f_j] / 2`` (the class totals are fixed by the stratification).
-    For ``chunk`` latents at once, ``W_pos @ K`` is one matrix product ``[B, n_pos] x [n_pos,
-    chunk * n_neg]``, then weighted by ``W_neg`` and summed: every latent on the same resamples,
-    in float32 (exact: weights are small integers, K is a multiple of 1/2). Columns that never
-    vary get (0.5, 0.5).
+    Codes are >= 0 and mostly 0, so the pairs split by whether each side fires: a silent
+    negative is beaten by every firing positive and ties every silent positive, which for all
+    latents at once is two matrix products with the firing indicators; only firing-by-firing
+    pairs need K. Those are batched, ``chunk`` latents of similar firing counts at a time, as
+    ``[B, p] x [p, q]`` products over each latent's firing positives (p) and negatives (q).
+    Exact in float32 (weights are small integers, K a multiple of 1/2); single-threaded, like
+    every per-SAE computation of the stage (the grid's workers own the cores). Columns that
+    never vary get (0.5, 0.5); ``n_boot`` 0 gives NaN.
     """
     F, y = _check(F, y)
     L = F.shape[1]
@@ -138,20 +142,33 @@ def bootstrap_auroc(
     lo, hi = np.full(L, 0.5), np.full(L, 0.5)
     W = stats.stratified_multiplicities(y, n_boot, np.random.default_rng(seed)).astype(np.float32)
     pos = y == 1
-    w_pos, w_neg = torch.as_tensor(W[:, pos]), torch.as_tensor(W[:, ~pos])  # [B, n1], [B, n0]
-    n1, n0 = w_pos.shape[1], w_neg.shape[1]
-    live = np.flatnonzero(F.max(0) > F.min(0))
+    fp, fn = torch.as_tensor(F[pos]), torch.as_tensor(F[~pos])  # [n1, L], [n0, L]
+    wp, wn = torch.as_tensor(W[:, pos]), torch.as_tensor(W[:, ~pos])  # [B, n1], [B, n0]
+    n1, n0 = fp.shape[0], fn.shape[0]
     a = (1 - level) / 2
-    with torch.no_grad(), torch_threads(None):
+    with torch.no_grad(), torch_threads(1):
+        fires_p = (fp > 0).float()
+        neg_silent = wn @ (fn <= 0).float()  # [B, L] weight of silent negatives
+        pos_firing = wp @ fires_p  # [B, L] weight of firing positives
+        base = (pos_firing + 0.5 * (n1 - pos_firing)) * neg_silent
+        nnz_p, nnz_n = (F[pos] > 0).sum(0), (F[~pos] > 0).sum(0)
+        live = np.flatnonzero(F.max(0) > F.min(0))
+        live = live[np.argsort(nnz_p[live] * nnz_n[live], kind="stable")]
         for s in range(0, len(live), chunk):
-            cols = live[s : s + chunk]
-            fp = torch.as_tensor(F[pos][:, cols]).T[:, :, None]  # [c, n1, 1]
-            fn = torch.as_tensor(F[~pos][:, cols]).T[:, None, :]  # [c, 1, n0]
-            K = (fp > fn).float() + 0.5 * (fp == fn).float()  # [c, n1, n0]
-            M = w_pos @ K.permute(1, 0, 2).reshape(n1, -1)  # [B, c * n0]
-            num = (M.view(-1, len(cols), n0) * w_neg[:, None, :]).sum(2)  # [B, c]
-            q = np.quantile((num / (n1 * n0)).numpy(), [a, 1 - a], axis=0)
-            lo[cols], hi[cols] = q[0], q[1]
+            cols = torch.as_tensor(live[s : s + chunk])
+            num = base[:, cols].clone()  # [B, c]
+            p, q = int(nnz_p[cols].max()), int(nnz_n[cols].max())
+            if p > 0 and q > 0:
+                vp, ip = torch.topk(fp[:, cols].T, p, dim=1)  # [c, p]: firing values first
+                vn, jn = torch.topk(fn[:, cols].T, q, dim=1)  # [c, q]
+                K = (vp[:, :, None] > vn[:, None, :]).float()
+                K += 0.5 * (vp[:, :, None] == vn[:, None, :]).float()
+                K *= (vp[:, :, None] > 0) & (vn[:, None, :] > 0)  # padding pairs count 0
+                M = torch.bmm(wp[:, ip].permute(1, 0, 2), K)  # [c, B, q]
+                num += (M * wn[:, jn].permute(1, 0, 2)).sum(2).T
+            auc = (num / (n1 * n0)).numpy()
+            ci = np.quantile(auc, [a, 1 - a], axis=0)
+            lo[cols.numpy()], hi[cols.numpy()] = ci[0], ci[1]
     return lo, hi
 
 
