@@ -179,6 +179,64 @@ class ProbeConfig(_Strict):
     )
 
 
+class FeaturesConfig(_Strict):
+    saes: list[str] | Literal["all"] = Field(
+        "all", description="SAE ids notebook 08 analyses ('all': every SAE of the grid)"
+    )
+    pooling: Literal["mean", "max", "last"] = Field(
+        "mean", description="how an SAE's token codes are pooled per completion for statistics"
+    )
+    n_top: int = Field(5, ge=1, description="top latents per direction given examples")
+    k_values: list[int] = Field(
+        default_factory=lambda: [1, 2, 5, 10, 20, 50],
+        min_length=1,
+        description="k of the k-sparse probes (top-k latents chosen on training folds only)",
+    )
+    n_examples: int = Field(6, ge=1, description="top-activating completions shown per latent")
+    n_quantiles: int = Field(4, ge=1, description="activation quantile bins examples come from")
+    n_per_quantile: int = Field(2, ge=0, description="completions drawn from each quantile bin")
+    n_bootstrap: int = Field(500, ge=0, description="bootstrap resamples of each latent's AUROC CI")
+    histogram_bins: int = Field(24, ge=2, description="bins of the per-latent histograms")
+    autointerp: bool = Field(False, description="label the top latents with the Gemini client")
+    autointerp_model: str = Field("gemini-2.5-flash", description="model id of the labeller")
+    autointerp_random: int = Field(
+        8, ge=0, description="random other latents labelled too (an unselected comparison set)"
+    )
+
+    @field_validator("k_values")
+    @classmethod
+    def _k_positive(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError(f"k_values {v}: every k must be >= 1")
+        return sorted(set(v))
+
+
+class SteeringConfig(_Strict):
+    layers: list[int] = Field(default_factory=list, description="layers 09 intervenes at")
+    alphas: list[float] = Field(
+        default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0],
+        min_length=1,
+        description="steering strengths in units of the layer's mean token norm (0: baseline)",
+    )
+    samples_per_scenario: int = Field(
+        12, ge=1, description="completions per scenario and condition (the run's seeds)"
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="length cap of steered completions (default: sampling's)"
+    )
+    pooling: Literal["mean", "last"] = Field(
+        "mean", description="pooled vectors the difference-of-means direction is taken from"
+    )
+    n_latents: int = Field(
+        2, ge=0, description="top deceptive-high latents whose decoder rows are steered along"
+    )
+    n_random: int = Field(2, ge=0, description="random control directions of equal norm")
+    ablate_top_k: int = Field(5, ge=1, description="deception latents zeroed in the ablation")
+    sae_arch: Architecture = Field("jumprelu_ste", description="architecture of the SAE used")
+    sae_condition: Condition = Field("mixed", description="training condition of the SAE used")
+    n_bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of every rate CI")
+
+
 class RunConfig(_Strict):
     """Everything that defines one run; written resolved into ``<run>/config.yaml``."""
 
@@ -201,6 +259,8 @@ class RunConfig(_Strict):
     capture: CaptureConfig = Field(default_factory=CaptureConfig, description="stage 03")
     sae: SAEConfig = Field(default_factory=SAEConfig, description="stage 04")
     probe: ProbeConfig = Field(default_factory=ProbeConfig, description="stages 05 and 06")
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig, description="stage 08")
+    steering: SteeringConfig = Field(default_factory=SteeringConfig, description="stage 09")
 
     @field_validator("device")
     @classmethod
@@ -269,7 +329,11 @@ class RunConfig(_Strict):
     def check_layers(self, n_layers: int) -> None:
         """Raise ConfigError when any configured layer is outside a model with ``n_layers``."""
         allowed = f"0..{n_layers - 1}"
-        groups = {"sae.layers": self.sae.layers, "sae.ste_layers": self.sae.ste_layers}
+        groups = {
+            "sae.layers": self.sae.layers,
+            "sae.ste_layers": self.sae.ste_layers,
+            "steering.layers": self.steering.layers,
+        }
         if self.capture.layers != "all":
             groups["capture.layers"] = self.capture.layers
         for key, layers in groups.items():

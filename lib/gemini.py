@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lib.config import LABELS, REPO_ROOT
+from lib.config import LABELS, REPO_ROOT, RunConfig
 from lib.fileio import append_jsonl, read_jsonl
 from lib.gemini_client import (
     CallFailed,
@@ -289,3 +289,16 @@ class GeminiJudge(Judge):
                 for f in USAGE_FIELDS:
                     setattr(self.summary, f, getattr(self.client.usage, f))
         return out  # type: ignore[return-value]
+
+
+def make_json_client(cfg: RunConfig, run=None, model: str | None = None) -> GeminiClient:
+    """A :class:`lib.gemini_client.GeminiClient` with the run's retry settings, for other prompts
+    than the judge's (auto-interpretation of SAE latents): ``client.generate_json(prompt,
+    Answer)``. ``run`` is accepted for symmetry with the judge; callers keep their own caches."""
+    jc = cfg.judge
+    return GeminiClient(
+        model or jc.gemini_model,
+        max_retries=jc.max_retries,
+        timeout_s=jc.timeout_s,
+        retry_after_cap_s=jc.retry_after_cap_s,
+    )

@@ -611,8 +611,8 @@ def test_replacement_hook_identity_keeps_the_loss(tiny_run):
 
 
 def test_sae_lm_metrics_agree_with_separate_runs_and_a_direct_kl(tiny_run):
+    from lib.fileio import read_jsonl
     from lib.models import replace_resid, row_ids
-    from lib.rundir import read_jsonl
     from lib.sae_metrics import ce_with_replacement, sae_lm_metrics
 
     cfg, run, (model, tok) = tiny_run
