@@ -32,8 +32,8 @@ import pandas as pd
 from pydantic import BaseModel, Field
 from scipy.stats import mannwhitneyu
 
-from lib.fileio import append_jsonl, read_jsonl
 from lib import gemini
+from lib.fileio import append_jsonl, read_jsonl
 from lib.latents import extend_examples, features_dir, write_report
 from lib.rundir import sha256_text, stable_seed
 
