@@ -144,6 +144,11 @@ class SAEConfig(_Strict):
     seeds: int = Field(
         1, ge=1, description="training seeds per grid cell; ids gain _s{i} beyond the first"
     )
+    fan_out: bool = Field(
+        True,
+        description="one notebook 04 per grid cell (parallel workers or GPUs); false: one "
+        "notebook trains the whole grid and loads the model once",
+    )
     ste: SteConfig = Field(default_factory=SteConfig, description="the STE JumpReLU's settings")
 
 
@@ -182,6 +187,9 @@ class ProbeConfig(_Strict):
 class FeaturesConfig(_Strict):
     saes: list[str] | Literal["all"] = Field(
         "all", description="SAE ids notebook 08 analyses ('all': every SAE of the grid)"
+    )
+    fan_out: bool = Field(
+        True, description="one notebook 08 per SAE; false: one notebook analyses them all"
     )
     pooling: Literal["mean", "max", "last"] = Field(
         "mean", description="how an SAE's token codes are pooled per completion for statistics"

@@ -22,10 +22,10 @@ import pandas as pd
 import yaml
 from scipy.stats import rankdata
 
-from lib.config import REPO_ROOT, RunConfig, config_from_dict
+from lib.config import RunConfig, config_from_dict
 from lib.fileio import RunDirError
 from lib.published import published_for, published_models
-from lib.rundir import RUNS_ROOT
+from lib.rundir import RUNS_ROOT, shown
 
 CV_TITLES = {"stratified": "stratified 5-fold (the study's)", "scenario": "leave-one-scenario-out"}
 ALPHA = 0.05
@@ -75,16 +75,8 @@ def model_kind(cfg: RunConfig) -> str:
 
 
 def display_path(path: Path) -> str:
-    """``path`` relative to the repository when inside it (no machine paths in outputs)."""
-    for p, root in (
-        (Path(os.path.abspath(path)), REPO_ROOT),
-        (Path(path).resolve(), REPO_ROOT.resolve()),
-    ):
-        try:
-            return str(p.relative_to(root))  # a symlink into the repository counts as inside it
-        except ValueError:
-            continue
-    return Path(path).name
+    """``path`` as notebooks print it (:func:`lib.rundir.shown`: never a machine's absolute path)."""
+    return shown(path)
 
 
 def _n_layers(run_dir: Path, profile: pd.DataFrame) -> int:
@@ -117,6 +109,8 @@ def load_run_profile(
     sel = df[
         (df["target"] == "deception") & (df["metric"] == "bal_acc") & (df["feature"] == feature)
     ]
+    if "subset" in sel:
+        sel = sel[sel["subset"] == "all"]  # the incentive / role-play split is not compared here
     if sel.empty:
         raise RunDirError(
             f"{display_path(csv)} has no deception bal_acc rows for feature={feature!r}"

@@ -4,7 +4,9 @@ Phases run in order; the cells of one phase run in parallel::
 
     01_sampling -> 02_classification -> 03_activation_capture
       -> 04_sae_training x every (layer, architecture, condition) of the SAE grid
-      -> 05_layer_profile_probing, 06_ste_comparison -> 07_summary
+         (or once for the whole grid: sae.fan_out false)
+      -> 05_layer_profile_probing, 08_features x every analysed SAE (or once: features.fan_out)
+      -> 06_ste_comparison, 09_steering -> 07_summary -> 10_cross_model (this run)
 
 The grid is the run's one writer: it holds the run directory's lock (:mod:`lib.runlock`) from
 start to end and lends it to the kernels it starts, so a second grid, or a notebook run by hand
@@ -38,6 +40,7 @@ from lib.config import REPO_ROOT, ConfigError, RunConfig, load_config
 from lib.fileio import RunDirError, write_json
 from lib.kernel import check_parameters as _check_parameters
 from lib.kernel import completed, execute_cell, executor
+from lib.latents import analysed_saes
 from lib.rundir import RunDir, fingerprint, init_run
 from lib.runlock import RunLockedError, acquire, busy, held, release
 from lib.stages import Inspector, Stage
@@ -81,30 +84,38 @@ def plan(
     common = {"config": config_ref, "run_name": cfg.name, "overrides": dict(overrides or {})}
     cells: list[GridCell] = []
 
-    def add(phase: int, stem: str, extra: dict | None = None, suffix: str = "") -> None:
+    def add(
+        phase: int, stem: str, extra: dict | None = None, suffix: str = "", common_params=True
+    ) -> None:
         if not (notebook_dir / f"{stem}.ipynb").exists():
             return
         if only and stem[:2] not in only and stem not in only:
             return
-        cells.append(
-            GridCell(
-                phase, stem, {**common, **(extra or {})}, stem + (f"__{suffix}" if suffix else "")
-            )
-        )
+        params = {**(common if common_params else {}), **(extra or {})}
+        cells.append(GridCell(phase, stem, params, stem + (f"__{suffix}" if suffix else "")))
 
     add(1, "01_sampling")
     add(2, "02_classification")
     add(3, "03_activation_capture")
-    for layer, arch, cond in cfg.sae_grid():
-        add(
-            4,
-            "04_sae_training",
-            {"layer": layer, "arch": arch, "condition": cond},
-            f"L{layer}_{arch}_{cond}",
-        )
+    if cfg.sae.fan_out:
+        for layer, arch, cond in cfg.sae_grid():
+            cell = {"layer": layer, "arch": arch, "condition": cond}
+            add(4, "04_sae_training", cell, f"L{layer}_{arch}_{cond}")
+    elif cfg.sae_grid():
+        add(4, "04_sae_training", {"all_cells": True}, "all")
     add(5, "05_layer_profile_probing")
-    add(5, "06_ste_comparison")
-    add(6, "07_summary")
+    analysed = set(analysed_saes(cfg))
+    if cfg.features.fan_out:
+        for layer, arch, cond in cfg.sae_grid():
+            if cfg.sae_id(layer, arch, cond) in analysed:
+                cell = {"layer": layer, "arch": arch, "condition": cond}
+                add(5, "08_features", cell, f"L{layer}_{arch}_{cond}")
+    elif analysed:
+        add(5, "08_features", {"all_saes": True}, "all")
+    add(6, "06_ste_comparison")  # reads 05's SAE probes
+    add(6, "09_steering")  # assembles 08's per-SAE results
+    add(7, "07_summary")  # reads 05 and 06
+    add(8, "10_cross_model", {"runs": [cfg.name]}, common_params=False)
     return cells
 
 

@@ -16,10 +16,16 @@ notebook                 produces
                          ``judge.max_failed_fraction`` (any failed verdict is still to do)
 03_activation_capture    ``activations/index.json`` over the run's completions, and every
                          layer file sound with the right row counts
-04_sae_training          ``saes/<sae_id>/`` complete and current (``training_fingerprint``)
-05_layer_profile_probing ``results/layer_profile.csv``, ``probe_controls.csv``, ``sae_probes.csv``
+04_sae_training          ``saes/<sae_id>/`` of its cell (or the whole grid), every seed, complete
+                         and current (``training_fingerprint``)
+05_layer_profile_probing ``results/layer_profile.csv``, ``probe_controls.csv``, ``layer_tests.csv``,
+                         ``sae_probes.csv``, ``sae_verdicts.csv``
 06_ste_comparison        ``results/ste_comparison.csv``
 07_summary               ``results/summary.csv``
+08_features              ``features/<sae_id>/report.json``, ``results/latents/<sae_id>.csv`` and
+                         ``results/k_sparse/<sae_id>.csv`` of its SAE (or every analysed SAE)
+09_steering              ``results/steering.csv``, ``latents.csv``, ``k_sparse.csv``
+10_cross_model           ``figures/layer_profiles_by_depth.png`` of its first run
 =======================  ==================================================================
 
 Result CSVs are checked as files only (exist, parse, non-empty header): their columns belong to
@@ -248,29 +254,67 @@ def _sae_files() -> tuple[str, str, str]:
     return CFG_FILENAME, WEIGHTS_FILENAME, METRICS_FILENAME
 
 
-def _sae_dir(ins: Inspector, params: dict) -> Path:
-    return ins.run.sae_dir(ins.cfg.sae_id(params["layer"], params["arch"], params["condition"]))
+def _sae_dirs(ins: Inspector, params: dict) -> list[Path]:
+    """Every SAE folder a notebook-04 cell promises: its cell (or the whole grid, ``all_cells``),
+    every seed."""
+    cfg = ins.cfg
+    cells = (
+        cfg.sae_grid()
+        if params.get("all_cells")
+        else [(params["layer"], params["arch"], params["condition"])]
+    )
+    return [ins.run.sae_dir(cfg.sae_id(*c, i)) for c in cells for i in range(cfg.sae.seeds)]
 
 
 def _check_sae(ins: Inspector, params: dict) -> Check:
-    path = _sae_dir(ins, params)
-    name = f"saes/{path.name}"
     files = _sae_files()  # config, weights, metrics (written last)
-    absent = [f for f in files if not (path / f).exists()]
-    if absent:
-        return invalid(f"{name} lacks {', '.join(absent)}")
-    problem = safetensors_problem(path / files[1])
-    if problem:
-        return invalid(f"{name}/{problem}")
-    got = read_json(path / files[2]).get("training_fingerprint")
-    if got != ins.sae_fingerprint():
-        return invalid(f"{name} was trained with other settings, labels or activations")
+    for path in _sae_dirs(ins, params):
+        name = f"saes/{path.name}"
+        absent = [f for f in files if not (path / f).exists()]
+        if absent:
+            return invalid(f"{name} lacks {', '.join(absent)}")
+        problem = safetensors_problem(path / files[1])
+        if problem:
+            return invalid(f"{name}/{problem}")
+        got = read_json(path / files[2]).get("training_fingerprint")
+        if got != ins.sae_fingerprint():
+            return invalid(f"{name} was trained with other settings, labels or activations")
     return OK
 
 
 def _sae_outputs(ins: Inspector, params: dict) -> list[Path]:
-    path, (_, weights, metrics) = _sae_dir(ins, params), _sae_files()
-    return [path / metrics, path / weights]
+    _, weights, metrics = _sae_files()
+    return [p / f for p in _sae_dirs(ins, params) for f in (metrics, weights)]
+
+
+# ----- 08 -----------------------------------------------------------------------------------------
+def _feature_ids(ins: Inspector, params: dict) -> list[str]:
+    from lib.latents import analysed_saes  # lazy: torch; only feature checks need it
+
+    if params.get("all_saes"):
+        return analysed_saes(ins.cfg)
+    return [ins.cfg.sae_id(params["layer"], params["arch"], params["condition"])]
+
+
+def _feature_files(ins: Inspector, sae_id: str) -> list[Path]:
+    run = ins.run
+    return [
+        run.root / "features" / sae_id / "report.json",
+        run.results / "latents" / f"{sae_id}.csv",
+        run.results / "k_sparse" / f"{sae_id}.csv",
+    ]
+
+
+def _check_features(ins: Inspector, params: dict) -> Check:
+    for sae_id in _feature_ids(ins, params):
+        report, *tables = _feature_files(ins, sae_id)
+        if not report.exists():
+            return invalid(f"features/{sae_id}/report.json is missing")
+        for path in tables:
+            problem = csv_problem(path)
+            if problem:
+                return invalid(problem.replace("results/", f"results/{path.parent.name}/"))
+    return OK
 
 
 # ----- 05-07 ------------------------------------------------------------------------------------
@@ -322,8 +366,27 @@ STAGES: dict[str, Stage] = {
     ),
     "04_sae_training": Stage("saes/<sae_id>/ complete and current", _check_sae, _sae_outputs),
     "05_layer_profile_probing": _results(
-        "layer_profile.csv", "probe_controls.csv", "sae_probes.csv"
+        "layer_profile.csv",
+        "probe_controls.csv",
+        "layer_tests.csv",
+        "sae_probes.csv",
+        "sae_verdicts.csv",
     ),
     "06_ste_comparison": _results("ste_comparison.csv"),
     "07_summary": _results("summary.csv"),
+    "08_features": Stage(
+        "features/<sae_id>/report.json, results/latents/ and k_sparse/<sae_id>.csv",
+        _check_features,
+        lambda ins, params: [p for i in _feature_ids(ins, params) for p in _feature_files(ins, i)],
+    ),
+    "09_steering": _results("steering.csv", "latents.csv", "k_sparse.csv"),
+    "10_cross_model": Stage(
+        "figures/layer_profiles_by_depth.png of the first run",
+        lambda ins, params: (
+            OK
+            if (ins.run.figures / "layer_profiles_by_depth.png").exists()
+            else invalid("figures/layer_profiles_by_depth.png is missing")
+        ),
+        lambda ins, params: [ins.run.figures / "layer_profiles_by_depth.png"],
+    ),
 }

@@ -22,7 +22,12 @@ from lib.grid import check_parameters, dry_run, execute_cell, main, plan, run_gr
 from lib.rundir import RunDir, open_run
 from lib.runlock import RunLockedError, holder_info
 
-OVERRIDES = {"sae.layers": [2], "sae.ste_layers": [], "sae.architectures": ["topk"]}
+OVERRIDES = {
+    "sae.layers": [2],
+    "sae.ste_layers": [],
+    "sae.architectures": ["topk"],
+    "sae.fan_out": True,  # one fake 04 per cell
+}
 ONE = {**OVERRIDES, "sae.conditions": ["mixed"]}  # 7 notebooks
 ONE_ARGS = [
     "--config",
@@ -35,6 +40,8 @@ ONE_ARGS = [
     "sae.architectures=[topk]",
     "--set",
     "sae.conditions=[mixed]",
+    "--set",
+    "sae.fan_out=true",
 ]
 
 
@@ -81,6 +88,16 @@ def test_plan_covers_the_grid():
     cfg = load_config("tinyllama")
     cells = plan(cfg, "configs/tinyllama.yaml")
     assert sum(c.notebook == "04_sae_training" for c in cells) == 39
+    assert sum(c.notebook == "08_features" for c in cells) == 39
+    phase = {c.notebook: c.phase for c in cells}
+    assert phase["05_layer_profile_probing"] < phase["06_ste_comparison"] < phase["07_summary"]
+    assert phase["08_features"] < phase["09_steering"] < phase["10_cross_model"]
+    organism = plan(load_config("organism"), "organism")  # fan_out false: one 04 and one 08
+    assert [c.params.get("all_cells") for c in organism if c.notebook == "04_sae_training"] == [
+        True
+    ]
+    assert [c.params.get("all_saes") for c in organism if c.notebook == "08_features"] == [True]
+    check_parameters(organism)
     names = [c.name for c in cells]
     assert len(set(names)) == len(names)
     assert "04_sae_training__L15_jumprelu_ste_honest_only" in names
