@@ -1,107 +1,76 @@
-"""STE comparison verdicts and the summary table, on hand-made result tables."""
+"""The study's "STE beats TopK in k of n" claim and its summary sentence, on hand-made tables
+in the long format of ``results/ste_comparison.csv``."""
 
 import numpy as np
 import pandas as pd
 
-from lib.rundir import RunDir
-from lib.ste_comparison import collapsed, study_claim, verdict
-from lib.summary import summarise_run, to_markdown
+from lib.ste_comparison import COLUMNS, study_claim
+from lib.summary import _ste_claim, to_markdown
 
 
-def test_verdict_follows_the_ci_of_the_paired_difference():
-    assert verdict(0.01, 0.12) == "wins"
-    assert verdict(-0.12, -0.01) == "loses"
-    assert verdict(-0.05, 0.08) == "inconclusive"
-    assert verdict(np.nan, 0.1) == "n/a"
-
-
-def test_collapse_detection():
-    assert collapsed({"dead_fraction": 1.0, "l0": 0.0})
-    assert collapsed({"dead_fraction": 0.2, "l0": 0.4})
-    assert not collapsed({"dead_fraction": 0.2, "l0": 12.0})
-    assert not collapsed({})
+def _table():
+    rows = []
+    # stratified: STE higher in 3 of 4 TopK cells, one significant win, one collapsed
+    for cond, a, b, verdict in [
+        ("mixed", 0.70, 0.60, "win"),
+        ("deceptive_only", 0.66, 0.65, "inconclusive"),
+        ("honest_only", 0.60, 0.62, "inconclusive"),
+        ("shuffled", 0.64, 0.50, "collapsed"),
+    ]:
+        rows.append(
+            dict(
+                condition=cond,
+                cv="stratified",
+                arch_b="topk",
+                bal_acc_a=a,
+                bal_acc_b=b,
+                delta=a - b,
+                verdict=verdict,
+            )
+        )
+        # the threshold-0 comparison of the same cell is a separate family
+        rows.append(
+            dict(
+                condition=cond,
+                cv="stratified",
+                arch_b="jumprelu",
+                bal_acc_a=a,
+                bal_acc_b=0.9,
+                delta=a - 0.9,
+                verdict="loss",
+            )
+        )
+    rows.append(
+        dict(
+            condition="mixed",
+            cv="scenario",
+            arch_b="topk",
+            bal_acc_a=0.9,
+            bal_acc_b=0.1,
+            delta=0.8,
+            verdict="win",
+        )
+    )
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
 
 
 def test_study_claim_counts_any_gain_and_significant_wins_separately():
-    df = pd.DataFrame(
-        {
-            "cv": ["stratified"] * 4 + ["scenario"],
-            "jumprelu_ste_bal_acc": [0.70, 0.66, 0.60, 0.64, 0.9],
-            "topk_bal_acc": [0.60, 0.65, 0.62, 0.50, 0.1],
-            "verdict": ["wins", "inconclusive", "inconclusive", "collapsed", "wins"],
-        }
-    )
-    c = study_claim(df)
-    assert (c["n"], c["ste_higher"], c["wins"], c["inconclusive"], c["collapsed"]) == (
-        4,
-        3,
-        1,
-        2,
-        1,
-    )
-    assert round(c["mean_ste"], 3) == 0.65 and round(c["mean_topk"], 4) == 0.5925
+    c = study_claim(_table())
+    assert (c["n"], c["ste_higher"], c["wins"], c["losses"]) == (4, 3, 1, 0)
+    assert (c["inconclusive"], c["collapsed"]) == (2, 1)
+    assert np.isclose(c["mean_ste"], 0.65) and np.isclose(c["mean_other"], 0.5925)
+    j = study_claim(_table(), other="jumprelu")
+    assert (j["n"], j["ste_higher"], j["losses"]) == (4, 0, 4)
+    assert study_claim(_table(), cv="scenario")["wins"] == 1
 
 
-def _profile():
-    rows = []
-    for cv in ("stratified", "scenario"):
-        for layer in range(4):
-            acc = 0.55 + 0.05 * layer - (0.05 if cv == "scenario" else 0)
-            for metric, value in (("bal_acc", acc), ("auroc", acc + 0.05)):
-                rows.append(
-                    {
-                        "layer": layer,
-                        "feature": "mean",
-                        "cv": cv,
-                        "target": "deception",
-                        "metric": metric,
-                        "value": value,
-                        "ci_low": value - 0.05,
-                        "ci_high": value + 0.05,
-                        "p_value": 0.01,
-                        "n": 100,
-                    }
-                )
-    return pd.DataFrame(rows)
+def test_summary_sentence_reports_both_counts():
+    text = _ste_claim(_table(), "stratified")
+    assert text.startswith("STE higher in 3 of 4; 1 wins, 0 losses (Holm over 4)")
+    assert _ste_claim(None, "stratified") == "n/a"
+    assert _ste_claim(_table().iloc[:0], "stratified") == "n/a"
 
 
-def test_summary_reads_the_peak_and_counts(tmp_path):
-    run = RunDir(tmp_path)
-    run.results.mkdir()
-    _profile().to_csv(run.results / "layer_profile.csv", index=False)
-    sae = pd.DataFrame(
-        {
-            "sae_id": ["a", "b", "c", "d"],
-            "layer": [1, 1, 2, 2],
-            "arch": ["topk", "jumprelu", "topk", "jumprelu_ste"],
-            "condition": ["mixed", "honest_only", "mixed", "mixed"],
-            "cv": ["stratified"] * 4,
-            "bal_acc": [0.70, 0.58, 0.66, 0.80],
-            "bal_acc_ci_low": [0.6] * 4,
-            "bal_acc_ci_high": [0.8] * 4,
-            "delta": [0.10, -0.02, 0.01, 0.15],
-            "p_holm": [0.01, 0.9, 0.5, 0.001],
-            "leakage_free": [False] * 4,
-        }
-    )
-    sae.to_csv(run.results / "sae_probes.csv", index=False)
-    out = summarise_run(run, feature="mean")
-    by = out.set_index("claim")
-    study = by["ours: study's recipe"]
-    assert study["raw-activation peak layer"] == "L3 (of 4)"
-    assert study["raw-activation peak balanced accuracy"] == "70.0% [65.0, 75.0]"
-    assert study["layer profile (Spearman rho of layer vs balanced accuracy)"].startswith(
-        "rho=1.00"
-    )
-    assert (
-        study["best SAE probe"].startswith("80.0%")
-        and "jumprelu_ste, L2" in study["best SAE probe"]
-    )
-    # the study's count is over its original (non-STE) SAEs: 2 of 3 gained, 1 significantly
-    assert (
-        study["SAEs beating their layer's raw probe"]
-        == "2 of 3 (any gain); 1 significant after Holm"
-    )
-    assert by.loc["raw-activation peak layer", "published"] == "L21 (of 22)"
-    assert (run.results / "summary.csv").exists()
-    assert to_markdown(out).splitlines()[1].startswith("|---|")
+def test_markdown_table_has_a_header_rule_and_one_line_per_row():
+    md = to_markdown(pd.DataFrame({"claim": ["a", "b"], "value": ["1", "2"]})).splitlines()
+    assert md[0] == "| claim | value |" and md[1] == "|---|---|" and len(md) == 4
