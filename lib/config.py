@@ -162,6 +162,9 @@ class ProbeConfig(_Strict):
     leakage_seeds: int = Field(
         1, ge=1, description="SAE seeds (from the first) with leakage-free and reference SAEs"
     )
+    leakage_conditions: list[Condition] | None = Field(
+        None, description="training conditions with leakage-free SAEs (None: every condition)"
+    )
     sae_pooling: Literal["mean", "max", "last"] = Field(
         "mean", description="how token-level SAE codes are pooled per completion"
     )

@@ -145,6 +145,19 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+#: probed layers a profile needs before its rise can be tested
+MIN_LAYERS = 3
+UNTESTED = {
+    "rho": float("nan"),
+    "p_perm": float("nan"),
+    "rho_low": float("nan"),
+    "rho_high": float("nan"),
+    "steps_up": 0,
+    "monotonic": False,
+    "verdict": f"untestable (fewer than {MIN_LAYERS} layers)",
+}
+
+
 def rising_test(
     layers,
     values,
@@ -171,8 +184,10 @@ def rising_test(
     """
     x = np.asarray(layers, dtype=float)
     y = np.asarray(values, dtype=float)
-    if len(x) != len(y) or len(x) < 3:
-        raise ValueError(f"need >= 3 layers with one value each; got {len(x)} and {len(y)}")
+    if len(x) != len(y) or len(x) < MIN_LAYERS:
+        raise ValueError(
+            f"need >= {MIN_LAYERS} layers with one value each; got {len(x)} and {len(y)}"
+        )
     order = np.argsort(x)
     x, y = x[order], y[order]
     rho = _spearman(x, y)
@@ -232,7 +247,10 @@ def comparison_table(profiles: list[RunProfile], cv: str | None = None) -> pd.Da
                 continue
             d = rp.profile[rp.profile["cv"] == mode].sort_values("layer")
             peak = d.loc[d["value"].idxmax()]
-            test = rising_test(d["layer"], d["value"], d["ci_low"], d["ci_high"])
+            if len(d) >= MIN_LAYERS:
+                test = rising_test(d["layer"], d["value"], d["ci_low"], d["ci_high"])
+            else:  # a run that captured one or two layers has no profile to test
+                test = {**UNTESTED, "steps": len(d) - 1}
             rows.append(
                 {
                     "run": rp.run,

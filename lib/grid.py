@@ -1,12 +1,14 @@
 """Run the numbered notebooks over a config's grid with papermill.
 
-Phases run in order; the cells of one phase run in parallel::
+A notebook starts as soon as every notebook it reads from (:data:`NEEDS`) has finished, with at
+most ``--workers`` running at once::
 
     01_sampling -> 02_classification -> 03_activation_capture
       -> 04_sae_training x every (layer, architecture, condition) of the SAE grid
          (or once for the whole grid: sae.fan_out false)
-      -> 05_layer_profile_probing, 08_features x every analysed SAE (or once: features.fan_out)
-      -> 06_ste_comparison, 09_steering -> 07_summary -> 10_cross_model (this run)
+      -> 05_layer_profile_probing -> 06_ste_comparison -> 07_summary (after 05 and 06)
+                                  -> 10_cross_model (this run)
+      -> 08_features x every analysed SAE (or once: features.fan_out false) -> 09_steering
 
 The grid is the run's one writer: it holds the run directory's lock (:mod:`lib.runlock`) from
 start to end and lends it to the kernels it starts, so a second grid, or a notebook run by hand
@@ -15,8 +17,8 @@ on the same run, fails at once with the holder's pid and command. It alone write
 
 A cell is skipped only when its notebook ran under the grid with the same settings (a marker in
 ``<run>/notebooks/.done/``) *and* its outputs are valid (:mod:`lib.stages`); else it runs again and
-the notebook resumes. A rerun that changed a cell's outputs invalidates every later phase. A
-failed cell is reported with its output notebook and failing cell while the others go on, and
+the notebook resumes. A rerun that changed a cell's outputs invalidates every notebook that reads
+them, directly or not. A failed 01-03 stops what depends on it; any other failed cell is reported with its output notebook and failing cell while the others go on, and
 the command exits non-zero at the end. Each cell gets its own kernel (:mod:`lib.kernel`); the
 same cells can be submitted to Dask (``--dask local`` or ``--dask tcp://host:8786``).
 
@@ -46,6 +48,21 @@ from lib.runlock import RunLockedError, acquire, busy, held, release
 from lib.stages import Inspector, Stage
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+#: the notebooks each notebook reads outputs of (directly; the rest follows transitively)
+NEEDS: dict[str, tuple[str, ...]] = {
+    "01_sampling": (),
+    "02_classification": ("01_sampling",),
+    "03_activation_capture": ("02_classification",),
+    "04_sae_training": ("03_activation_capture",),
+    "05_layer_profile_probing": ("04_sae_training",),
+    "08_features": ("04_sae_training",),
+    "06_ste_comparison": ("05_layer_profile_probing",),
+    "09_steering": ("08_features",),
+    "07_summary": ("05_layer_profile_probing", "06_ste_comparison"),
+    "10_cross_model": ("05_layer_profile_probing",),
+}
+#: stages whose failure leaves nothing for the notebooks after them to read
+BLOCKING = ("01_sampling", "02_classification", "03_activation_capture")
 
 
 @dataclass(frozen=True)
@@ -236,7 +253,7 @@ def run_grid(
         submit, shutdown = executor(workers, dask)
         bar = tqdm(total=len(cells), desc=f"grid {cfg.name}", unit="notebook", disable=not progress)
         try:
-            return session.run_phases(submit, dask, bar)
+            return session.run_cells(submit, dask, bar)
         finally:
             bar.close()
             shutdown()
@@ -261,39 +278,55 @@ class _Session:
     progress: bool
     on_result: Callable[[CellResult], None] | None
 
-    def run_phases(self, submit, dask: str | None, bar) -> list[CellResult]:
+    def needs(self, c: GridCell) -> list[GridCell]:
+        """The cells of this invocation that ``c`` waits for."""
+        return [d for d in self.cells if d.notebook in NEEDS.get(c.notebook, ())]
+
+    def run_cells(self, submit, dask: str | None, bar) -> list[CellResult]:
+        """Submit each cell once the cells it needs have finished; returns results as they come."""
         run, cfg, ins = self.run, self.cfg, self.ins
         results: list[CellResult] = []
-        failed_phase = None
-        for phase in sorted({c.phase for c in self.cells}):
-            todo = []
-            for c in (c for c in self.cells if c.phase == phase):
-                if failed_phase is not None and failed_phase < 4:
-                    results.append(
-                        CellResult(c, "failed", error=f"not run: phase {failed_phase} failed")
-                    )
+        pending, running = list(self.cells), {}
+        resolved: set[str] = set()
+        blocked: dict[str, str] = {}  # cell -> the failed 01-03 cell it cannot run without
+        before: dict[str, str] = {}
+
+        def settle(res: CellResult) -> None:
+            results.append(res)
+            resolved.add(res.cell.name)
+            bar.set_postfix_str(f"{res.cell.name} {res.status}")
+            bar.update(1)
+
+        while pending or running:
+            for c in [c for c in pending if all(d.name in resolved for d in self.needs(c))]:
+                pending.remove(c)
+                cause = next((blocked[d.name] for d in self.needs(c) if d.name in blocked), None)
+                if cause:
+                    blocked[c.name] = cause
+                    settle(CellResult(c, "failed", error=f"not run: {cause} failed"))
                 elif not self.force and cell_state(run, cfg, c, ins)[0] == "done":
-                    results.append(CellResult(c, "skipped"))
+                    settle(CellResult(c, "skipped"))
                 else:
-                    todo.append(c)
-                    continue
-                bar.update(1)
-            before = {c.name: ins.digest(c.notebook, c.params) for c in todo}
-            futures = {self._submit(submit, c): c for c in todo}
-            for fut in completed(futures, dask):
-                c = futures[fut]
-                res = _finish(run, cfg, c, fut.result(), ins)
-                if res.status == "failed":
-                    failed_phase = phase if failed_phase is None else min(failed_phase, phase)
-                elif ins.digest(c.notebook, c.params) != before[c.name]:
-                    self._invalidate_after(phase)
-                results.append(res)
-                if self.progress:
-                    _print_line(_describe(res))
-                if self.on_result:
-                    self.on_result(res)
-                bar.set_postfix_str(f"{c.name} {res.status}")
-                bar.update(1)
+                    before[c.name] = ins.digest(c.notebook, c.params)
+                    running[self._submit(submit, c)] = c
+            if not running:
+                if pending and not any(
+                    all(d.name in resolved for d in self.needs(c)) for c in pending
+                ):
+                    raise RuntimeError(f"grid: circular NEEDS among {[c.name for c in pending]}")
+                continue
+            fut = next(iter(completed(running, dask)))
+            c = running.pop(fut)
+            res = _finish(run, cfg, c, fut.result(), ins)
+            if res.status == "failed" and c.notebook in BLOCKING:
+                blocked[c.name] = c.name
+            elif res.status == "done" and ins.digest(c.notebook, c.params) != before[c.name]:
+                self._invalidate_dependents(c)
+            if self.progress:
+                _print_line(_describe(res))
+            if self.on_result:
+                self.on_result(res)
+            settle(res)
         return results
 
     def _submit(self, submit, c: GridCell):
@@ -302,10 +335,16 @@ class _Session:
             execute_cell, c.notebook, c.params, out, nbdir, "python3", self.env, self.log_output
         )
 
-    def _invalidate_after(self, phase: int) -> None:
-        """Outputs of ``phase`` changed: every later notebook must run again (markers removed)."""
+    def _invalidate_dependents(self, changed: GridCell) -> None:
+        """``changed``'s outputs changed: every notebook that reads them, directly or not, must run
+        again (markers removed)."""
+        stale, grew = {changed.notebook}, True
+        while grew:
+            more = {n for n, needs in NEEDS.items() if stale & set(needs)} - stale
+            stale |= more
+            grew = bool(more)
         for c in self.every_cell:
-            if c.phase > phase:
+            if c.notebook in stale - {changed.notebook}:
                 c.marker(self.run).unlink(missing_ok=True)
 
 

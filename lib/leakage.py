@@ -15,7 +15,8 @@ The training budget of both is the same (:func:`budget_config`: ``probe.fold_ste
 steps when the config counts steps, else ``probe.fold_epochs`` epochs); the grid SAEs of
 notebook 04 may have trained longer and are never put beside these without saying so.
 
-Both are run for the first ``probe.leakage_seeds`` seeds of each grid cell.
+Both are run for the first ``probe.leakage_seeds`` seeds of each grid cell whose condition is
+in ``probe.leakage_conditions`` (every condition when unset).
 """
 
 from __future__ import annotations

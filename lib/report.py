@@ -44,11 +44,12 @@ def profile_facts(profile: pd.DataFrame, controls: pd.DataFrame) -> str:
         facts[
             f"deception read at some layer, {cv} folds (bal_acc >= {SIGNAL_BAL_ACC}, p <= {SIGNAL_P})"
         ] = found
-    rec = raw[(raw.metric == "recall_at_1fpr") & (raw.subset == "all")].dropna(
-        subset=["realised_fpr"]
-    )
-    facts["monitor thresholds chosen on training folds; realised FPR <= 5% everywhere"] = bool(
-        len(rec) and (rec.realised_fpr <= 0.05).all()
+    rec = raw[
+        (raw.metric == "recall_at_1fpr") & (raw.subset == "all") & (raw.cv == "stratified")
+    ].dropna(subset=["realised_fpr"])
+    # a threshold carried to an unseen scenario need not keep its rate (notebook 05's table)
+    facts["1%-FPR monitor thresholds chosen on training folds; realised FPR <= 5%, stratified"] = (
+        bool(len(rec) and (rec.realised_fpr <= 0.05).all())
     )
     sh = controls[(controls.target == "shuffled_labels") & (controls.metric == "bal_acc")].dropna(
         subset=["value"]
@@ -117,13 +118,25 @@ def describe_profile(profile: pd.DataFrame, tests: pd.DataFrame, feature: str = 
             out.append(f"Under {what} the probe could not be fitted.")
             continue
         at = profile_values(profile, cv, feature).set_index("layer").loc[pk["layer"]]
-        region = ", ".join(str(x) for x in pk["not_below"])
-        out.append(
-            f"Under {what}, the {feature}-pooled probe peaks at layer {pk['layer']} "
-            f"({_pct(at.value)}, 95% CI {_pct(at.ci_low)} to {_pct(at.ci_high)}), but layers "
-            f"{region} are not significantly below it (paired test, Holm) and the peak is the best "
-            f"layer in only {pk['argmax_share']:.0%} of resamples."
-        )
+        value = f"{_pct(at.value)}, 95% CI {_pct(at.ci_low)} to {_pct(at.ci_high)}"
+        if pk["n_layers"] == 1:
+            out.append(
+                f"Under {what}, the {feature}-pooled probe at the one probed layer, "
+                f"{pk['layer']}, reaches {value}."
+            )
+        else:
+            others = [x for x in pk["not_below"] if x != pk["layer"]]
+            near = (
+                f"layer{'s' if len(others) > 1 else ''} {', '.join(str(x) for x in others)} "
+                f"{'are' if len(others) > 1 else 'is'} not significantly below it"
+                if others
+                else "every other layer is significantly below it"
+            )
+            out.append(
+                f"Under {what}, the {feature}-pooled probe peaks at layer {pk['layer']} ({value}); "
+                f"{near} (paired test, Holm), and it is the best layer in "
+                f"{pk['argmax_share']:.0%} of bootstrap resamples."
+            )
         if np.isfinite(pk["text_bal_acc"]):
             out.append(
                 f"The text-only probe reaches {_pct(pk['text_bal_acc'])}; {pk['beats_text']} of "
@@ -134,13 +147,13 @@ def describe_profile(profile: pd.DataFrame, tests: pd.DataFrame, feature: str = 
     if len(s) and len(c):
         gap = (s.set_index("layer").value - c.set_index("layer").value).dropna()
         within = c.within_scenario.mean()
-        out.append(
+        text = (
             f"Held-out scenarios cost {100 * gap.mean():.1f} points on average (at most "
-            f"{100 * gap.max():.1f}); within each held-out scenario the probes still rank "
-            f"completions with balanced accuracy {_pct(within)} on average, so the gap is a failure "
-            "to transfer one scenario's threshold and direction to an unseen scenario, not a probe "
-            "that only recognises scenarios."
+            f"{100 * gap.max():.1f}); within each held-out scenario the probes separate "
+            f"completions with balanced accuracy {_pct(within)} on average (the mean over the "
+            "scenarios that have both labels, each scored alone)"
         )
+        out.append(text + ".")
     return " ".join(out)
 
 

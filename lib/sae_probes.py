@@ -20,7 +20,8 @@ else ``inconclusive``.
 
 Sources: ``grid`` (the SAEs of notebook 04, trained on every completion of the condition except
 its held-out metrics share: they saw the probe's test completions, as in the study) and, with
-``probe.leakage_free``, ``refit_all`` and ``per_fold`` (:mod:`lib.leakage`), summarised in
+``probe.leakage_free`` (cells of ``probe.leakage_conditions``), ``refit_all`` and ``per_fold``
+(:mod:`lib.leakage`), summarised in
 ``results/sae_leakage.csv``. Work is cached per SAE in ``cache/probing/`` with its out-of-fold
 scores, which notebook 06 reads.
 """
@@ -298,6 +299,13 @@ class _Cell:
         return refit + folds
 
 
+def leaks(cfg: RunConfig, condition: str) -> bool:
+    """Whether grid cells of ``condition`` get leakage-free and reference SAEs
+    (``probe.leakage_free``, limited to ``probe.leakage_conditions`` when set)."""
+    only = cfg.probe.leakage_conditions
+    return cfg.probe.leakage_free and (only is None or condition in only)
+
+
 def _cell_rows(run, cfg, lab, layer, arch, cond, leakage, force, train_sae, load_sae) -> list[dict]:
     cell = _Cell(run, cfg, lab, layer, arch, cond, force, train_sae, load_sae)
     rows = []
@@ -324,7 +332,7 @@ def sae_probes(
     n_jobs = cfg.probe.n_jobs if n_jobs is None else n_jobs
     lab = labelled_rows(run, cfg)
     grid = sorted(cfg.sae_grid(), key=lambda c: c[0])  # by layer
-    args = [(run, cfg, lab, *c, cfg.probe.leakage_free, force, train_sae, load_sae) for c in grid]
+    args = [(run, cfg, lab, *c, leaks(cfg, c[2]), force, train_sae, load_sae) for c in grid]
     if n_jobs == 1 or len(args) <= 1:
         parts = [_cell_rows(*a) for a in progress_bar(args, desc="SAE probes", on=progress)]
     else:

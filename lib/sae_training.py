@@ -14,6 +14,7 @@ clean/zero-ablation losses between cells.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from lib.sae_metrics import (
     reconstruction_metrics,
     sae_lm_metrics,
 )
-from lib.sae_trainer import train_sae
+from lib.sae_trainer import NotConvergedWarning, train_sae
 
 
 # ----- which completions an SAE sees -------------------------------------------------------------
@@ -334,23 +335,39 @@ def train_grid(
         lm = load_model(cfg)
         cache: dict = {}
         layers: dict[int, LayerData] = {}
+        unconverged = []
         for layer, arch, cond, i in progress_bar(todo, desc="SAE grid", on=progress):
             if layer not in layers:
                 layers.clear()
                 layers[layer] = read_layer(run, layer)
-            paths[(layer, arch, cond, i)] = train_grid_cell(
-                run,
-                cfg,
-                layer,
-                arch,
-                cond,
-                progress=False,
-                force=force,
-                lm=lm,
-                layer_data=layers[layer],
-                labelled=labelled,
-                ce_cache=cache,
-                seed_index=i,
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NotConvergedWarning)
+                paths[(layer, arch, cond, i)] = train_grid_cell(
+                    run,
+                    cfg,
+                    layer,
+                    arch,
+                    cond,
+                    progress=False,
+                    force=force,
+                    lm=lm,
+                    layer_data=layers[layer],
+                    labelled=labelled,
+                    ce_cache=cache,
+                    seed_index=i,
+                )
+            for w in caught:
+                if issubclass(w.category, NotConvergedWarning):
+                    unconverged.append(cfg.sae_id(layer, arch, cond, i))
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        if unconverged:
+            warnings.warn(
+                f"{len(unconverged)} of {len(todo)} SAEs had not converged (mean L0 still moved "
+                "more than 5% over the last 10% of their steps; `converged` and "
+                f"`l0_change_last_10pct` in their metrics.json): {', '.join(unconverged)}",
+                NotConvergedWarning,
+                stacklevel=2,
             )
     return [paths[u] for u in units]
 

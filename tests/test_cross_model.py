@@ -137,3 +137,13 @@ def test_missing_run_files_are_named(tmp_path):
         load_run_profile("x", tmp_path)
     with pytest.raises(ValueError, match="runs is empty"):
         load_profiles([], tmp_path)
+
+
+def test_a_run_with_one_probed_layer_is_untestable_not_an_error(tmp_path):
+    _fake_run(tmp_path, "one", "organism", 1, [0.8])
+    (one,) = load_profiles(["one"], runs_root=tmp_path)
+    table = comparison_table([one])
+    assert table["verdict"].str.startswith("untestable (fewer than 3 layers)").all()
+    assert (table["steps"] == 0).all() and table["rho"].isna().all()
+    assert table["peak_bal_acc"].iloc[0] == pytest.approx(0.8)
+    plot_cross_model([one])  # draws a single point per cv mode

@@ -18,6 +18,9 @@ from fake_book import RUNNER, fake_stages, make_fake_notebooks
 
 from lib.config import load_config
 from lib.fileio import append_jsonl, read_jsonl
+from lib.grid import (
+    NOTEBOOK_DIR as NOTEBOOK_DIR_REAL,
+)
 from lib.grid import check_parameters, dry_run, execute_cell, main, plan, run_grid, summarise
 from lib.rundir import RunDir, open_run
 from lib.runlock import RunLockedError, holder_info
@@ -102,6 +105,87 @@ def test_plan_covers_the_grid():
     assert len(set(names)) == len(names)
     assert "04_sae_training__L15_jumprelu_ste_honest_only" in names
     check_parameters(cells)  # the real notebooks declare every parameter the grid passes
+
+
+def _scheduled(monkeypatch, tmp_path, seconds: dict, fail: str = "") -> tuple[list, list]:
+    """Run the real organism plan with stand-in executions (``seconds`` per notebook, the rest
+    0.01 s): ``(events, results)``, events being ``("start" | "end", cell name)`` in order."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import lib.grid as grid
+
+    cfg = load_config("organism")
+    cells = plan(cfg, "organism")
+    events, lock = [], threading.Lock()
+    monkeypatch.setattr(grid, "cell_state", lambda run, cfg, c, ins: ("to do", ""))
+
+    def finish(run, cfg, c, out, ins):
+        return grid.CellResult(c, "failed" if c.notebook == fail else "done", 0.0)
+
+    monkeypatch.setattr(grid, "_finish", finish)
+
+    class Ins:
+        def digest(self, notebook, params):
+            return "same"
+
+    pool = ThreadPoolExecutor(max_workers=2)
+
+    def submit(fn, notebook, params, out, *rest):
+        name = Path(out).stem
+        with lock:
+            events.append(("start", name))
+
+        def work():
+            time.sleep(seconds.get(notebook, 0.01))
+            with lock:
+                events.append(("end", name))
+            return {}
+
+        return pool.submit(work)
+
+    session = grid._Session(
+        RunDir(tmp_path), cfg, cells, cells, Ins(), NOTEBOOK_DIR_REAL, {}, False, False, False, None
+    )
+
+    class Bar:
+        def update(self, n):
+            pass
+
+        def set_postfix_str(self, s):
+            pass
+
+    try:
+        results = session.run_cells(submit, None, Bar())
+    finally:
+        pool.shutdown()
+    return events, results
+
+
+def test_a_notebook_starts_once_what_it_reads_has_finished(monkeypatch, tmp_path):
+    events, results = _scheduled(monkeypatch, tmp_path, {"05_layer_profile_probing": 0.5})
+    at = {e: i for i, e in enumerate(events)}
+    assert [r.status for r in results] == ["done"] * len(results) and len(results) == 10
+    # 08 and 09 run while the slow 05 does; 06, 07 and 10 wait for it
+    assert at[("start", "09_steering")] < at[("end", "05_layer_profile_probing")]
+    assert at[("end", "08_features__all")] < at[("start", "09_steering")]
+    for after_05 in ("06_ste_comparison", "07_summary", "10_cross_model"):
+        assert at[("end", "05_layer_profile_probing")] < at[("start", after_05)]
+    assert at[("end", "06_ste_comparison")] < at[("start", "07_summary")]
+    for name in ("05_layer_profile_probing", "08_features__all"):
+        assert at[("end", "04_sae_training__all")] < at[("start", name)]
+
+
+def test_a_failed_capture_stops_what_needs_it_and_a_failed_04_does_not(monkeypatch, tmp_path):
+    _, results = _scheduled(monkeypatch, tmp_path, {}, fail="03_activation_capture")
+    status = {r.cell.notebook: (r.status, r.error) for r in results}
+    assert status["02_classification"][0] == "done"
+    for later in ("04_sae_training", "05_layer_profile_probing", "09_steering", "07_summary"):
+        assert status[later] == ("failed", "not run: 03_activation_capture failed"), later
+    _, results = _scheduled(monkeypatch, tmp_path, {}, fail="04_sae_training")
+    status = {r.cell.notebook: r.status for r in results}
+    assert status["04_sae_training"] == "failed"
+    assert status["05_layer_profile_probing"] == status["09_steering"] == "done"
 
 
 def test_unknown_parameter_is_an_error_before_anything_runs(grid_env):

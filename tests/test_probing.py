@@ -374,7 +374,12 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
         n_layers=2,
         n=150,
         signal=0.5,
-        overrides={"probe.fold_epochs": 1, "sae.seeds": 2, "probe.leakage_seeds": 1},
+        overrides={
+            "probe.fold_epochs": 1,
+            "sae.seeds": 2,
+            "probe.leakage_seeds": 1,
+            "probe.leakage_conditions": None,
+        },
     )
     lp.layer_profile(run, cfg, progress=False)
     layer = dataset.read_layer(run, 1)
@@ -446,6 +451,16 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
     standin_train.seen.clear()
     sp.sae_probes(run, cfg, progress=False, train_sae=standin_train, load_sae=standin_load)
     assert standin_train.seen == []
+    # probe.leakage_conditions limits the leakage SAEs to those conditions' cells (2 of 6 here)
+    only = cfg.model_copy(
+        update={"probe": cfg.probe.model_copy(update={"leakage_conditions": ["mixed"]})}
+    )
+    sp.sae_probes(
+        run, only, progress=False, train_sae=standin_train, load_sae=standin_load, force=True
+    )
+    assert len(standin_train.seen) == 2 * (1 + 5 + 4)
+    leak = sv.read_sae_leakage(run)
+    assert len(leak) == 2 * 2 and set(leak.condition) == {"mixed"}
 
 
 def test_sae_probes_with_the_real_sae_library(tmp_path):

@@ -13,9 +13,14 @@ from lib.config import REPO_ROOT, load_config
 from lib.publish import (
     README,
     README_FIGURES,
+    TRAINER_BEGIN,
+    TRAINER_END,
+    TRAINER_RESULTS,
+    parse_trainer_results,
     read_published_summary,
     readme_section,
     render_results_markdown,
+    render_trainer_markdown,
     replace_section,
 )
 
@@ -60,3 +65,29 @@ def test_published_summary_keeps_not_available_as_text():
 def test_readme_without_markers_is_an_error():
     with pytest.raises(ValueError, match="no generated results section"):
         readme_section("# a README without the markers\n")
+
+
+def test_readme_trainer_section_equals_the_render_of_the_committed_benchmark():
+    section = readme_section(README.read_text(), TRAINER_BEGIN, TRAINER_END)
+    assert section == render_trainer_markdown(TRAINER_RESULTS.read_text())
+
+
+def test_trainer_results_are_parsed_line_by_line():
+    text = "\n".join(
+        [
+            "# bench_sae_train 2026-01-02 host x86_64 nproc 2 load 1.0 2.0",
+            "ratio_vs_saelens topk 4.5",
+            "converged topk steps 10 l0_ours 16 fvu_ours 0.25 l0_saelens 16 fvu_saelens 0.26 "
+            "seconds_to_target_ours 1 seconds_to_target_saelens 2",
+            "# goal topk >= 3.0x SAELens: 4.5x met",
+        ]
+    )
+    r = parse_trainer_results(text)
+    assert r[("ratio_vs_saelens", "topk")] == {"ratio": 4.5}
+    assert r[("converged", "topk")]["fvu_saelens"] == 0.26 and r["goals"] == [
+        "topk >= 3.0x SAELens: 4.5x met"
+    ]
+    md = render_trainer_markdown(text)
+    assert "measured 2026-01-02 on x86_64, 2 cores" in md
+    assert "| `topk` | 4.50x | n/a | n/a | 0.25 vs 0.26 (16 vs 16), 10 steps | 1 vs 2 | n/a |" in md
+    assert "| `jumprelu` | n/a |" in md  # missing lines say so

@@ -675,8 +675,15 @@ def test_train_grid_cell_writes_a_complete_resumable_folder(tiny_run):
     stamp = (path / "metrics.json").stat().st_mtime_ns
     train_grid_cell(run, cfg, 2, "jumprelu_ste", "mixed", progress=False, lm=lm)  # skipped
     assert (path / "metrics.json").stat().st_mtime_ns == stamp
-    paths = train_grid(run, cfg, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths = train_grid(run, cfg, progress=False)
     assert len(paths) == len(cfg.sae_grid()) == 4 and all(is_complete(p) for p in paths)
+    # unconverged SAEs are named in one warning, not one warning each
+    said = [str(w.message) for w in caught if issubclass(w.category, NotConvergedWarning)]
+    trained = [p for p in paths if p != path]  # the first SAE was trained above
+    late = [p.name for p in trained if read_metrics(p)["converged"] is False]
+    assert len(said) == (1 if late else 0)
     honest = read_metrics(run.sae_dir("organism_topk_L1_honest_only"))
     assert honest["n_completions"] == 9 and honest["l0"] == pytest.approx(cfg.sae.k)
     # sae.steps: every condition trains for the same number of steps, whatever its size
@@ -692,6 +699,31 @@ def test_train_grid_cell_writes_a_complete_resumable_folder(tiny_run):
     train_grid_cell(run, cfg2, 2, "jumprelu_ste", "mixed", progress=False, lm=lm)
     assert (path / "metrics.json").stat().st_mtime_ns != stamp
     assert read_metrics(path)["train_steps"] == 12
+
+
+def test_train_grid_names_unconverged_saes_in_one_warning(tiny_run, monkeypatch):
+    from lib import sae_training
+
+    cfg, run, lm = tiny_run
+
+    def fake_cell(run, cfg, layer, arch, condition, **kw):
+        if arch == "jumprelu_ste":
+            warnings.warn("has not converged", NotConvergedWarning, stacklevel=1)
+        warnings.warn("another warning", UserWarning, stacklevel=1)
+        return run.sae_dir(cfg.sae_id(layer, arch, condition, kw["seed_index"]))
+
+    monkeypatch.setattr(sae_training, "train_grid_cell", fake_cell)
+    monkeypatch.setattr(sae_training, "load_model", lambda cfg: lm)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sae_training.train_grid(run, cfg, progress=False, force=True)
+    said = [str(w.message) for w in caught if issubclass(w.category, NotConvergedWarning)]
+    ste = [cfg.sae_id(*c) for c in cfg.sae_grid() if c[1] == "jumprelu_ste"]
+    assert len(said) == 1 and ste
+    assert said[0].startswith(f"{len(ste)} of {len(cfg.sae_grid())} SAEs had not converged")
+    assert all(sae_id in said[0] for sae_id in ste)
+    others = [w for w in caught if w.category is UserWarning]
+    assert len(others) == len(cfg.sae_grid())  # other warnings pass through, one per cell
 
 
 def test_seeds_train_one_sae_each_under_their_own_ids(tiny_run):

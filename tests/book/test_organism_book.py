@@ -10,7 +10,7 @@ from lib.dataset import read_index
 from lib.fileio import read_jsonl
 from lib.layer_profile import profile_values, read_layer_profile, read_probe_controls
 from lib.sae import is_complete, read_metrics
-from lib.sae_probes import read_sae_probes
+from lib.sae_probes import leaks, read_sae_probes
 from lib.sae_verdicts import read_sae_leakage, read_sae_verdicts
 from lib.sampling import completion_id, planned_batches
 from lib.summary import CLAIMS, read_summary
@@ -56,7 +56,11 @@ def test_known_answers_hold(book):
     # the keyword judge labels from the first words, so the words alone carry the label
     assert profile_values(profile, "stratified", "text").value.iloc[0] >= 0.9
     rec = profile[(profile.metric == "recall_at_1fpr") & (profile.subset == "all")]
-    assert (rec.realised_fpr <= 0.05).all()  # thresholds chosen on training folds keep their rate
+    # thresholds chosen on training folds keep their 1% rate on test folds of the same scenarios
+    # (measured at most 1.7%, i.e. 3 of 180 honest completions); carried to an unseen scenario
+    # they do not (0.6% to 6.7% measured), which is a finding, bounded here only loosely
+    assert (rec[rec.cv == "stratified"].realised_fpr <= 0.05).all()
+    assert (rec[rec.cv == "scenario"].realised_fpr <= 0.15).all()
     sh = controls[(controls.target == "shuffled_labels") & (controls.metric == "bal_acc")]
     assert sh.value.dropna().between(0.4, 0.6).all()
 
@@ -82,7 +86,8 @@ def test_sae_probes_are_in_distribution_and_complete(book, expected):
     verdicts = read_sae_verdicts(run)
     assert len(verdicts[verdicts.sae_source == "grid"]) == 2 * len(cfg.sae_grid())
     leak = read_sae_leakage(run)
-    assert len(leak) == 2 * len(cfg.sae_grid()) and leak.leakage.notna().all()
+    leaky = [cell for cell in cfg.sae_grid() if leaks(cfg, cell[2])]
+    assert len(leak) == 2 * len(leaky) and leak.leakage.notna().all()
     tol = expected["sae_tolerance"]
     mean_delta = verdicts[verdicts.sae_source == "grid"].groupby("cv").delta.mean()
     for cv, want in expected["mean_sae_minus_raw"].items():
