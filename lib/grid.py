@@ -6,7 +6,8 @@ Phases run in order; the cells of one phase run in parallel::
       -> 04_sae_training x every (layer, architecture, condition) of the SAE grid
          (or once for the whole grid: sae.fan_out false)
       -> 05_layer_profile_probing, 08_features x every analysed SAE (or once: features.fan_out)
-      -> 06_ste_comparison, 09_steering -> 07_summary -> 10_cross_model (this run)
+      -> 06_ste_comparison, 09_steering -> 07_summary
+      -> 10_cross_model (this run, and the ``--cross-runs`` that have a layer profile)
 
 The grid is the run's one writer: it holds the run directory's lock (:mod:`lib.runlock`) from
 start to end and lends it to the kernels it starts, so a second grid, or a notebook run by hand
@@ -19,6 +20,8 @@ the notebook resumes. A rerun that changed a cell's outputs invalidates every la
 failed cell is reported with its output notebook and failing cell while the others go on, and
 the command exits non-zero at the end. Each cell gets its own kernel (:mod:`lib.kernel`); the
 same cells can be submitted to Dask (``--dask local`` or ``--dask tcp://host:8786``).
+``--costs rehearsal.csv`` writes every executed notebook's wall time, peak memory, disk written
+and throughput to ``<run>/results/rehearsal.csv`` (:mod:`lib.stage_costs`).
 
     python -m lib.grid --config configs/organism.yaml --workers 2
 """
@@ -71,6 +74,7 @@ class CellResult:
     seconds: float = 0.0
     error: str = ""
     note: str = ""  # e.g. work left for the next run (failed verdicts within the limit)
+    usage: dict = field(default_factory=dict)  # the kernel's memory and the load (lib.costs)
 
 
 def plan(
@@ -79,8 +83,13 @@ def plan(
     notebook_dir: Path = NOTEBOOK_DIR,
     only: list[str] | None = None,
     overrides: dict | None = None,
+    cross_runs: list[str] | None = None,
+    runs_root: Path | None = None,
 ) -> list[GridCell]:
-    """The grid of a config: every notebook execution with its parameters, by phase."""
+    """The grid of a config: every notebook execution with its parameters, by phase.
+
+    ``cross_runs``: other runs 10_cross_model draws beside this one, those of them that have a
+    layer profile under the runs root (this run first: the figure goes to its folder)."""
     common = {"config": config_ref, "run_name": cfg.name, "overrides": dict(overrides or {})}
     cells: list[GridCell] = []
 
@@ -115,7 +124,10 @@ def plan(
     add(6, "06_ste_comparison")  # reads 05's SAE probes
     add(6, "09_steering")  # assembles 08's per-SAE results
     add(7, "07_summary")  # reads 05 and 06
-    add(8, "10_cross_model", {"runs": [cfg.name]}, common_params=False)
+    root = RunDir.for_config(cfg, runs_root).root.parent
+    others = [r for r in cross_runs or [] if r != cfg.name]
+    others = [r for r in others if (root / r / "results" / "layer_profile.csv").exists()]
+    add(8, "10_cross_model", {"runs": [cfg.name, *others]}, common_params=False)
     return cells
 
 
@@ -194,6 +206,7 @@ def run_grid(
     on_result: Callable[[CellResult], None] | None = None,
     log_output: bool = False,
     stages: dict[str, Stage] | None = None,
+    cross_runs: list[str] | None = None,
 ) -> list[CellResult]:
     """Run (or resume) the grid of a config; returns one result per cell.
 
@@ -211,7 +224,7 @@ def run_grid(
     lock = acquire(run.root)  # first: a second writer fails at once
     try:
         try:
-            cells = plan(cfg, config_ref, notebook_dir, only, overrides)
+            cells = plan(cfg, config_ref, notebook_dir, only, overrides, cross_runs, runs_root)
             check_parameters(cells, notebook_dir)
             check_model_layers(cfg)
         except Exception:
@@ -224,7 +237,7 @@ def run_grid(
             run,
             cfg,
             cells,
-            plan(cfg, config_ref, notebook_dir, None, overrides),
+            plan(cfg, config_ref, notebook_dir, None, overrides, cross_runs, runs_root),
             Inspector(run, cfg, stages),
             notebook_dir,
             lock.lease_env(),
@@ -311,16 +324,15 @@ class _Session:
 
 def _finish(run: RunDir, cfg: RunConfig, c: GridCell, out: dict, ins: Inspector) -> CellResult:
     """The result of an executed cell: its notebook must succeed and its outputs be valid."""
+    usage = out.get("usage") or {}
     if not out["ok"]:
-        return CellResult(c, "failed", out["seconds"], f"{c.output(run)}: {out['error']}")
+        return CellResult(
+            c, "failed", out["seconds"], f"{c.output(run)}: {out['error']}", "", usage
+        )
     check = ins.check(c.notebook, c.params)
     if not check.valid:
-        return CellResult(
-            c,
-            "failed",
-            out["seconds"],
-            f"{c.output(run)} ran, but its outputs are not valid: {check.why}",
-        )
+        why = f"{c.output(run)} ran, but its outputs are not valid: {check.why}"
+        return CellResult(c, "failed", out["seconds"], why, "", usage)
     write_json(
         c.marker(run),
         {
@@ -329,7 +341,7 @@ def _finish(run: RunDir, cfg: RunConfig, c: GridCell, out: dict, ins: Inspector)
             "seconds": round(out["seconds"], 1),
         },
     )
-    return CellResult(c, "done", out["seconds"], note=check.why)
+    return CellResult(c, "done", out["seconds"], note=check.why, usage=usage)
 
 
 def _describe(r: CellResult) -> str:
@@ -349,11 +361,12 @@ def dry_run(
     notebook_dir: Path = NOTEBOOK_DIR,
     runs_root: Path | None = None,
     stages: dict[str, Stage] | None = None,
+    cross_runs: list[str] | None = None,
 ) -> list[tuple[GridCell, str, str]]:
     """``(cell, "done" | "to do" | "damaged", why)`` for every cell; reads only, takes no lock."""
     cfg = load_config(config_ref, overrides, run_name=run_name)
     run = RunDir.for_config(cfg, runs_root)
-    cells = plan(cfg, config_ref, notebook_dir, only, overrides)
+    cells = plan(cfg, config_ref, notebook_dir, only, overrides, cross_runs, runs_root)
     check_parameters(cells, notebook_dir)
     ins = Inspector(run, cfg, stages)
     return [(c, *cell_state(run, cfg, c, ins)) for c in cells]
@@ -403,6 +416,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--notebook-dir", default=str(NOTEBOOK_DIR), help="where the numbered notebooks are"
     )
+    ap.add_argument("--cross-runs", default="", help="other runs 10 draws, e.g. default")
+    ap.add_argument("--costs", default=None, help="write <run>/results/<COSTS>, e.g. costs.csv")
     return ap
 
 
@@ -416,10 +431,18 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
     only = args.only.split(",") if args.only else None
+    cross = [r for r in args.cross_runs.split(",") if r]
     t0 = time.time()
     try:
         if args.dry_run:
             return _print_dry_run(args, overrides, only)
+        on_result = None
+        if args.costs:
+            from lib.stage_costs import CostRecorder  # lazy: only --costs reads stage outputs
+
+            on_result = CostRecorder(
+                load_config(args.config, overrides, run_name=args.run_name), args.costs
+            )
         results = run_grid(
             args.config,
             overrides,
@@ -429,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
             only,
             args.force,
             notebook_dir=Path(args.notebook_dir),
+            on_result=on_result,
             log_output=args.log_output,
+            cross_runs=cross,
         )
     except (ConfigError, RunDirError, RunLockedError, ValueError) as e:
         print(f"python -m lib.grid: {_one_line(str(e))}", file=sys.stderr)
@@ -451,9 +476,8 @@ def _one_line(message: str) -> str:
 def _print_dry_run(args, overrides: dict, only: list[str] | None) -> int:
     cfg = load_config(args.config, overrides, run_name=args.run_name)
     run = RunDir.for_config(cfg)
-    states = dry_run(
-        args.config, overrides, args.run_name, only, notebook_dir=Path(args.notebook_dir)
-    )
+    nbdir, cross = Path(args.notebook_dir), [r for r in args.cross_runs.split(",") if r]
+    states = dry_run(args.config, overrides, args.run_name, only, nbdir, cross_runs=cross)
     print(f"run '{cfg.name}' ({run.root}): {len(states)} notebooks")
     info = busy(run.root)
     if info:
