@@ -82,3 +82,31 @@ lab: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check lib tests
 	$(VENV)/bin/ruff check lib tests
+
+## make rehearsal: the whole study at TinyLlama-1.1B's real shapes with random weights and small
+## counts (configs/rehearsal.yaml: 22 layers captured, 39 SAEs of 2048 -> 8192, probes on every
+## layer, notebooks 01-10) on this CPU -> data/runs/rehearsal/. Prints every stage's wall time,
+## peak memory, disk written and throughput (results/rehearsal.csv; the random model's build is
+## the row 00_random_model), the projected cost of the full TinyLlama study on one GPU
+## (results/cost_model.md), then re-executes 10_cross_model with nbval: the organism run
+## $(RUNS)/default beside the rehearsal when it exists (make book), else the rehearsal alone.
+## OMP_WAIT_POLICY=PASSIVE: with another job on the two cores, spinning torch threads made
+## TinyLlama-sized passes ~4x slower (NOTES_rehearsal.md).
+REHEARSAL := $(RUNS)/rehearsal
+REHEARSAL_CSV := $(REHEARSAL)/results/rehearsal.csv
+REHEARSAL_ENV := $(BATCH) OMP_WAIT_POLICY=PASSIVE DECEPTION_SAES_RUNS=$(abspath $(RUNS))
+.PHONY: rehearsal
+rehearsal: $(STAMP)
+	@mkdir -p $(REHEARSAL)/results
+	$(REHEARSAL_ENV) $(PY) -m lib.costs measure --csv $(REHEARSAL_CSV) --stage 00_random_model \
+		--dir data/models --note "random:tinyllama built on first use (2.2 GB bf16)" -- \
+		$(PY) -c "from lib.random_models import ensure_random_model; ensure_random_model('random:tinyllama')"
+	$(REHEARSAL_ENV) $(PY) -m lib.grid --config configs/rehearsal.yaml --workers 1 \
+		--costs rehearsal.csv --cross-runs default
+	@test -f $(RUNS)/default/results/layer_profile.csv || echo "rehearsal: no organism run \
+		$(RUNS)/default (make book): 10_cross_model drew the rehearsal alone"
+	@$(PY) -m lib.costs table $(REHEARSAL_CSV)
+	@$(PY) -m lib.cost_model $(REHEARSAL_CSV) --config tinyllama --out $(REHEARSAL)/results/cost_model.md
+	$(REHEARSAL_ENV) $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		-p no:cacheprovider -q $(REHEARSAL)/notebooks/10_cross_model.ipynb
+	@uptime

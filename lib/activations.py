@@ -34,7 +34,16 @@ import torch
 from lib.config import RunConfig
 from lib.dataset import read_index, read_layer
 from lib.fileio import RunDirError, read_json, read_jsonl, write_json
-from lib.models import hidden_size, hook_name, n_layers, pad_right, resid_hooks, row_ids
+from lib.models import (
+    after_prompt,
+    hidden_size,
+    hook_name,
+    n_layers,
+    pad_right,
+    prefill_rows,
+    resid_hooks,
+    row_ids,
+)
 from lib.rundir import RunDir, sha256_text
 
 INDEX_VERSION = 1
@@ -42,13 +51,22 @@ INDEX_VERSION = 1
 
 @torch.inference_mode()
 def capture_batch(
-    model, tokenizer, seqs: list[tuple[list[int], int]], layers: list[int]
+    model,
+    tokenizer,
+    seqs: list[tuple[list[int], int]],
+    layers: list[int],
+    prompt_cache: bool = False,
+    store: dict | None = None,
 ) -> dict[int, dict]:
     """Teacher-forced capture for a batch of ``(ids, n_prompt)``.
 
     Returns per layer ``{"last": [B, d], "mean": [B, d], "tokens": [sum n_completion, d]}`` in
-    float32 on the CPU, tokens in row order.
+    float32 on the CPU, tokens in row order. ``prompt_cache``: the completion tokens run on their
+    prompts' KV caches (:func:`_capture_cached`; ``store`` keeps the prefilled prompts), unless a
+    completion is empty (its ``last`` is the prompt's).
     """
+    if prompt_cache and all(len(s) > n for s, n in seqs):
+        return _capture_cached(model, tokenizer, seqs, layers, store)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids, mask = pad_right([s for s, _ in seqs], pad, device)
@@ -85,6 +103,26 @@ def capture_batch(
 
     with resid_hooks(model, layers, sink):
         model(input_ids=ids, attention_mask=mask, use_cache=False)
+    return out
+
+
+def _capture_cached(model, tokenizer, seqs, layers, store: dict | None = None) -> dict[int, dict]:
+    """:func:`capture_batch` with each prompt prefilled once (:func:`lib.models.prefill_rows`,
+    kept in ``store`` across batches) and one pass over the batch's completion tokens."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = prefill_rows(model, [tuple(s[:n]) for s, n in seqs], store)
+    comps = [s[n:] for s, n in seqs]
+    seen: dict[int, torch.Tensor] = {}
+    with resid_hooks(model, layers, seen.__setitem__):
+        after_prompt(model, rows, comps, pad)
+    out = {}
+    for i in layers:
+        toks = [seen[i][r, : len(c)].float() for r, c in enumerate(comps)]
+        out[i] = {
+            "last": torch.stack([t[-1] for t in toks]).cpu(),
+            "mean": torch.stack([t.mean(0) for t in toks]).cpu(),
+            "tokens": torch.cat(toks).cpu(),
+        }
     return out
 
 
@@ -214,13 +252,16 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
         write_json(progress_file, {"batches_done": []})
 
     handles = {i: open(f.path, "r+b") for i, f in files.items()}
+    prompts: dict = {}  # prefilled prompts (prompt_cache)
     bar = tqdm(total=n, desc="capturing resid_post", unit="completion", disable=not progress)
     try:
         for b, batch in enumerate(batches):
             if b in done:
                 bar.update(len(batch))
                 continue
-            acts = capture_batch(model, tokenizer, [seqs[r] for r in batch], layers)
+            acts = capture_batch(
+                model, tokenizer, [seqs[r] for r in batch], layers, cfg.prompt_cache, prompts
+            )
             first, t0 = batch[0], int(tok_offsets[batch[0]])
             owner = torch.cat(
                 [torch.full((int(tok_offsets[r + 1] - tok_offsets[r]),), r) for r in batch]

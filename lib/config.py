@@ -243,6 +243,9 @@ class SteeringConfig(_Strict):
     )
     n_random: int = Field(2, ge=0, description="random control directions of equal norm")
     ablate_top_k: int = Field(5, ge=1, description="deception latents zeroed in the ablation")
+    scenarios: list[str] | Literal["all"] = Field(
+        "all", description="scenario ids sampled under steering ('all': the run's scenarios)"
+    )
     sae_arch: Architecture = Field("jumprelu_ste", description="architecture of the SAE used")
     sae_condition: Condition = Field("mixed", description="training condition of the SAE used")
     n_bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of every rate CI")
@@ -265,6 +268,12 @@ class RunConfig(_Strict):
     scenario_file: str = Field(DEFAULT_SCENARIO_FILE, description="YAML file of scenario prompts")
     scenarios: list[str] | Literal["all"] = Field("all", description="scenario ids to sample")
     seed: int = Field(0, description="the run's seed: sampling, SAE training, resampling")
+    prompt_cache: bool = Field(
+        False,
+        description="prefill each scenario prompt once and run only the completion tokens on its "
+        "KV cache (sampling, capture, steering, the SAE loss metrics): the same numbers up to float "
+        "rounding, several times fewer tokens through the model; off: every row a full pass",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="stage 01")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="stage 02")
     capture: CaptureConfig = Field(default_factory=CaptureConfig, description="stage 03")

@@ -7,7 +7,8 @@ most ``--workers`` running at once::
       -> 04_sae_training x every (layer, architecture, condition) of the SAE grid
          (or once for the whole grid: sae.fan_out false)
       -> 05_layer_profile_probing -> 06_ste_comparison -> 07_summary (after 05 and 06)
-                                  -> 10_cross_model (this run)
+                                  -> 10_cross_model (this run, and the
+                                    ``--cross-runs`` that have a layer profile)
       -> 08_features x every analysed SAE (or once: features.fan_out false) -> 09_steering
 
 The grid is the run's one writer: it holds the run directory's lock (:mod:`lib.runlock`) from
@@ -21,6 +22,8 @@ the notebook resumes. A rerun that changed a cell's outputs invalidates every no
 them, directly or not. A failed 01-03 stops what depends on it; any other failed cell is reported with its output notebook and failing cell while the others go on, and
 the command exits non-zero at the end. Each cell gets its own kernel (:mod:`lib.kernel`); the
 same cells can be submitted to Dask (``--dask local`` or ``--dask tcp://host:8786``).
+``--costs rehearsal.csv`` writes every executed notebook's wall time, peak memory, disk written
+and throughput to ``<run>/results/rehearsal.csv`` (:mod:`lib.stage_costs`).
 
     python -m lib.grid --config configs/organism.yaml --workers 2
 """
@@ -28,7 +31,6 @@ same cells can be submitted to Dask (``--dask local`` or ``--dask tcp://host:878
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -38,47 +40,23 @@ from pathlib import Path
 
 import yaml
 
-from lib.config import REPO_ROOT, ConfigError, RunConfig, load_config
+from lib.config import ConfigError, RunConfig, load_config
 from lib.fileio import RunDirError, write_json
-from lib.kernel import check_parameters as _check_parameters
+from lib.grid_plan import (
+    BLOCKING,
+    NEEDS,
+    NOTEBOOK_DIR,
+    GridCell,
+    cell_fingerprint,
+    cell_state,
+    check_model_layers,
+    check_parameters,
+    plan,
+)
 from lib.kernel import completed, execute_cell, executor
-from lib.latents import analysed_saes
-from lib.rundir import RunDir, fingerprint, init_run
+from lib.rundir import RunDir, init_run
 from lib.runlock import RunLockedError, acquire, busy, held, release
 from lib.stages import Inspector, Stage
-
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-#: the notebooks each notebook reads outputs of (directly; the rest follows transitively)
-NEEDS: dict[str, tuple[str, ...]] = {
-    "01_sampling": (),
-    "02_classification": ("01_sampling",),
-    "03_activation_capture": ("02_classification",),
-    "04_sae_training": ("03_activation_capture",),
-    "05_layer_profile_probing": ("04_sae_training",),
-    "08_features": ("04_sae_training",),
-    "06_ste_comparison": ("05_layer_profile_probing",),
-    "09_steering": ("08_features",),
-    "07_summary": ("05_layer_profile_probing", "06_ste_comparison"),
-    "10_cross_model": ("05_layer_profile_probing",),
-}
-#: stages whose failure leaves nothing for the notebooks after them to read
-BLOCKING = ("01_sampling", "02_classification", "03_activation_capture")
-
-
-@dataclass(frozen=True)
-class GridCell:
-    """One notebook execution: a notebook, its parameters, and where its output goes."""
-
-    phase: int
-    notebook: str  # stem, e.g. "04_sae_training"
-    params: dict = field(default_factory=dict, hash=False, compare=False)
-    name: str = ""  # output stem, e.g. "04_sae_training__L2_topk_mixed"
-
-    def output(self, run: RunDir) -> Path:
-        return run.notebooks / f"{self.name}.ipynb"
-
-    def marker(self, run: RunDir) -> Path:
-        return run.notebooks / ".done" / f"{self.name}.json"
 
 
 @dataclass
@@ -88,107 +66,7 @@ class CellResult:
     seconds: float = 0.0
     error: str = ""
     note: str = ""  # e.g. work left for the next run (failed verdicts within the limit)
-
-
-def plan(
-    cfg: RunConfig,
-    config_ref: str,
-    notebook_dir: Path = NOTEBOOK_DIR,
-    only: list[str] | None = None,
-    overrides: dict | None = None,
-) -> list[GridCell]:
-    """The grid of a config: every notebook execution with its parameters, by phase."""
-    common = {"config": config_ref, "run_name": cfg.name, "overrides": dict(overrides or {})}
-    cells: list[GridCell] = []
-
-    def add(
-        phase: int, stem: str, extra: dict | None = None, suffix: str = "", common_params=True
-    ) -> None:
-        if not (notebook_dir / f"{stem}.ipynb").exists():
-            return
-        if only and stem[:2] not in only and stem not in only:
-            return
-        params = {**(common if common_params else {}), **(extra or {})}
-        cells.append(GridCell(phase, stem, params, stem + (f"__{suffix}" if suffix else "")))
-
-    add(1, "01_sampling")
-    add(2, "02_classification")
-    add(3, "03_activation_capture")
-    if cfg.sae.fan_out:
-        for layer, arch, cond in cfg.sae_grid():
-            cell = {"layer": layer, "arch": arch, "condition": cond}
-            add(4, "04_sae_training", cell, f"L{layer}_{arch}_{cond}")
-    elif cfg.sae_grid():
-        add(4, "04_sae_training", {"all_cells": True}, "all")
-    add(5, "05_layer_profile_probing")
-    analysed = set(analysed_saes(cfg))
-    if cfg.features.fan_out:
-        for layer, arch, cond in cfg.sae_grid():
-            if cfg.sae_id(layer, arch, cond) in analysed:
-                cell = {"layer": layer, "arch": arch, "condition": cond}
-                add(5, "08_features", cell, f"L{layer}_{arch}_{cond}")
-    elif analysed:
-        add(5, "08_features", {"all_saes": True}, "all")
-    add(6, "06_ste_comparison")  # reads 05's SAE probes
-    add(6, "09_steering")  # assembles 08's per-SAE results
-    add(7, "07_summary")  # reads 05 and 06
-    add(8, "10_cross_model", {"runs": [cfg.name]}, common_params=False)
-    return cells
-
-
-def check_parameters(cells: list[GridCell], notebook_dir: Path = NOTEBOOK_DIR) -> None:
-    """Fail before running anything when a cell passes a name its notebook does not declare."""
-    _check_parameters(cells, notebook_dir)
-
-
-def check_model_layers(cfg: RunConfig) -> None:
-    """Check the configured layers against the model's ``config.json`` when it is on disk.
-
-    Runs before the grid writes anything, so a config naming a layer the model lacks never
-    reaches the run's ``config.yaml``. A hub id not downloaded yet is checked later (notebook 03).
-    """
-    path = REPO_ROOT / "data" / "organism" if cfg.model == "organism" else Path(cfg.model)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    try:
-        mc = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return
-    mc = mc.get("text_config", mc)
-    n = mc.get("num_hidden_layers") or mc.get("n_layer")
-    if isinstance(n, int):
-        cfg.check_layers(n)
-
-
-def _fingerprint(cfg: RunConfig, cell: GridCell) -> str:
-    return fingerprint({"config": cfg.model_dump(mode="json"), "params": cell.params})[:16]
-
-
-def _ran(run: RunDir, cfg: RunConfig, cell: GridCell) -> str:
-    """``"yes"`` when the notebook ran under the grid with these settings; else why not."""
-    m = cell.marker(run)
-    if not m.exists():
-        return "not run yet"
-    if not cell.output(run).exists():
-        return "its executed notebook is missing"
-    try:
-        same = json.loads(m.read_text()).get("fingerprint") == _fingerprint(cfg, cell)
-    except json.JSONDecodeError:
-        same = False
-    return "yes" if same else "the settings changed since it ran"
-
-
-def cell_state(run: RunDir, cfg: RunConfig, cell: GridCell, ins: Inspector) -> tuple[str, str]:
-    """``("done" | "to do" | "damaged", why)`` of one cell, from its marker and its outputs."""
-    ran = _ran(run, cfg, cell)
-    check = ins.check(cell.notebook, cell.params)
-    if ran != "yes":
-        return "to do", ran if check.valid or ran != "not run yet" else f"{ran} ({check.why})"
-    if not check.valid:
-        return "damaged", check.why
-    if not check.complete:
-        return "to do", check.why
-    return "done", ""
+    usage: dict = field(default_factory=dict)  # the kernel's memory and the load (lib.costs)
 
 
 def _print_line(text: str) -> None:
@@ -211,6 +89,7 @@ def run_grid(
     on_result: Callable[[CellResult], None] | None = None,
     log_output: bool = False,
     stages: dict[str, Stage] | None = None,
+    cross_runs: list[str] | None = None,
 ) -> list[CellResult]:
     """Run (or resume) the grid of a config; returns one result per cell.
 
@@ -228,7 +107,7 @@ def run_grid(
     lock = acquire(run.root)  # first: a second writer fails at once
     try:
         try:
-            cells = plan(cfg, config_ref, notebook_dir, only, overrides)
+            cells = plan(cfg, config_ref, notebook_dir, only, overrides, cross_runs, runs_root)
             check_parameters(cells, notebook_dir)
             check_model_layers(cfg)
         except Exception:
@@ -241,7 +120,7 @@ def run_grid(
             run,
             cfg,
             cells,
-            plan(cfg, config_ref, notebook_dir, None, overrides),
+            plan(cfg, config_ref, notebook_dir, None, overrides, cross_runs, runs_root),
             Inspector(run, cfg, stages),
             notebook_dir,
             lock.lease_env(),
@@ -350,25 +229,24 @@ class _Session:
 
 def _finish(run: RunDir, cfg: RunConfig, c: GridCell, out: dict, ins: Inspector) -> CellResult:
     """The result of an executed cell: its notebook must succeed and its outputs be valid."""
+    usage = out.get("usage") or {}
     if not out["ok"]:
-        return CellResult(c, "failed", out["seconds"], f"{c.output(run)}: {out['error']}")
+        return CellResult(
+            c, "failed", out["seconds"], f"{c.output(run)}: {out['error']}", "", usage
+        )
     check = ins.check(c.notebook, c.params)
     if not check.valid:
-        return CellResult(
-            c,
-            "failed",
-            out["seconds"],
-            f"{c.output(run)} ran, but its outputs are not valid: {check.why}",
-        )
+        why = f"{c.output(run)} ran, but its outputs are not valid: {check.why}"
+        return CellResult(c, "failed", out["seconds"], why, "", usage)
     write_json(
         c.marker(run),
         {
-            "fingerprint": _fingerprint(cfg, c),
+            "fingerprint": cell_fingerprint(cfg, c),
             "params": c.params,
             "seconds": round(out["seconds"], 1),
         },
     )
-    return CellResult(c, "done", out["seconds"], note=check.why)
+    return CellResult(c, "done", out["seconds"], note=check.why, usage=usage)
 
 
 def _describe(r: CellResult) -> str:
@@ -388,11 +266,12 @@ def dry_run(
     notebook_dir: Path = NOTEBOOK_DIR,
     runs_root: Path | None = None,
     stages: dict[str, Stage] | None = None,
+    cross_runs: list[str] | None = None,
 ) -> list[tuple[GridCell, str, str]]:
     """``(cell, "done" | "to do" | "damaged", why)`` for every cell; reads only, takes no lock."""
     cfg = load_config(config_ref, overrides, run_name=run_name)
     run = RunDir.for_config(cfg, runs_root)
-    cells = plan(cfg, config_ref, notebook_dir, only, overrides)
+    cells = plan(cfg, config_ref, notebook_dir, only, overrides, cross_runs, runs_root)
     check_parameters(cells, notebook_dir)
     ins = Inspector(run, cfg, stages)
     return [(c, *cell_state(run, cfg, c, ins)) for c in cells]
@@ -442,6 +321,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--notebook-dir", default=str(NOTEBOOK_DIR), help="where the numbered notebooks are"
     )
+    ap.add_argument("--cross-runs", default="", help="other runs 10 draws, e.g. default")
+    ap.add_argument("--costs", default=None, help="write <run>/results/<COSTS>, e.g. costs.csv")
     return ap
 
 
@@ -455,10 +336,18 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
     only = args.only.split(",") if args.only else None
+    cross = [r for r in args.cross_runs.split(",") if r]
     t0 = time.time()
     try:
         if args.dry_run:
             return _print_dry_run(args, overrides, only)
+        on_result = None
+        if args.costs:
+            from lib.stage_costs import CostRecorder  # lazy: only --costs reads stage outputs
+
+            on_result = CostRecorder(
+                load_config(args.config, overrides, run_name=args.run_name), args.costs
+            )
         results = run_grid(
             args.config,
             overrides,
@@ -468,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
             only,
             args.force,
             notebook_dir=Path(args.notebook_dir),
+            on_result=on_result,
             log_output=args.log_output,
+            cross_runs=cross,
         )
     except (ConfigError, RunDirError, RunLockedError, ValueError) as e:
         print(f"python -m lib.grid: {_one_line(str(e))}", file=sys.stderr)
@@ -490,9 +381,8 @@ def _one_line(message: str) -> str:
 def _print_dry_run(args, overrides: dict, only: list[str] | None) -> int:
     cfg = load_config(args.config, overrides, run_name=args.run_name)
     run = RunDir.for_config(cfg)
-    states = dry_run(
-        args.config, overrides, args.run_name, only, notebook_dir=Path(args.notebook_dir)
-    )
+    nbdir, cross = Path(args.notebook_dir), [r for r in args.cross_runs.split(",") if r]
+    states = dry_run(args.config, overrides, args.run_name, only, nbdir, cross_runs=cross)
     print(f"run '{cfg.name}' ({run.root}): {len(states)} notebooks")
     info = busy(run.root)
     if info:

@@ -7,7 +7,9 @@ rather than TCP ports, which avoids the port clash of kernels started in paralle
 environment variables (the grid's lease of the run's lock, :mod:`lib.runlock`); and is shut down
 without the interrupt jupyter_client sends first, which made every idle kernel log
 ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel``. With ``log_output`` the kernel's
-stdout and stderr are streamed, each line prefixed with the notebook's output name.
+stdout and stderr are streamed, each line prefixed with the notebook's output name. Every kernel
+is measured while it runs (:class:`lib.costs.ProcessTreeMonitor`: peak memory of the kernel and
+its worker processes, the load average), read just before it shuts down.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+
+from lib.costs import ProcessTreeMonitor
 
 
 class _PrefixedWriter:
@@ -50,7 +54,9 @@ def execute_cell(
 
     ``env`` is added to the kernel's environment (the grid's lease of the run's lock).
     ``log_output`` streams the kernel's stdout and stderr, prefixed with the output's name.
-    Returns ``{"ok": bool, "seconds": float, "error": str}``; never raises for a notebook error.
+    Returns ``{"ok": bool, "seconds": float, "error": str, "usage": dict}`` (``usage``: the
+    kernel's memory and the load, :meth:`lib.costs.ProcessTreeMonitor.stop`); never raises for a
+    notebook error.
     """
     import papermill as pm
     from jupyter_client.manager import AsyncKernelManager
@@ -58,6 +64,7 @@ def execute_cell(
 
     sockets = tempfile.mkdtemp(prefix="kernel-")
     extra_env = dict(env or {})
+    monitor, usage = ProcessTreeMonitor(), {}
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kw):
@@ -68,6 +75,14 @@ def execute_cell(
         async def _async_pre_start_kernel(self, **kw):
             kw["env"] = {**kw.get("env", os.environ), **extra_env}
             return await super()._async_pre_start_kernel(**kw)
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            monitor.start(self.provisioner.pid)
+
+        async def shutdown_kernel(self, now: bool = False, restart: bool = False):
+            usage.update(monitor.stop())  # the kernel's VmHWM is readable until it exits
+            await super().shutdown_kernel(now=now, restart=restart)
 
         async def _async_interrupt_kernel(self):
             # jupyter_client interrupts every kernel before shutting it down; an idle kernel
@@ -101,16 +116,15 @@ def execute_cell(
             **streams,
         )
     except PapermillExecutionError as e:
-        return {
-            "ok": False,
-            "seconds": time.time() - t0,
-            "error": f"cell {e.cell_index}: {e.ename}: {e.evalue}",
-        }
+        error = f"cell {e.cell_index}: {e.ename}: {e.evalue}"
     except Exception as e:  # kernel died, notebook unreadable, ...
-        return {"ok": False, "seconds": time.time() - t0, "error": f"{type(e).__name__}: {e}"}
+        error = f"{type(e).__name__}: {e}"
+    else:
+        error = ""
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
-    return {"ok": True, "seconds": time.time() - t0, "error": ""}
+    usage = usage or monitor.stop()
+    return {"ok": not error, "seconds": time.time() - t0, "error": error, "usage": usage}
 
 
 def check_parameters(cells, notebook_dir: Path) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lib.models import pad_right, replace_resid, row_ids
+from lib.models import after_prompt, pad_right, prefill_rows, replace_resid, row_ids
 from lib.runtime import threads_for, torch_threads
 from lib.sae import SAE
 
@@ -70,6 +70,7 @@ def ce_with_replacement(
     mode: str,
     sae: SAE | None = None,
     batch_size: int = 8,
+    prompts: dict | None = None,
 ) -> tuple[float, int]:
     """Mean next-token cross-entropy over the completion tokens of ``rows`` and the token count.
 
@@ -77,6 +78,12 @@ def ce_with_replacement(
     positions replaced by ``sae``'s reconstruction) or ``zero`` (replaced by zeros). The
     completion positions are those whose vectors the capture stage stores as ``tokens``, i.e. the
     vectors the SAE was trained on; earlier positions keep their true residual.
+
+    ``prompts``: a dict (kept by the caller across calls) of prefilled prompt caches; given, the
+    rows of a batch that share a prompt run their completion tokens on its cache
+    (:func:`lib.models.prefill_rows`): the same losses up to float rounding, without recomputing the
+    prompt for every row, layer and mode. The prompt positions are never replaced, so one clean
+    prefill serves every mode.
     """
     if mode not in ("clean", "sae", "zero"):
         raise ValueError(f"mode={mode!r}; allowed: 'clean', 'sae', 'zero'")
@@ -85,7 +92,7 @@ def ce_with_replacement(
     total, count = 0.0, 0
     with torch_threads(threads_for(model)):
         for ids, logits, target in _forward_batches(
-            model, tokenizer, rows, layer, mode, sae, batch_size
+            model, tokenizer, rows, layer, mode, sae, batch_size, prompts
         ):
             total += float(_nll(logits, ids)[target].double().sum())
             count += int(target.sum())
@@ -94,20 +101,30 @@ def ce_with_replacement(
 
 @torch.no_grad()
 def sae_lm_metrics(
-    model, tokenizer, rows: Sequence[dict], layer: int, sae: SAE, batch_size: int = 8
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    layer: int,
+    sae: SAE,
+    batch_size: int = 8,
+    prompts: dict | None = None,
 ) -> dict:
     """How much splicing ``sae`` in after ``layer`` changes the model's next-token predictions.
 
     Over the completion tokens of ``rows`` (see :func:`ce_with_replacement`): ``ce_clean`` and
     ``ce_sae`` (mean cross-entropy, nats), ``delta_ce = ce_sae - ce_clean`` (nats per token) and
     ``kl`` (mean ``KL(p_clean || p_sae)`` of the next-token distributions, nats per token), with
-    ``n_tokens``. Both runs see the same batches.
+    ``n_tokens``. Both runs see the same batches. ``prompts``: see :func:`ce_with_replacement`;
+    it also keeps the clean passes of ``rows`` for the next call on the same rows.
     """
     clean_total = sae_total = kl_total = 0.0
     count = 0
     with torch_threads(threads_for(model)):
-        clean = _forward_batches(model, tokenizer, rows, layer, "clean", None, batch_size)
-        spliced = _forward_batches(model, tokenizer, rows, layer, "sae", sae, batch_size)
+        clean = _forward_batches(model, tokenizer, rows, layer, "clean", None, batch_size, prompts)
+        if prompts is not None:  # the clean passes depend on the rows only: kept for the next SAE
+            key = ("clean", tuple(r["id"] for r in rows), batch_size)
+            clean = prompts[key] = prompts[key] if key in prompts else list(clean)
+        spliced = _forward_batches(model, tokenizer, rows, layer, "sae", sae, batch_size, prompts)
         for (ids, logits_c, target), (_, logits_s, _) in zip(clean, spliced, strict=True):
             logp_c = torch.log_softmax(logits_c[:, :-1].float(), dim=-1)[target]
             logp_s = torch.log_softmax(logits_s[:, :-1].float(), dim=-1)[target]
@@ -129,7 +146,21 @@ def sae_lm_metrics(
     }
 
 
-def _forward_batches(model, tokenizer, rows, layer, mode, sae, batch_size):
+def _replacement(mode, sae, comp):
+    """The residual ``h -> h'`` of ``mode`` at the positions ``comp`` marks."""
+
+    def fn(h):
+        if mode == "zero":
+            return torch.where(comp[..., None], torch.zeros((), dtype=h.dtype, device=h.device), h)
+        recon = sae(h[comp].float()).to(h.dtype)
+        out = h.clone()
+        out[comp] = recon
+        return out
+
+    return fn
+
+
+def _forward_batches(model, tokenizer, rows, layer, mode, sae, batch_size, prompts=None):
     """Per batch: ``(ids [b, T], logits [b, T, V], target [b, T-1])``, where ``target`` marks the
     positions whose next token is a completion token (the residual there is replaced)."""
     device = next(model.parameters()).device
@@ -139,29 +170,45 @@ def _forward_batches(model, tokenizer, rows, layer, mode, sae, batch_size):
         sae = sae.to(device)
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i : i + batch_size]
+        if prompts is not None and all(len(s) > n for s, n in chunk):
+            yield from _cached_batches(model, chunk, layer, mode, sae, pad, prompts)
+            continue
         ids, attn = pad_right([s for s, _ in chunk], pad, device)
         comp = torch.zeros(ids.shape, dtype=torch.bool)
         for r, (s, n_prompt) in enumerate(chunk):
             comp[r, n_prompt : len(s)] = True
         comp = comp.to(device)
-
-        def fn(h, comp=comp):
-            if mode == "zero":
-                return torch.where(
-                    comp[..., None], torch.zeros((), dtype=h.dtype, device=h.device), h
-                )
-            recon = sae(h[comp].float()).to(h.dtype)
-            out = h.clone()
-            out[comp] = recon
-            return out
-
         if mode == "clean":
             logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
         else:
-            with replace_resid(model, layer, fn):
+            with replace_resid(model, layer, _replacement(mode, sae, comp)):
                 logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
         # position t-1 predicts token t; score the completion tokens t in [n_prompt, len)
         yield ids, logits, comp[:, 1:]
+
+
+def _cached_batches(model, chunk, layer, mode, sae, pad, prompts):
+    """:func:`_forward_batches` on prompt caches (:func:`lib.models.prefill_rows`, clean: the
+    prompt positions are never replaced): ``ids`` are each row's last prompt token and its
+    completion, ``logits`` the prompt's last logits and those of the completion tokens."""
+    device = next(model.parameters()).device
+    rows = prefill_rows(model, [tuple(s[:n]) for s, n in chunk], prompts)
+    comps = [s[n:] for s, n in chunk]
+    width = max(len(c) for c in comps)
+    ids = torch.tensor(
+        [[s[n - 1], *c, *[pad] * (width - len(c))] for (s, n), c in zip(chunk, comps, strict=True)],
+        device=device,
+    )
+    comp = torch.zeros((len(comps), width), dtype=torch.bool, device=device)
+    for r, c in enumerate(comps):
+        comp[r, : len(c)] = True
+    if mode == "clean":
+        logits = after_prompt(model, rows, comps, pad)
+    else:
+        with replace_resid(model, layer, _replacement(mode, sae, comp)):
+            logits = after_prompt(model, rows, comps, pad)
+    last = torch.stack([lg for _, lg, _ in rows])  # [b, 1, V]
+    yield ids, torch.cat([last.to(logits.dtype), logits], dim=1), comp
 
 
 def _nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -205,9 +205,9 @@ def train_grid_cell(
     # informational: the weights take raw activations (the training scale is folded in)
     sae.meta["training_mean_norm"] = hist["training_mean_norm"]
     eval_rows = _completion_rows(run, [labelled.ids[p] for p in eval_pos])
-    ce = _lm_losses(
-        lm, eval_rows, layer, sae, ce_cache if ce_cache is not None else {}, ce_batch_size
-    )
+    ce_cache = ce_cache if ce_cache is not None else {}
+    prompts = ce_cache.setdefault("prompts", {}) if cfg.prompt_cache else None
+    ce = _lm_losses(lm, eval_rows, layer, sae, ce_cache, ce_batch_size, prompts)
     sae = sae.cpu()
     metrics = {
         "sae_id": sae_id,
@@ -262,22 +262,25 @@ def _reconstruction(sae: SAE, x_train: torch.Tensor, x_eval: torch.Tensor) -> di
     }
 
 
-def _lm_losses(lm, rows: list[dict], layer: int, sae: SAE, cache: dict, batch_size: int) -> dict:
+def _lm_losses(
+    lm, rows: list[dict], layer: int, sae: SAE, cache: dict, batch_size: int, prompts=None
+) -> dict:
     """The model on the evaluation completions with the SAE spliced in, against the clean model.
 
     ``ce_delta`` (``ce_sae - ce_clean``, nats per token) and ``kl`` (``KL(clean || SAE)``, nats
     per token) say what the reconstruction costs the model; ``ce_loss_recovered`` measures it
     against zero-ablation (``ce_zero``), which is so destructive that the ratio stays near 1.
     The zero-ablation loss depends only on the completions and layer: ``cache`` shares it.
+    ``prompts``: prefilled prompt caches (``prompt_cache: true``; :func:`lib.sae_metrics.ce_with_replacement`).
     """
     model, tok = lm
     key = tuple(r["id"] for r in rows)
     if ("zero", layer, key) not in cache:
         cache[("zero", layer, key)] = ce_with_replacement(
-            model, tok, rows, layer, "zero", batch_size=batch_size
+            model, tok, rows, layer, "zero", batch_size=batch_size, prompts=prompts
         )
     ce_zero, _ = cache[("zero", layer, key)]
-    lm_fit = sae_lm_metrics(model, tok, rows, layer, sae, batch_size=batch_size)
+    lm_fit = sae_lm_metrics(model, tok, rows, layer, sae, batch_size=batch_size, prompts=prompts)
     return {
         "ce_clean": lm_fit["ce_clean"],
         "ce_sae": lm_fit["ce_sae"],

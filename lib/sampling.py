@@ -8,6 +8,10 @@ loop so that every completion draws from its own random generator, seeded from
 (run seed, scenario, sample index). Any completion can therefore be regenerated alone
 (:func:`regenerate`), and a batch's composition never changes a completion's random stream.
 
+With ``prompt_cache`` (a config switch) each scenario prompt is prefilled once and the rows of
+several scenarios decode together (:func:`generate_rows`): the same tokens, far fewer passes
+through the model.
+
 Output: ``completions.jsonl``, one row per completion, written batch by batch (append + fsync),
 so a killed run resumes where it stopped and ends with exactly the file an uninterrupted run
 writes.
@@ -23,6 +27,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 from lib.config import RunConfig, SamplingConfig
 from lib.fileio import append_jsonl, read_jsonl
+from lib.models import prefill_rows, stack_prompts
 from lib.rundir import RunDir, iter_batches, sha256_text
 from lib.scenarios import Scenario, scenarios_for
 
@@ -55,17 +60,37 @@ def draw(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tenso
     return torch.searchsorted(cdf, u[:, None]).squeeze(1).clamp_max(logits.shape[-1] - 1)
 
 
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return eos | set(gen_eos if isinstance(gen_eos, list) else [] if gen_eos is None else [gen_eos])
+
+
+def _record(tokens: torch.Tensor, out: list[list[int]], done: list[bool], eos: set[int]) -> None:
+    for r, t in enumerate(tokens.tolist()):
+        if done[r]:
+            continue
+        if t in eos:
+            done[r] = True
+        else:
+            out[r].append(t)
+
+
 @torch.inference_mode()
 def generate_batch(
-    model, tokenizer, prompt: str, seeds: list[int], s: SamplingConfig
+    model, tokenizer, prompt: str, seeds: list[int], s: SamplingConfig, prompt_cache: bool = False
 ) -> list[list[int]]:
-    """Sample ``len(seeds)`` continuations of one prompt; returns token ids without EOS."""
+    """Sample ``len(seeds)`` continuations of one prompt; returns token ids without EOS.
+
+    ``prompt_cache``: the prompt is prefilled once (batch 1) and its KV cache repeated over the
+    batch (:func:`generate_rows`), instead of a batch of identical prompt rows.
+    """
+    if prompt_cache:
+        return generate_rows(model, tokenizer, [prompt] * len(seeds), seeds, s)
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer(prompt).input_ids], device=device).expand(len(seeds), -1)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    eos = _eos_ids(model, tokenizer)
     out: list[list[int]] = [[] for _ in seeds]
     done = [False] * len(seeds)
     step_input, past = ids, None
@@ -76,17 +101,55 @@ def generate_batch(
         )
         past = result.past_key_values
         tokens = draw(filter_logits(result.logits[:, -1], s), generators)
-        for r, t in enumerate(tokens.tolist()):
-            if done[r]:
-                continue
-            if t in eos:
-                done[r] = True
-            else:
-                out[r].append(t)
+        _record(tokens, out, done, eos)
         if all(done):
             break
         step_input = tokens[:, None]
         position = position[:, -1:] + 1
+    return out
+
+
+@torch.inference_mode()
+def generate_rows(
+    model, tokenizer, prompts: list[str], seeds: list[int], s: SamplingConfig
+) -> list[list[int]]:
+    """One continuation per ``(prompt, seed)`` row, rows of several prompts decoded together.
+
+    Each distinct prompt is prefilled once (:func:`lib.models.prefill_rows`); the caches are
+    stacked, left-padded to the longest prompt (:func:`lib.models.stack_prompts`), and every decode
+    step runs the whole batch. Each row draws from its own generator, so it samples what
+    :func:`generate_batch` samples up to float rounding (the same tokens: ``tests/test_prompt_cache.py``).
+    """
+    device = next(model.parameters()).device
+    rows = prefill_rows(model, [tuple(tokenizer(p).input_ids) for p in prompts])
+    past, prefix = stack_prompts(rows)
+    logits = torch.cat([lg for _, lg, _ in rows])
+    position = torch.tensor([[n] for _, _, n in rows], device=device)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    eos = _eos_ids(model, tokenizer)
+    out: list[list[int]] = [[] for _ in seeds]
+    done = [False] * len(seeds)
+    step_input = None
+    for step in range(s.max_new_tokens):
+        if step:
+            attn = None
+            if prefix is not None:
+                grown = torch.ones((len(rows), step), dtype=prefix.dtype, device=device)
+                attn = torch.cat([prefix, grown], dim=1)
+            result = model(
+                input_ids=step_input,
+                attention_mask=attn,
+                position_ids=position,
+                past_key_values=past,
+                use_cache=True,
+            )
+            past, logits = result.past_key_values, result.logits[:, -1]
+            position = position + 1
+        tokens = draw(filter_logits(logits, s), generators)
+        _record(tokens, out, done, eos)
+        if all(done):
+            break
+        step_input = tokens[:, None]
     return out
 
 
@@ -114,6 +177,20 @@ def planned_batches(cfg: RunConfig) -> list[tuple[Scenario, list[int]]]:
     return plan
 
 
+def _decode_groups(plan: list, cfg: RunConfig) -> list[list]:
+    """The plan's batches decoded together: one each; with ``prompt_cache``, consecutive batches
+    (of several scenarios) up to ``sampling.batch_size`` rows."""
+    if not cfg.prompt_cache:
+        return [[item] for item in plan]
+    groups: list[list] = []
+    for item in plan:
+        if groups and sum(len(c) for _, c in groups[-1]) + len(item[1]) <= cfg.sampling.batch_size:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
 def sample_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = True) -> list[dict]:
     """Sample every completion of the run that ``completions.jsonl`` does not hold yet.
 
@@ -125,18 +202,25 @@ def sample_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = T
     plan = planned_batches(cfg)
     total = sum(len(chunk) for _, chunk in plan)
     bar = tqdm(total=total, desc="sampling", unit="completion", disable=not progress)
-    for sc, chunk in plan:
-        todo = [i for i in chunk if completion_id(sc.id, i) not in done]
-        bar.update(len(chunk) - len(todo))
+    for group in _decode_groups(plan, cfg):
+        todo = [
+            (sc, i) for sc, chunk in group for i in chunk if completion_id(sc.id, i) not in done
+        ]
+        bar.update(sum(len(chunk) for _, chunk in group) - len(todo))
         if not todo:
             continue
-        bar.set_postfix(scenario=sc.id)
-        seeds = [sample_seed(cfg.seed, sc.id, i) for i in todo]
-        ids = generate_batch(model, tokenizer, sc.prompt, seeds, cfg.sampling)
-        append_jsonl(
-            run.completions,
-            [_row(cfg, tokenizer, sc, i, sd, t) for i, sd, t in zip(todo, seeds, ids, strict=True)],
-        )
+        bar.set_postfix(scenario=todo[0][0].id)
+        seeds = [sample_seed(cfg.seed, sc.id, i) for sc, i in todo]
+        if cfg.prompt_cache:
+            prompts = [sc.prompt for sc, _ in todo]
+            ids = generate_rows(model, tokenizer, prompts, seeds, cfg.sampling)
+        else:
+            ids = generate_batch(model, tokenizer, todo[0][0].prompt, seeds, cfg.sampling)
+        rows = [
+            _row(cfg, tokenizer, sc, i, sd, t)
+            for (sc, i), sd, t in zip(todo, seeds, ids, strict=True)
+        ]
+        append_jsonl(run.completions, rows)
         bar.update(len(todo))
     bar.close()
     return read_jsonl(run.completions)

@@ -3,6 +3,7 @@
 At one decoder layer, every scenario prompt is sampled again with the run's own seeds (sample i
 of a scenario draws from the generator of sample i of ``completions.jsonl``), so every condition
 sees the same random numbers and differences between conditions are paired sample by sample.
+``steering.scenarios`` can restrict the scenarios (a rehearsal's small counts).
 
 Conditions (``direction`` in ``results/steering.csv``):
 
@@ -32,6 +33,8 @@ visible as a rise of ``n_ambiguous``). CIs: a bootstrap over samples stratified 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import pandas as pd
 import torch
@@ -56,7 +59,7 @@ from lib.rundir import (
 from lib.runtime import progress as progress_bar
 from lib.runtime import threads_for, torch_threads
 from lib.sae import WEIGHTS_FILENAME, load_sae
-from lib.sampling import generate_batch, sample_seed
+from lib.sampling import generate_batch, generate_rows, sample_seed
 from lib.scenarios import scenarios_for
 
 CACHE_VERSION = 1
@@ -125,6 +128,18 @@ def reconstruct(sae, zero: list[int] | None = None):
     return fn
 
 
+def steering_scenarios(cfg) -> list:
+    """The run's scenarios that steering samples (``steering.scenarios``), in the run's order."""
+    pool = scenarios_for(cfg)
+    chosen = cfg.steering.scenarios
+    if chosen == "all":
+        return pool
+    unknown = sorted(set(chosen) - {sc.id for sc in pool})
+    if unknown:
+        raise ValueError(f"steering.scenarios: {unknown} are not scenarios of the run")
+    return [sc for sc in pool if sc.id in chosen]
+
+
 def sample_texts(
     model, tokenizer, cfg, layer: int, n: int, max_new_tokens: int, fn=None
 ) -> list[dict]:
@@ -132,24 +147,33 @@ def sample_texts(
     intervention ``fn`` on the output of decoder layer ``layer`` (or none); rows
     ``{scenario, sample, text}`` in scenario order."""
     s = SamplingConfig(**{**cfg.sampling.model_dump(), "max_new_tokens": max_new_tokens})
+    scenarios = steering_scenarios(cfg)
+    if cfg.prompt_cache:  # every scenario's rows in one batch (lib.sampling.generate_rows)
+        groups = [[(sc, i) for sc in scenarios for i in range(n)]]
+    else:
+        groups = [[(sc, i) for i in range(n)] for sc in scenarios]
     out = []
-    with torch.no_grad(), torch_threads(threads_for(model)):
-        for sc in scenarios_for(cfg):
-            seeds = [sample_seed(cfg.seed, sc.id, i) for i in range(n)]
-            if fn is None:
-                ids = generate_batch(model, tokenizer, sc.prompt, seeds, s)
+    with torch.no_grad(), torch_threads(threads_for(model)), _hooked(model, layer, fn):
+        for group in groups:
+            seeds = [sample_seed(cfg.seed, sc.id, i) for sc, i in group]
+            if cfg.prompt_cache:
+                prompts = [sc.prompt for sc, _ in group]
+                ids = generate_rows(model, tokenizer, prompts, seeds, s)
             else:
-                with replace_resid(model, layer, fn):
-                    ids = generate_batch(model, tokenizer, sc.prompt, seeds, s)
+                ids = generate_batch(model, tokenizer, group[0][0].prompt, seeds, s)
             out += [
                 {
                     "scenario": sc.id,
                     "sample": i,
                     "text": tokenizer.decode(t, skip_special_tokens=True),
                 }
-                for i, t in enumerate(ids)
+                for (sc, i), t in zip(group, ids, strict=True)
             ]
     return out
+
+
+def _hooked(model, layer: int, fn):
+    return nullcontext() if fn is None else replace_resid(model, layer, fn)
 
 
 # ----- the organism's second ground truth -------------------------------------------------------
@@ -249,6 +273,7 @@ def _condition_key(cfg, layer: int, c: dict, n: int, max_new_tokens: int) -> str
             c.get("sae_stamp"),
             n,
             max_new_tokens,
+            *([] if cfg.steering.scenarios == "all" else [cfg.steering.scenarios]),
         ]
     )
 
