@@ -91,7 +91,7 @@ lint: $(STAMP)
 ## (results/cost_model.md), then re-executes 10_cross_model with nbval: the organism run
 ## $(RUNS)/default beside the rehearsal when it exists (make book), else the rehearsal alone.
 ## OMP_WAIT_POLICY=PASSIVE: with another job on the two cores, spinning torch threads made
-## TinyLlama-sized passes ~4x slower (NOTES_rehearsal.md).
+## TinyLlama-sized passes ~4x slower (README, "Rehearsal").
 REHEARSAL := $(RUNS)/rehearsal
 REHEARSAL_CSV := $(REHEARSAL)/results/rehearsal.csv
 REHEARSAL_ENV := $(BATCH) OMP_WAIT_POLICY=PASSIVE DECEPTION_SAES_RUNS=$(abspath $(RUNS))
@@ -106,7 +106,8 @@ rehearsal: $(STAMP)
 	@test -f $(RUNS)/default/results/layer_profile.csv || echo "rehearsal: no organism run \
 		$(RUNS)/default (make book): 10_cross_model drew the rehearsal alone"
 	@$(PY) -m lib.costs table $(REHEARSAL_CSV)
-	@$(PY) -m lib.cost_model $(REHEARSAL_CSV) --config tinyllama --out $(REHEARSAL)/results/cost_model.md
+	@$(PY) -m lib.cost_model $(REHEARSAL_CSV) --config tinyllama --out $(REHEARSAL)/results/cost_model.md \
+		$(if $(wildcard $(RUNS)/default/notebooks/.done/06_ste_comparison.json),--reference $(RUNS)/default)
 	$(REHEARSAL_ENV) $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		-p no:cacheprovider -q $(REHEARSAL)/notebooks/10_cross_model.ipynb
 	@uptime

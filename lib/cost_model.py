@@ -14,6 +14,7 @@ count, concurrency and latency, disk from byte counts and the rehearsal's bytes 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from lib.config import RunConfig, load_config
 from lib.costs import GB, MB, read_rows
@@ -53,6 +55,25 @@ class GPU:
 
 
 A100_40GB = GPU()
+
+
+@dataclass(frozen=True)
+class CpuCalibration:
+    """The CPU-bound analyses measured at the real shapes on this machine (2 cores), by the
+    benchmarks; a rehearsal's seconds-long analyses are mostly a notebook's fixed cost and scale
+    badly. Update the figures when the benchmarks are run again (the README quotes them)."""
+
+    # python tests/benchmarks/bench_probing.py: notebook 05's raw-activation and text probes,
+    # 22 layers x d=2048 x 300 completions, 1000 resamples, 200 permutations, both CV modes
+    probing_s: float = 180.0
+    probing_n: int = 300
+    # python tests/benchmarks/bench_latents.py: one SAE's latent statistics with CIs and k-sparse
+    # probes, 8192 latents x 300 completions x 64 tokens, 1000 resamples
+    latents_per_sae_s: float = 75.0
+    latents_n: int = 300
+
+
+MEASURED = CpuCalibration()
 
 
 def llama_shapes(preset: str = "tinyllama") -> dict:
@@ -97,15 +118,28 @@ def _disk(rows: list[dict], stem: str) -> float:
     return sum(float(r["disk_written_mb"] or 0) for r in _rows_of(rows, stem)) * MB
 
 
-def _probe_work(cfg: RunConfig, n: float, layers: int, d: int) -> float:
-    """Fits x completions x width of notebook 05 (a logistic fit costs ~ n x width): every layer
-    and pooling under both CV modes (5 stratified folds, one fold per scenario), refitted for every
-    permutation and inner threshold fold; every SAE probed (no permutations) at 4x the width."""
-    p = cfg.probe
-    folds = 5 + len(scenarios_for(cfg))
-    raw = layers * len(p.features) * folds * (1 + p.n_permutations + p.inner_splits) * n * d
-    sae = len(cfg.sae_grid()) * cfg.sae.seeds * folds * n * d * cfg.sae.expansion_factor
-    return raw + sae
+@dataclass(frozen=True)
+class Reference:
+    """A finished run at the real statistical sizes (the organism book): its config, decisive
+    completions and each notebook's seconds (:func:`reference_run`)."""
+
+    cfg: RunConfig
+    n_decisive: int
+    seconds: dict
+
+
+def reference_run(root: Path) -> Reference:
+    """The seconds each notebook of a finished grid run took (its markers under
+    ``notebooks/.done/``), with the run's config and decisive completions."""
+    run = RunDir(root)
+    data = yaml.safe_load(run.config.read_text())
+    data.pop("_provenance", None)
+    cfg = RunConfig.model_validate(data)
+    seconds: dict[str, float] = {}
+    for marker in sorted((run.notebooks / ".done").glob("*.json")):
+        stem = marker.stem.split("__")[0]
+        seconds[stem] = seconds.get(stem, 0.0) + float(json.loads(marker.read_text())["seconds"])
+    return Reference(cfg, rehearsal_facts(run, cfg)["n_decisive"], seconds)
 
 
 def project(
@@ -116,13 +150,22 @@ def project(
     gpu: GPU = A100_40GB,
     n_decisive: int = 243,
     preset: str = "tinyllama",
+    cpu: CpuCalibration = MEASURED,
+    reference: Reference | None = None,
 ) -> pd.DataFrame:
     """Expected wall time, peak host and GPU memory and disk of every stage of ``tgt`` on one
     ``gpu``, from a rehearsal's costs ``rows`` (:data:`lib.costs.COLUMNS`) of config ``reh`` and
     its :func:`rehearsal_facts`. Model passes and SAE steps come from FLOP and byte counts at the
     GPU's assumed utilisation; CPU-bound stages (05-08, 10) scale the rehearsal's measured time by
     their work; every notebook pays the rehearsal's lightest notebook (kernel start, imports).
-    ``n_decisive``: decisive completions assumed for ``tgt`` (the study's ``mixed`` n)."""
+    ``n_decisive``: decisive completions assumed for ``tgt`` (the study's ``mixed`` n).
+
+    The analyses that run on the CPU whatever the GPU: 05's raw probes and 08's latent
+    statistics from the benchmarks at the real shapes (``cpu``); 05's SAE probes from the
+    rehearsal (an upper bound: all of its 05 beyond a notebook's fixed cost is counted as SAE
+    probes); 06, which does not depend on the model's width, from ``reference`` (a config and its
+    notebooks' seconds, :func:`reference_seconds`: the organism book, which has the real numbers
+    of completions, resamples and seeds), else from the rehearsal."""
     m = llama_shapes(preset)
     f_tok, w_bytes, d, n_layers = m["flops_per_token"], m["weight_bytes_bf16"], m["d"], m["layers"]
     fwd = gpu.bf16_tflops * 1e12 * gpu.forward_utilisation
@@ -221,27 +264,47 @@ def project(
         sae_disk,
         f"{step_flops / 1e9:.0f} GFLOP/step at {gpu.sae_utilisation:.0%} of fp32 peak + {gpu.sae_step_overhead_s * 1e3:g} ms",
     )
-    scale = _probe_work(tgt, n_decisive, n_layers, d) / _probe_work(reh, dec_r, n_layers, d)
+    n_probe_sae = len(tgt.sae_grid()) * sc.seeds
+    sae_scale = n_probe_sae / max(len(reh.sae_grid()) * reh.sae.seeds, 1) * n_decisive / dec_r
+    raw_s = cpu.probing_s * n_decisive / cpu.probing_n
+    sae_s = max(_wall(rows, "05_") - nb, 0.0) * sae_scale
     add(
         "05 probing",
-        f"raw probes on {n_layers} layers x 2 CV modes, {tgt.probe.n_permutations} permutations; {n_sae} SAE probes",
-        nb + (_wall(rows, "05_") - nb) * scale,
+        f"raw probes on {n_layers} layers x 2 CV modes, {tgt.probe.n_permutations} permutations; "
+        f"{n_probe_sae} SAE probes",
+        nb + raw_s + sae_s,
         _peak(rows, "05_"),
         None,
-        _disk(rows, "05_") * n_sae / max(len(reh.sae_grid()) * reh.sae.seeds, 1),
-        f"CPU: the rehearsal's time x {scale:,.0f} (fits x completions x width)",
+        _disk(rows, "05_") * n_probe_sae / max(len(reh.sae_grid()) * reh.sae.seeds, 1),
+        f"CPU: raw probes {raw_s:,.0f} s (bench_probing: {cpu.probing_s:g} s at "
+        f"{cpu.probing_n} completions); SAE probes at most {sae_s:,.0f} s (the rehearsal's x "
+        f"{sae_scale:,.0f})",
     )
-    boot = (tgt.probe.n_bootstrap * n_decisive * sc.seeds) / max(
-        reh.probe.n_bootstrap * dec_r * reh.sae.seeds, 1
-    )
+    if reference is not None:
+        ref_cfg, ref_s = reference.cfg, reference.seconds
+        ref_nb = min([ref_s[k] for k in ("07_summary", "10_cross_model") if k in ref_s] or [nb])
+        boot = (
+            max(_ste_cells(tgt), 1)
+            / max(_ste_cells(ref_cfg), 1)
+            * (tgt.probe.n_bootstrap * n_decisive * sc.seeds)
+            / max(ref_cfg.probe.n_bootstrap * reference.n_decisive * ref_cfg.sae.seeds, 1)
+        )
+        ste_s = nb + max(ref_s.get("06_ste_comparison", ref_nb) - ref_nb, 0.0) * boot
+        ste_basis = f"CPU: the organism book's 06 x {boot:,.1f} (STE cells x resamples x completions x seeds)"
+    else:
+        boot = (tgt.probe.n_bootstrap * n_decisive * sc.seeds) / max(
+            reh.probe.n_bootstrap * dec_r * reh.sae.seeds, 1
+        )
+        ste_s = nb + (_wall(rows, "06_") - nb) * boot
+        ste_basis = f"CPU: the rehearsal's time x {boot:,.0f} (resamples x completions x seeds)"
     add(
         "06 STE comparison",
         "paired bootstraps over completions and seeds",
-        nb + (_wall(rows, "06_") - nb) * boot,
+        ste_s,
         _peak(rows, "06_"),
         None,
         _disk(rows, "06_"),
-        f"CPU: the rehearsal's time x {boot:,.0f} (resamples x completions x seeds)",
+        ste_basis,
     )
     add(
         "07 summary",
@@ -252,14 +315,9 @@ def project(
         _disk(rows, "07_"),
         "rehearsal",
     )
-    fc, n_feat_r = tgt.features, max(len(analysed_saes(reh)), 1)
+    fc = tgt.features
     n_feat = len(analysed_saes(tgt))
-    per = (
-        (_wall(rows, "08_") - nb)
-        / n_feat_r
-        * (n_decisive * fc.n_bootstrap)
-        / (dec_r * max(reh.features.n_bootstrap, 1))
-    )
+    per = cpu.latents_per_sae_s * n_decisive / cpu.latents_n
     labels = n_feat * (2 * fc.n_top + fc.autointerp_random) if fc.autointerp else 0
     add(
         "08 features",
@@ -269,7 +327,8 @@ def project(
         _peak(rows, "08_"),
         None,
         n_feat * facts["feature_bytes"],
-        "CPU: the rehearsal's time per SAE x completions x bootstrap resamples",
+        f"CPU: {per:.0f} s per SAE (bench_latents: {cpu.latents_per_sae_s:g} s at "
+        f"{cpu.latents_n} completions); {gpu.gemini_latency_s:g} s per label",
     )
     st = tgt.steering
     n_dirs = 1 + st.n_latents + st.n_random
@@ -316,6 +375,11 @@ def project(
         "basis": "stages one after another (--workers 1); disk includes the model",
     }
     return pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+
+
+def _ste_cells(cfg: RunConfig) -> int:
+    """(layer, condition) cells with an STE SAE: the comparisons of notebook 06."""
+    return len({(lay, c) for lay, a, c in cfg.sae_grid() if a == "jumprelu_ste"})
 
 
 def _steer_conditions(cfg: RunConfig) -> int:
@@ -402,12 +466,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rehearsal-config", default="rehearsal", help="the rehearsal's config")
     ap.add_argument("--decisive", type=int, default=243, help="decisive completions assumed")
     ap.add_argument("--out", default=None, help="write the markdown here (else print it)")
+    ap.add_argument(
+        "--reference", default=None, help="a finished organism run: 06 scaled from it (make book)"
+    )
     args = ap.parse_args(argv)
     path = Path(args.costs)
     reh, tgt = load_config(args.rehearsal_config), load_config(args.config)
     run = RunDir(path.resolve().parent.parent)
     rows = read_rows(path)
-    table = project(rows, reh, rehearsal_facts(run, reh), tgt, A100_40GB, args.decisive)
+    ref = reference_run(Path(args.reference)) if args.reference else None
+    table = project(
+        rows, reh, rehearsal_facts(run, reh), tgt, A100_40GB, args.decisive, reference=ref
+    )
     text = markdown(table, A100_40GB, tgt, measured_rates(rows, reh=reh), str(path))
     if args.out:
         Path(args.out).write_text(text)

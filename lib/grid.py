@@ -56,6 +56,7 @@ from lib.grid_plan import (
 from lib.kernel import completed, execute_cell, executor
 from lib.rundir import RunDir, init_run
 from lib.runlock import RunLockedError, acquire, busy, held, release
+from lib.runtime import batch_mode
 from lib.stages import Inspector, Stage
 
 
@@ -130,7 +131,8 @@ def run_grid(
             on_result,
         )
         submit, shutdown = executor(workers, dask)
-        bar = tqdm(total=len(cells), desc=f"grid {cfg.name}", unit="notebook", disable=not progress)
+        quiet = not progress or batch_mode()  # batch logs: the per-notebook lines suffice
+        bar = tqdm(total=len(cells), desc=f"grid {cfg.name}", unit="notebook", disable=quiet)
         try:
             return session.run_cells(submit, dask, bar)
         finally:

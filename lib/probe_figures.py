@@ -311,7 +311,9 @@ def plot_leakage(leak, model_label, n=None):
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("leakage: SAE saw the test completions minus it did not (points, 95% CI)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(
+        fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False
+    )  # above: no CI hides under it
     budget = d.budget.iloc[0] if len(d) else ""
     fig.suptitle(title("Leakage of SAE training data into the probe's test folds", model_label))
     caption(
@@ -361,7 +363,9 @@ def plot_ste_vs_topk(ste, model_label, n=None):
     ax.set_xlabel(
         "STE JumpReLU minus TopK balanced accuracy (points, 95% CI over completions and seeds)"
     )
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(
+        fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False
+    )  # above: no CI hides under it
     fig.suptitle(
         title("STE JumpReLU against TopK, paired, per (layer, training condition)", model_label)
     )

@@ -5,6 +5,7 @@ Nothing here asserts a time: memory and disk are asserted from what the test pro
 and writes (they do not move with the machine's load), times only for consistency."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,7 +16,16 @@ import pytest
 
 from lib import costs
 from lib.config import load_config
-from lib.cost_model import A100_40GB, GPU, llama_shapes, markdown, measured_rates, project
+from lib.cost_model import (
+    A100_40GB,
+    GPU,
+    CpuCalibration,
+    Reference,
+    llama_shapes,
+    markdown,
+    measured_rates,
+    project,
+)
 from lib.rundir import RunDir
 from lib.stage_costs import _prompt_tokens, stage_units
 
@@ -207,6 +217,26 @@ def test_projection_of_the_tinyllama_study():
     quick = project(_fake_rows(), reh, facts, tgt, fast).set_index("stage")
     assert quick.loc["04 SAE training", "time_s"] < table.loc["04 SAE training", "time_s"]
     assert quick.loc["05 probing", "time_s"] == table.loc["05 probing", "time_s"]
+    # the CPU analyses: 05's raw probes and 08's latents from the benchmarks at the real shapes,
+    # 05's SAE probes from the rehearsal (117 SAE probes for its 39, 243 completions for its 21)
+    cpu = CpuCalibration(probing_s=300.0, probing_n=300, latents_per_sae_s=60.0, latents_n=300)
+    cal = project(_fake_rows(), reh, facts, tgt, A100_40GB, cpu=cpu).set_index("stage")
+    nb = 9  # the lightest notebook of the rehearsal: a notebook's fixed cost
+    expect_05 = nb + 300 * 243 / 300 + (110 - nb) * 117 / 39 * 243 / 21
+    assert cal.loc["05 probing", "time_s"] == pytest.approx(expect_05, abs=0.1)
+    labels = 39 * (2 * tgt.features.n_top + tgt.features.autointerp_random)
+    expect_08 = nb + 60 * 243 / 300 * 39 + math.ceil(labels / 4) * 3.0
+    assert cal.loc["08 features", "time_s"] == pytest.approx(expect_08, abs=0.1)
+    # 06 from a reference run at the real sizes (the organism book), when there is one
+    org = load_config("organism")
+    ref = Reference(org, 261, {"06_ste_comparison": 16.0, "07_summary": 6.0})
+    with_ref = project(_fake_rows(), reh, facts, tgt, A100_40GB, reference=ref)
+    cells = (9 * 1000 * 243 * 3) / (
+        6 * 500 * 261 * 3
+    )  # grid cells x resamples x completions x seeds
+    assert with_ref.set_index("stage").loc["06 STE comparison", "time_s"] == pytest.approx(
+        nb + 10 * cells, abs=0.1
+    )
     text = markdown(
         table.reset_index(), A100_40GB, tgt, measured_rates(_fake_rows(), reh=reh), "x.csv"
     )
