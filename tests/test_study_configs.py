@@ -127,7 +127,7 @@ def test_rehearsal_is_tinyllamas_structure_with_random_weights():
 
 
 def test_nanochat_layers_resolve_in_transformers():
-    """nanochat-d20/-d32 have no config yet (NOTES_models.md); transformers' NanoChat port puts
+    """nanochat-d20/-d32 have no config yet (README, "The study's other models"); transformers' NanoChat port puts
     its decoder layers where the book's hooks look, and each hook is the true resid_post."""
     from transformers import NanoChatConfig
 
