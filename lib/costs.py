@@ -269,6 +269,7 @@ def measure(cmd: list[str], stage: str, csv_path: Path | str, watch: Path | str,
     code."""
     before = dir_bytes(watch)
     t0 = time.time()
+    ours = rss_bytes(os.getpid())
     proc = subprocess.Popen(cmd)
     monitor = ProcessTreeMonitor().start(proc.pid)
     while True:  # reaped here, so that wait4 gives the child's own peak (ru_maxrss, KiB)
@@ -278,7 +279,11 @@ def measure(cmd: list[str], stage: str, csv_path: Path | str, watch: Path | str,
         time.sleep(0.2)
     proc.returncode = code = os.waitstatus_to_exitcode(status)
     usage = monitor.stop()
-    hwm = max(usage["root_hwm_bytes"] or 0, rusage.ru_maxrss * 1024)
+    # Linux starts a child's ru_maxrss at the RSS of the process it was forked from (exec keeps
+    # the larger of the two), so it is the child's own peak only when above ours; else the
+    # monitor's samples of the child's VmHWM stand alone
+    child = rusage.ru_maxrss * 1024
+    hwm = max(usage["root_hwm_bytes"] or 0, child if child > ours else 0)
     usage.update(root_hwm_bytes=hwm, peak_rss_bytes=max(usage["peak_rss_bytes"] or 0, hwm))
     row = cost_row(
         stage,

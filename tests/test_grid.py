@@ -233,7 +233,8 @@ def test_second_writer_fails_at_once_and_the_first_run_is_unharmed(book):
     by hand and a bare append fail the same way; the first grid's results equal a solo run's."""
     first = subprocess.Popen(
         _grid_cmd(book, "pair", "--log-output"),
-        env=_env(book, GRID_TEST_SLEEP="0.5"),
+        # long enough that the DAG's parallel notebooks outlast a second grid's start-up
+        env=_env(book, GRID_TEST_SLEEP="2"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -250,6 +251,7 @@ def test_second_writer_fails_at_once_and_the_first_run_is_unharmed(book):
     msg = second.stderr.strip()
     assert len(msg.splitlines()) == 1 and "Traceback" not in msg
     assert f"is being written by pid {first.pid}" in msg and f"(kill {first.pid})" in msg
+    assert first.poll() is None, "the first grid ended before the intruders could be tried"
     with pytest.raises(RunLockedError, match=f"pid {first.pid}"):
         open_run("organism", "pair", ONE, book["runs"])  # a notebook run by hand
     with pytest.raises(RunLockedError):

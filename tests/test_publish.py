@@ -63,7 +63,7 @@ def test_published_summary_keeps_not_available_as_text():
 
 
 def test_readme_without_markers_is_an_error():
-    with pytest.raises(ValueError, match="no generated results section"):
+    with pytest.raises(ValueError, match="README has no generated section .*results:begin"):
         readme_section("# a README without the markers\n")
 
 
