@@ -63,13 +63,15 @@ class CpuCalibration:
     benchmarks; a rehearsal's seconds-long analyses are mostly a notebook's fixed cost and scale
     badly. Update the figures when the benchmarks are run again (the README quotes them)."""
 
-    # python tests/benchmarks/bench_probing.py: notebook 05's raw-activation and text probes,
-    # 22 layers x d=2048 x 300 completions, 1000 resamples, 200 permutations, both CV modes
-    probing_s: float = 180.0
+    # python tests/benchmarks/bench_probing.py --jobs 2: notebook 05's raw-activation and text
+    # probes, 22 layers x d=2048 x 300 completions, 1000 resamples, 200 permutations, both CV
+    # modes (2026-11-28, load 1.8)
+    probing_s: float = 126.9
     probing_n: int = 300
-    # python tests/benchmarks/bench_latents.py: one SAE's latent statistics with CIs and k-sparse
-    # probes, 8192 latents x 300 completions x 64 tokens, 1000 resamples
-    latents_per_sae_s: float = 75.0
+    # python tests/benchmarks/bench_latents.py: one SAE's latent statistics with CIs (33.1 s) and
+    # k-sparse probes (2.2 s), 8192 latents x 300 completions x 64 tokens, 1000 resamples
+    # (2026-11-28, load 1.4); the dashboard and figures (~5 s per SAE in the rehearsal) not counted
+    latents_per_sae_s: float = 35.3
     latents_n: int = 300
 
 
