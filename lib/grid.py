@@ -19,9 +19,10 @@ on the same run, fails at once with the holder's pid and command. It alone write
 A cell is skipped only when its notebook ran under the grid with the same settings (a marker in
 ``<run>/notebooks/.done/``) *and* its outputs are valid (:mod:`lib.stages`); else it runs again and
 the notebook resumes. A rerun that changed a cell's outputs invalidates every notebook that reads
-them, directly or not. A failed 01-03 stops what depends on it; any other failed cell is reported with its output notebook and failing cell while the others go on, and
-the command exits non-zero at the end. Each cell gets its own kernel (:mod:`lib.kernel`); the
-same cells can be submitted to Dask (``--dask local`` or ``--dask tcp://host:8786``).
+them, directly or not. A failed 01-03 stops what depends on it; any other failed cell is reported
+with its output notebook and failing cell while the others go on, and the command exits non-zero
+at the end. Each cell gets its own kernel (:mod:`lib.kernel`); the same cells can be submitted
+to Dask (``--dask local`` or ``--dask tcp://host:8786``).
 ``--costs rehearsal.csv`` writes every executed notebook's wall time, peak memory, disk written
 and throughput to ``<run>/results/rehearsal.csv`` (:mod:`lib.stage_costs`).
 
