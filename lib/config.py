@@ -149,6 +149,12 @@ class SAEConfig(_Strict):
         description="one notebook 04 per grid cell (parallel workers or GPUs); false: one "
         "notebook trains the whole grid and loads the model once",
     )
+    n_jobs: int = Field(
+        1,
+        ge=1,
+        description="processes that share out the layers when one notebook trains the whole grid "
+        "(fan_out false): one per CPU core for small SAEs on the CPU; 1 on a GPU",
+    )
     ste: SteConfig = Field(default_factory=SteConfig, description="the STE JumpReLU's settings")
 
 

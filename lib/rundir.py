@@ -226,8 +226,9 @@ def guard_sae_write(run: RunDir, cfg: RunConfig, sae_id: str) -> None:
         return
     old = yaml.safe_load(run.config.read_text()) or {}
     new = cfg.model_dump(mode="json")
+    sched = ("fan_out", "n_jobs")  # how the grid is scheduled does not change an SAE
     pick = lambda d: {  # noqa: E731
-        "sae": d.get("sae"),
+        "sae": {k: v for k, v in (d.get("sae") or {}).items() if k not in sched},
         "seed": d.get("seed"),
         "judge": {"primary": (d.get("judge") or {}).get("primary")},
     }

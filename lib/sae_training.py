@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from joblib import Parallel, delayed
 
 from lib.config import ARCHITECTURES, CONDITIONS, ConfigError, RunConfig
 from lib.dataset import Labelled, LayerData, labelled_rows, read_index, read_layer, training_vectors
@@ -117,7 +118,8 @@ def training_fingerprint(cfg: RunConfig, labelled: Labelled, run: RunDir) -> str
     A finished SAE is reused only while this is unchanged (a changed ``sae.steps`` retrains).
     """
     blob = {
-        "sae": cfg.sae.model_dump(mode="json", exclude={"seeds"}),
+        # how the grid is scheduled (notebooks, processes) does not change an SAE
+        "sae": cfg.sae.model_dump(mode="json", exclude={"seeds", "fan_out", "n_jobs"}),
         "seed": cfg.seed,
         "judge": labelled.judge,
         "labelled": [labelled.ids, labelled.y.tolist()],
@@ -326,53 +328,76 @@ def train_grid(
 ) -> list[Path]:
     """Every SAE of ``cfg.sae_grid()``, every seed (resumable: current SAEs are skipped).
 
-    Loads the model and each layer's activations once, and shares the clean and zero-ablation
-    cross-entropies between the cells that have the same held-out completions.
+    Each process loads the model and each layer's activations once, and shares the clean and
+    zero-ablation cross-entropies between the cells that have the same held-out completions.
+    With ``sae.n_jobs`` > 1 the layers are shared out over that many worker processes (an SAE
+    depends only on its own seed and data, so the SAEs are the same as a serial run's).
     """
     units = [(*c, i) for c in cfg.sae_grid() for i in range(cfg.sae.seeds)]
     labelled = labelled_rows(run, cfg)
     fp = training_fingerprint(cfg, labelled, run)
     paths = {u: run.sae_dir(cfg.sae_id(*u)) for u in units}
     todo = [u for u in units if force or not _is_current(paths[u], fp)]
-    if todo:
-        lm = load_model(cfg)
-        cache: dict = {}
-        layers: dict[int, LayerData] = {}
-        unconverged = []
-        for layer, arch, cond, i in progress_bar(todo, desc="SAE grid", on=progress):
-            if layer not in layers:
-                layers.clear()
-                layers[layer] = read_layer(run, layer)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", NotConvergedWarning)
-                paths[(layer, arch, cond, i)] = train_grid_cell(
-                    run,
-                    cfg,
-                    layer,
-                    arch,
-                    cond,
-                    progress=False,
-                    force=force,
-                    lm=lm,
-                    layer_data=layers[layer],
-                    labelled=labelled,
-                    ce_cache=cache,
-                    seed_index=i,
-                )
-            for w in caught:
-                if issubclass(w.category, NotConvergedWarning):
-                    unconverged.append(cfg.sae_id(layer, arch, cond, i))
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        if unconverged:
-            warnings.warn(
-                f"{len(unconverged)} of {len(todo)} SAEs had not converged (mean L0 still moved "
-                "more than 5% over the last 10% of their steps; `converged` and "
-                f"`l0_change_last_10pct` in their metrics.json): {', '.join(unconverged)}",
-                NotConvergedWarning,
-                stacklevel=2,
-            )
+    layers = sorted({u[0] for u in todo})
+    jobs = min(cfg.sae.n_jobs, len(layers))
+    if jobs > 1:
+        groups = [[u for u in todo if u[0] in layers[j::jobs]] for j in range(jobs)]
+        work = Parallel(n_jobs=jobs, return_as="generator")(
+            delayed(_train_units)(run, cfg, g, labelled, force, False) for g in groups
+        )
+        parts = list(progress_bar(work, total=jobs, desc="SAE grid (processes)", on=progress))
+    elif todo:
+        parts = [_train_units(run, cfg, todo, labelled, force, progress)]
+    else:
+        parts = []
+    unconverged = [sae_id for part in parts for sae_id in part]
+    if unconverged:
+        warnings.warn(
+            f"{len(unconverged)} of {len(todo)} SAEs had not converged (mean L0 still moved "
+            "more than 5% over the last 10% of their steps; `converged` and "
+            f"`l0_change_last_10pct` in their metrics.json): {', '.join(unconverged)}",
+            NotConvergedWarning,
+            stacklevel=2,
+        )
     return [paths[u] for u in units]
+
+
+def _train_units(
+    run: RunDir, cfg: RunConfig, units: list, labelled, force: bool, progress: bool
+) -> list[str]:
+    """Train ``units`` (``(layer, arch, condition, seed index)``) in this process, the model
+    loaded once and each layer read once; returns the ids of the SAEs that had not converged
+    (their warnings are collected into one by :func:`train_grid`; others pass through)."""
+    lm = load_model(cfg)
+    cache: dict = {}
+    data: dict[int, LayerData] = {}
+    unconverged = []
+    for layer, arch, cond, i in progress_bar(units, desc="SAE grid", on=progress):
+        if layer not in data:
+            data.clear()
+            data[layer] = read_layer(run, layer)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NotConvergedWarning)
+            train_grid_cell(
+                run,
+                cfg,
+                layer,
+                arch,
+                cond,
+                progress=False,
+                force=force,
+                lm=lm,
+                layer_data=data[layer],
+                labelled=labelled,
+                ce_cache=cache,
+                seed_index=i,
+            )
+        for w in caught:
+            if issubclass(w.category, NotConvergedWarning):
+                unconverged.append(cfg.sae_id(layer, arch, cond, i))
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return unconverged
 
 
 def grid_metrics(run: RunDir, cfg: RunConfig) -> pd.DataFrame:

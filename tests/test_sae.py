@@ -562,6 +562,7 @@ def tiny_run(tmp_path_factory):
             "sae.steps": 30,
             "sae.heldout_fraction": 0.25,
             "sae.seeds": 1,
+            "sae.n_jobs": 1,  # in this process: tests replace parts of it
         },
     )
     run = init_run(cfg, root / "runs")
@@ -724,6 +725,35 @@ def test_train_grid_names_unconverged_saes_in_one_warning(tiny_run, monkeypatch)
     assert all(sae_id in said[0] for sae_id in ste)
     others = [w for w in caught if w.category is UserWarning]
     assert len(others) == len(cfg.sae_grid())  # other warnings pass through, one per cell
+
+
+def test_the_grid_trained_by_two_processes_equals_one_process(tiny_run, tmp_path):
+    """``sae.n_jobs: 2`` shares the layers out over two processes; every SAE file and metric
+    (timing aside) is byte for byte what one process writes."""
+    import shutil
+
+    from lib.sae_training import train_grid
+
+    cfg, run, _ = tiny_run
+    out = {}
+    for jobs in (1, 2):
+        root = tmp_path / f"jobs{jobs}"
+        shutil.copytree(run.root, root / run.root.name, ignore=shutil.ignore_patterns("saes"))
+        c = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"n_jobs": jobs})})
+        copy = init_run(c, root, write_config=True)
+        paths = train_grid(copy, c, progress=False)
+        assert len({p.name.split("_L")[1][0] for p in paths}) == 2  # two layers: two processes
+        out[jobs] = {
+            p.name: (
+                (p / "sae_weights.safetensors").read_bytes(),
+                {k: v for k, v in read_metrics(p).items() if "second" not in k},
+            )
+            for p in paths
+        }
+    assert out[1].keys() == out[2].keys() and len(out[1]) == len(cfg.sae_grid())
+    for name in out[1]:
+        assert out[1][name][0] == out[2][name][0], name
+        assert out[1][name][1] == out[2][name][1], name
 
 
 def test_seeds_train_one_sae_each_under_their_own_ids(tiny_run):
