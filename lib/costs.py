@@ -103,6 +103,13 @@ def rss_bytes(pid: int) -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def _cmdline(pid: int | str) -> bytes:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def hwm_bytes(pid: int) -> int | None:
     """The peak resident memory of a living process (``VmHWM``), or None."""
     try:
@@ -125,6 +132,7 @@ class ProcessTreeMonitor:
         self.loads: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._own = _cmdline("self")
 
     def start(self, pid: int) -> ProcessTreeMonitor:
         self.pid = pid
@@ -134,6 +142,8 @@ class ProcessTreeMonitor:
 
     def sample(self) -> None:
         if self.pid is None or not PROC.exists():
+            return
+        if _cmdline(self.pid) == self._own:  # forked, not yet exec'd: its memory is ours
             return
         tree = descendants(self.pid)
         self.peak_tree = max(self.peak_tree, sum(rss_bytes(p) for p in tree))
@@ -269,7 +279,6 @@ def measure(cmd: list[str], stage: str, csv_path: Path | str, watch: Path | str,
     code."""
     before = dir_bytes(watch)
     t0 = time.time()
-    ours = rss_bytes(os.getpid())
     proc = subprocess.Popen(cmd)
     monitor = ProcessTreeMonitor().start(proc.pid)
     while True:  # reaped here, so that wait4 gives the child's own peak (ru_maxrss, KiB)
@@ -279,10 +288,10 @@ def measure(cmd: list[str], stage: str, csv_path: Path | str, watch: Path | str,
         time.sleep(0.2)
     proc.returncode = code = os.waitstatus_to_exitcode(status)
     usage = monitor.stop()
-    # Linux starts a child's ru_maxrss at the RSS of the process it was forked from (exec keeps
-    # the larger of the two), so it is the child's own peak only when above ours; else the
-    # monitor's samples of the child's VmHWM stand alone
-    child = rusage.ru_maxrss * 1024
+    # Linux carries the high-water mark of the memory a child was forked from (ours) into the
+    # child's ru_maxrss at exec, so it is the child's own peak only when above our own peak;
+    # else the monitor's samples of the child's VmHWM stand alone
+    child, ours = rusage.ru_maxrss * 1024, hwm_bytes(os.getpid()) or 0
     hwm = max(usage["root_hwm_bytes"] or 0, child if child > ours else 0)
     usage.update(root_hwm_bytes=hwm, peak_rss_bytes=max(usage["peak_rss_bytes"] or 0, hwm))
     row = cost_row(
