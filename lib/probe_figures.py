@@ -284,6 +284,33 @@ def plot_probe_controls(controls, model_label, n=None):
     return fig
 
 
+def _forest(ax, d, labels, columns, ms, lw, tick_size=None) -> list:
+    """The two CV modes' estimates with 95% CIs (``columns``: value, low, high; in points) on
+    one row per label, a line at 0, the legend above the axes (no CI hides under it); returns
+    each mode's ``(rows, y)``."""
+    value, low, high = columns
+    drawn = []
+    for cv, shift in (("stratified", -0.15), ("scenario", 0.15)):
+        s = d[d.cv == cv]
+        y = np.array([labels.index(lbl) for lbl in s.label]) + shift
+        ax.errorbar(
+            100 * s[value],
+            y,
+            xerr=[100 * (s[value] - s[low]), 100 * (s[high] - s[value])],
+            fmt="o",
+            color=CV_COLOURS[cv],
+            ms=ms,
+            lw=lw,
+            label=CV_LABELS[cv],
+        )
+        drawn.append((s, y))
+    ax.axvline(0, color="#999999", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels, **({"fontsize": tick_size} if tick_size else {}))
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    return drawn
+
+
 def plot_leakage(leak, model_label, n=None):
     """Leakage per SAE cell: balanced accuracy with an SAE that saw the test completions minus
     with SAEs that did not (same budget and seeds), with the paired 95% CI, per CV mode."""
@@ -294,26 +321,8 @@ def plot_leakage(leak, model_label, n=None):
     ]
     labels = list(dict.fromkeys(d.sort_values(["layer", "arch", "condition"]).label))
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(labels) + 1.8))
-    for cv, shift in (("stratified", -0.15), ("scenario", 0.15)):
-        s = d[d.cv == cv]
-        y = np.array([labels.index(lbl) for lbl in s.label]) + shift
-        ax.errorbar(
-            100 * s.leakage,
-            y,
-            xerr=[100 * (s.leakage - s.leakage_ci_low), 100 * (s.leakage_ci_high - s.leakage)],
-            fmt="o",
-            color=CV_COLOURS[cv],
-            ms=4,
-            lw=1,
-            label=CV_LABELS[cv],
-        )
-    ax.axvline(0, color="#999999", lw=0.8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.invert_yaxis()
+    _forest(ax, d, labels, ("leakage", "leakage_ci_low", "leakage_ci_high"), 4, 1, tick_size=8)
     ax.set_xlabel("leakage: SAE saw the test completions minus it did not (points, 95% CI)")
-    ax.legend(
-        fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False
-    )  # above: no CI hides under it
     budget = d.budget.iloc[0] if len(d) else ""
     fig.suptitle(title("Leakage of SAE training data into the probe's test folds", model_label))
     caption(
@@ -332,27 +341,12 @@ def plot_ste_vs_topk(ste, model_label, n=None):
     ]
     labels = list(dict.fromkeys(d.sort_values(["layer", "condition"]).label))
     fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(labels) + 2.0))
-    for cv, shift in (("stratified", -0.15), ("scenario", 0.15)):
-        s = d[d.cv == cv]
-        y = np.array([labels.index(lbl) for lbl in s.label]) + shift
-        ax.errorbar(
-            100 * s.delta,
-            y,
-            xerr=[100 * (s.delta - s.ci_low), 100 * (s.ci_high - s.delta)],
-            fmt="o",
-            color=CV_COLOURS[cv],
-            ms=5,
-            lw=1.1,
-            label=CV_LABELS[cv],
-        )
+    for s, y in _forest(ax, d, labels, ("delta", "ci_low", "ci_high"), 5, 1.1):
         for yy, (_, r) in zip(y, s.iterrows(), strict=True):
             if r.verdict in ("win", "loss"):
                 ax.plot(
                     100 * r.delta, yy, "*", color="#f1c40f", ms=9, mec="#444444", mew=0.5, zorder=4
                 )
-    ax.axvline(0, color="#999999", lw=0.8)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.invert_yaxis()
     l0 = d[d.cv == "stratified"].drop_duplicates("label").set_index("label")
     right = ax.secondary_yaxis("right")
     right.set_yticks(
@@ -363,9 +357,6 @@ def plot_ste_vs_topk(ste, model_label, n=None):
     ax.set_xlabel(
         "STE JumpReLU minus TopK balanced accuracy (points, 95% CI over completions and seeds)"
     )
-    ax.legend(
-        fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False
-    )  # above: no CI hides under it
     fig.suptitle(
         title("STE JumpReLU against TopK, paired, per (layer, training condition)", model_label)
     )

@@ -16,7 +16,6 @@ Two readers:
 
 from __future__ import annotations
 
-import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lib.config import REPO_ROOT
-from lib.sae import SAE, SAEFormatError
+from lib.sae import SAE, SAEFormatError, read_cfg_json
 
 PUBLISHED_FILE = REPO_ROOT / "data" / "published.yaml"
 
@@ -191,14 +190,7 @@ def load_published_sae(path: Path | str, d_in: int | None = None, device: str = 
     """
     path = Path(path)
     cfg_path, w_path = path / "cfg.json", path / "sae_weights.safetensors"
-    if not cfg_path.exists():
-        raise SAEFormatError(f"{cfg_path} is missing; {path} is not a published SAE folder")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SAEFormatError(f"{cfg_path} is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise SAEFormatError(f"{cfg_path} must hold a JSON object")
+    cfg = read_cfg_json(path, "a published SAE folder")
     meta_in: dict[str, Any] = dict(cfg.get("metadata") or {})
 
     def key(name: str):

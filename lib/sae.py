@@ -249,18 +249,26 @@ def save_sae(sae: SAE, path: Path | str, extra_files: dict[str, Any] | None = No
 
 
 # ----- loading ------------------------------------------------------------------------------------
-def _read_cfg(path: Path) -> dict[str, Any]:
+def read_cfg_json(path: Path, folder: str = "a complete SAE folder") -> dict[str, Any]:
+    """The JSON object of ``path/cfg.json``; :class:`SAEFormatError` naming the file when it is
+    missing (``path`` is then not ``folder``), not JSON, or not an object."""
     cfg_path = path / CFG_FILENAME
-    if not path.is_dir():
-        raise SAEFormatError(f"{path} is not an SAE folder (no such directory)")
     if not cfg_path.exists():
-        raise SAEFormatError(f"{cfg_path} is missing; {path} is not a complete SAE folder")
+        raise SAEFormatError(f"{cfg_path} is missing; {path} is not {folder}")
     try:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SAEFormatError(f"{cfg_path} is not valid JSON ({e})") from None
     if not isinstance(cfg, dict):
         raise SAEFormatError(f"{cfg_path} must hold a JSON object")
+    return cfg
+
+
+def _read_cfg(path: Path) -> dict[str, Any]:
+    cfg_path = path / CFG_FILENAME
+    if not path.is_dir():
+        raise SAEFormatError(f"{path} is not an SAE folder (no such directory)")
+    cfg = read_cfg_json(path)
     for key in ("architecture", "d_in", "d_sae"):
         if key not in cfg:
             raise SAEFormatError(f"{cfg_path} lacks the key {key!r}")

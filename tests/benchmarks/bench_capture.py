@@ -15,16 +15,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lib.activations import capture_batch
 from lib.models import decoder_layers, pad_right
+from lib.random_models import PRESETS
 
-TINYLLAMA = dict(
-    vocab_size=32000,
-    hidden_size=2048,
-    intermediate_size=5632,
-    num_hidden_layers=22,
-    num_attention_heads=32,
-    num_key_value_heads=4,
-    max_position_embeddings=2048,
-)
+TINYLLAMA = PRESETS["tinyllama"]["config"]  # the study model's shapes
 
 
 class _Tok:

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from lib.rundir import shown
-
 SANITIZE = Path(__file__).resolve().parent.parent / "nbval_sanitize.cfg"
 
 
@@ -26,9 +24,8 @@ def sanitizers() -> list[tuple[re.Pattern, str]]:
     return [(re.compile(cp[s]["regex"]), cp[s]["replace"]) for s in cp.sections()]
 
 
-def checked_outputs(notebook: Path, run_dir: Path | None = None) -> list[str]:
-    """Text of every output of every NBVAL_CHECK_OUTPUT cell, sanitised, in cell order; the run
-    directory ``run_dir``, where a cell names it, reads ``<RUN>`` (the books live in two places)."""
+def checked_outputs(notebook: Path) -> list[str]:
+    """Text of every output of every NBVAL_CHECK_OUTPUT cell, sanitised, in cell order."""
     nb = json.loads(notebook.read_text())
     out = []
     for cell in nb["cells"]:
@@ -41,9 +38,6 @@ def checked_outputs(notebook: Path, run_dir: Path | None = None) -> list[str]:
                 text += "".join(o["text"])
             elif "data" in o:
                 text += "".join(o["data"].get("text/plain", ""))
-        if run_dir is not None:  # as notebooks print it (lib.rundir.shown), or as given
-            for name in (shown(run_dir.resolve()), str(run_dir)):
-                text = text.replace(name, "<RUN>")
         for pattern, repl in sanitizers():
             text = pattern.sub(repl, text)
         out.append(text)
@@ -65,7 +59,7 @@ def test_every_checked_output_is_the_same_under_both_thread_layouts():
     for nb in books:
         other = second / "notebooks" / nb.name
         assert other.exists(), f"{other} was not executed"
-        a, b = checked_outputs(nb, first), checked_outputs(other, second)
+        a, b = checked_outputs(nb), checked_outputs(other)
         assert a == b, f"{nb.name}: checked outputs differ between the two thread layouts"
         compared += len(a)
     assert compared >= 10  # the comparison covered the checked cells of the book
