@@ -90,8 +90,8 @@ lint: $(STAMP)
 ## the row 00_random_model), the projected cost of the full TinyLlama study on one GPU
 ## (results/cost_model.md), then re-executes 10_cross_model with nbval: the organism run
 ## $(RUNS)/default beside the rehearsal when it exists (make book), else the rehearsal alone.
-## OMP_WAIT_POLICY=PASSIVE: with another job on the two cores, spinning torch threads made
-## TinyLlama-sized passes ~4x slower (README, "Rehearsal").
+## OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning on cores another job
+## needs (not measured without it).
 REHEARSAL := $(RUNS)/rehearsal
 REHEARSAL_CSV := $(REHEARSAL)/results/rehearsal.csv
 REHEARSAL_ENV := $(BATCH) OMP_WAIT_POLICY=PASSIVE DECEPTION_SAES_RUNS=$(abspath $(RUNS))
