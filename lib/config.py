@@ -345,6 +345,12 @@ class RunConfig(_Strict):
         suffix = f"_s{seed_index}" if seed_index else ""
         return f"{self.model_tag}_{arch}_L{layer}_{condition}{suffix}"
 
+    def analysed_saes(self) -> list[str]:
+        """SAE ids notebook 08 covers: ``features.saes``, or every SAE of the grid (``all``)."""
+        if self.features.saes == "all":
+            return [self.sae_id(*cell) for cell in self.sae_grid()]
+        return list(self.features.saes)
+
     def sae_seed(self, seed_index: int) -> int:
         """The training seed of an SAE: the run seed for the first, a derived one for the rest."""
         if seed_index == 0:

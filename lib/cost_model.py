@@ -26,7 +26,6 @@ import yaml
 
 from lib.config import RunConfig, load_config
 from lib.costs import GB, MB, read_rows
-from lib.latents import analysed_saes
 from lib.random_models import PRESETS
 from lib.rundir import RunDir
 from lib.scenarios import scenarios_for
@@ -318,7 +317,7 @@ def project(
         "rehearsal",
     )
     fc = tgt.features
-    n_feat = len(analysed_saes(tgt))
+    n_feat = len(tgt.analysed_saes())
     per = cpu.latents_per_sae_s * n_decisive / cpu.latents_n
     labels = n_feat * (2 * fc.n_top + fc.autointerp_random) if fc.autointerp else 0
     add(

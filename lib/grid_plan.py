@@ -15,7 +15,6 @@ from pathlib import Path
 
 from lib.config import REPO_ROOT, RunConfig
 from lib.kernel import check_parameters as _check_parameters
-from lib.latents import analysed_saes
 from lib.rundir import RunDir, fingerprint
 from lib.stages import Inspector
 
@@ -89,7 +88,7 @@ def plan(
     elif cfg.sae_grid():
         add(4, "04_sae_training", {"all_cells": True}, "all")
     add(5, "05_layer_profile_probing")
-    analysed = set(analysed_saes(cfg))
+    analysed = set(cfg.analysed_saes())
     if cfg.features.fan_out:
         for layer, arch, cond in cfg.sae_grid():
             if cfg.sae_id(layer, arch, cond) in analysed:

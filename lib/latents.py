@@ -77,12 +77,6 @@ def features_dir(run: RunDir, sae_id: str) -> Path:
     return run.root / "features" / sae_id
 
 
-def analysed_saes(cfg: RunConfig) -> list[str]:
-    """SAE ids notebook 08 covers: ``features.saes``, or every SAE of the grid."""
-    grid = [cfg.sae_id(*cell) for cell in cfg.sae_grid()]
-    return grid if cfg.features.saes == "all" else list(cfg.features.saes)
-
-
 def sae_layer(cfg: RunConfig, sae_id: str, sae=None) -> int:
     """The layer of an SAE of the grid (or from its ``hook_layer`` metadata)."""
     for layer, arch, cond in cfg.sae_grid():

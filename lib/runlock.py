@@ -226,3 +226,36 @@ def require_writer(path: Path | str) -> None:
     root = find_run_root(Path(path).parent)
     if root is not None and held(root) is None:
         acquire(root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lib.runlock RUN_DIR -- COMMAND ...``: run a command as the writer of a run.
+
+    Takes the run's lock (failing at once, like any writer, when another process holds it), lends
+    it to the command and everything the command starts, and returns the command's exit status.
+    ``make check-book`` runs nbval this way, so that two notebooks re-executed side by side write
+    their (unchanged) outputs as one writer's delegates.
+    """
+    import argparse
+    import subprocess
+
+    parser = argparse.ArgumentParser(prog="python -m lib.runlock", description=main.__doc__)
+    parser.add_argument("run_dir", help="the run directory (created when missing)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command: python -m lib.runlock RUN_DIR -- COMMAND ...")
+    try:
+        acquire(args.run_dir)
+    except RunLockedError as e:
+        print(f"lib.runlock: {e}", file=sys.stderr)
+        return 1
+    try:
+        return subprocess.call(command)  # inherits LEASE_ENV, set by acquire
+    finally:
+        release(args.run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterable
 from contextlib import contextmanager
 
-import torch
 from threadpoolctl import threadpool_limits
 
 #: below this many parameters a model's forward pass runs single-threaded on the CPU
@@ -29,6 +28,8 @@ SMALL_MODEL_PARAMS = 50_000_000
 @contextmanager
 def torch_threads(n: int | None):
     """Run PyTorch with ``n`` CPU threads inside the block (``None``: leave it as it is)."""
+    import torch  # lazy: lib.grid's process (progress, batch mode) never loads torch
+
     old = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)

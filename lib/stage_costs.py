@@ -19,7 +19,6 @@ import pandas as pd
 from lib.config import RunConfig
 from lib.costs import cost_row, dir_bytes, upsert_rows
 from lib.fileio import read_json, read_jsonl
-from lib.latents import analysed_saes
 from lib.rundir import RunDir, read_label_rows
 from lib.scenarios import scenarios_for
 
@@ -97,7 +96,7 @@ def stage_units(run: RunDir, cfg: RunConfig, notebook: str, params: dict) -> tup
     if notebook == "07_summary":
         return len(pd.read_csv(run.result("summary.csv"))), ""
     if notebook == "08_features":
-        ids = analysed_saes(cfg) if params.get("all_saes") else _sae_ids(cfg, params)
+        ids = cfg.analysed_saes() if params.get("all_saes") else _sae_ids(cfg, params)
         return len(ids), ""
     if notebook == "09_steering":
         df = pd.read_csv(run.result("steering.csv"))

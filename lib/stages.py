@@ -289,10 +289,8 @@ def _sae_outputs(ins: Inspector, params: dict) -> list[Path]:
 
 # ----- 08 -----------------------------------------------------------------------------------------
 def _feature_ids(ins: Inspector, params: dict) -> list[str]:
-    from lib.latents import analysed_saes  # lazy: torch; only feature checks need it
-
     if params.get("all_saes"):
-        return analysed_saes(ins.cfg)
+        return ins.cfg.analysed_saes()
     return [ins.cfg.sae_id(params["layer"], params["arch"], params["condition"])]
 
 

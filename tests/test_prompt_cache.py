@@ -1,7 +1,7 @@
 """The prompt cache (``prompt_cache: true``): each scenario prompt prefilled once, the completion
 tokens run on its KV cache. Sampling draws the same tokens; capture and the SAE loss passes give
-the same numbers up to float rounding; the switch is off by default, so runs made without it
-(the organism's) keep their results."""
+the same numbers up to float rounding; the switch is off by default (the TinyLlama grid keeps the
+study's one full pass per row) and on in the organism book and the rehearsal."""
 
 import torch
 from conftest import small_config
@@ -19,8 +19,8 @@ from lib.scenarios import scenarios_for
 TWO = ["mafia", "surprise_party"]
 
 
-def test_off_by_default_and_on_in_the_rehearsal():
-    assert load_config("organism").prompt_cache is False
+def test_off_by_default_and_on_in_the_rehearsal_and_the_organism():
+    assert load_config("organism").prompt_cache is True
     assert load_config("tinyllama").prompt_cache is False
     assert load_config("rehearsal").prompt_cache is True
 

@@ -101,6 +101,32 @@ def test_the_lease_lets_the_holders_kernels_write_and_no_one_else(tmp_path):
     assert lock.token not in os.environ.get(LEASE_ENV, "")  # released: no longer lent
 
 
+def test_a_command_run_as_the_writer_lets_two_of_its_processes_write(tmp_path):
+    """``python -m lib.runlock RUN -- CMD`` (make check-book's nbval): CMD's processes write side
+    by side; the lock is free afterwards; a held run refuses the command without running it."""
+    root = tmp_path / "run"
+    two = (
+        f"import subprocess, sys; ps = [subprocess.Popen([sys.executable, '-c', {APPEND!r}, "
+        f"{str(root)!r}]) for _ in range(2)]; sys.exit(max(p.wait() for p in ps))"
+    )
+    cmd = [sys.executable, "-m", "lib.runlock", str(root), "--", sys.executable, "-c", two]
+    done = _py(f"import subprocess, sys; sys.exit(subprocess.call({cmd!r}))")
+    assert done.returncode == 0, done.stderr
+    assert [r["id"] for r in read_jsonl(root / "completions.jsonl")] == ["x", "x"]
+    assert busy(root) is None
+    acquire(root)
+    try:
+        refused = _py(f"import subprocess, sys; sys.exit(subprocess.call({cmd!r}))")
+        assert refused.returncode == 1
+        assert f"lib.runlock: run directory {root} is being written by pid {os.getpid()}" in (
+            refused.stderr
+        )
+    finally:
+        release(root)
+    assert len(read_jsonl(root / "completions.jsonl")) == 2  # the refused command never ran
+    assert _py("from lib.runlock import main; main([])").returncode == 2  # usage error
+
+
 def test_append_writes_whole_lines_and_repairs_a_torn_tail(tmp_path):
     path = tmp_path / "rows.jsonl"
     append_jsonl(path, [{"a": 1}])

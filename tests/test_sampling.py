@@ -28,12 +28,16 @@ def test_same_seed_same_file_other_seed_other_file(tmp_path, organism):
     assert a.completions.read_bytes() != c.completions.read_bytes()
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, organism, monkeypatch):
-    _, full = _run(tmp_path, "full", organism)
-    cfg = small_config(tmp_path, name="cut", scenarios=TWO)
+@pytest.mark.parametrize("prompt_cache", [False, True])
+def test_interrupted_then_resumed_equals_uninterrupted(
+    tmp_path, organism, monkeypatch, prompt_cache
+):
+    _, full = _run(tmp_path, "full", organism, prompt_cache=prompt_cache)
+    cfg = small_config(tmp_path, name="cut", scenarios=TWO, prompt_cache=prompt_cache)
     run = init_run(cfg, tmp_path)
     model, tok = organism
-    real, calls = sampling.generate_batch, {"n": 0}
+    decode = "generate_rows" if prompt_cache else "generate_batch"  # what sample_run calls
+    real, calls = getattr(sampling, decode), {"n": 0}
 
     def dies_on_third_batch(*a, **k):
         calls["n"] += 1
@@ -41,13 +45,14 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, organism, monke
             raise KeyboardInterrupt("killed")
         return real(*a, **k)
 
-    monkeypatch.setattr(sampling, "generate_batch", dies_on_third_batch)
+    monkeypatch.setattr(sampling, decode, dies_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         sample_run(run, cfg, model, tok, progress=False)
+    assert calls["n"] == 3
     # a kill in the middle of a write leaves a torn last line; resuming must repair it
     with open(run.completions, "a") as f:
         f.write('{"id": "mafia-00')
-    monkeypatch.setattr(sampling, "generate_batch", real)
+    monkeypatch.setattr(sampling, decode, real)
     rows = sample_run(run, cfg, model, tok, progress=False)
     assert len(rows) == 2 * cfg.sampling.samples_per_scenario
     assert run.completions.read_bytes() == full.completions.read_bytes()
