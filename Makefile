@@ -16,7 +16,8 @@ BATCH := HF_HUB_OFFLINE=1 DECEPTION_SAES_BATCH=1
 RUNS ?= data/runs
 PERTURBED := data/runs-perturbed
 
-.PHONY: book test lab bench grid lint notebooks publish check-book perturbation
+.PHONY: book test lab bench grid lint notebooks publish check-book perturbation perturbed-book \
+	check-perturbation
 
 # The environment is installed by uv (pinned; pip puts it in .venv first): 78 s on this 2-core
 # machine where pip took 2 min 16 s. uv does not read pip's configuration, so the sources pip is
@@ -66,16 +67,19 @@ book: $(STAMP)
 grid: $(STAMP)
 	$(PY) -m lib.grid --config $(CONFIG) --workers $(WORKERS) $(ARGS)
 
-## make test: the pytest suite; the organism book (resumed if `make book` ran) and its checks
-## (tests/book + nbval of every notebook); then the perturbation check: the same book on a
-## simulated other host must pass the same tests/book checks and print the same checked outputs
+## make test: the pytest suite; the organism book (resumed if `make book` ran) and the same book
+## on a simulated other host, built side by side (a grid alone leaves a core idle about a third
+## of the time: 01-03 run one after another, 05 finishes alone); then the first book's checks
+## (tests/book + nbval of every notebook) and the perturbation checks: the other host's book must
+## pass the same tests/book checks and print the same checked outputs
 test: $(STAMP)
 	$(BATCH) $(PY) -m pytest tests --ignore=tests/benchmarks --ignore=tests/book \
 		--ignore=tests/perturbation -q -p no:cacheprovider \
 		-n 2 --dist loadfile --no-loadscope-reorder
-	$(MAKE) --no-print-directory book
+	@echo "make test: the book and the perturbed book side by side (each one's log when it ends)"
+	$(MAKE) --no-print-directory -j2 --output-sync=target book perturbed-book
 	$(MAKE) --no-print-directory check-book
-	$(MAKE) --no-print-directory perturbation
+	$(MAKE) --no-print-directory check-perturbation
 
 ## make check-book [RUNS=dir]: the host-proof checks of a finished organism book
 ## (nbval re-executes two notebooks at a time, both writing as delegates of one lock holder)
@@ -87,13 +91,19 @@ check-book: $(STAMP)
 
 ## make perturbation: the organism book on a simulated other host (an x86 CPU without AVX2:
 ## torch's generic kernels, OpenBLAS's Sandy Bridge kernels, one thread per worker; each changes
-## the floating-point results), checked by tests/book like the first book; then every
-## NBVAL_CHECK_OUTPUT cell its grid executed must print what the first book's printed (the first
-## book's nbval has compared those cells with the stored notebooks)
+## the floating-point results) -> data/runs-perturbed/default, then check-perturbation: checked by
+## tests/book like the first book, and every NBVAL_CHECK_OUTPUT cell its grid executed must print
+## what the first book's printed (the first book's nbval has compared those cells with the stored
+## notebooks)
 OTHER_HOST := OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default OPENBLAS_CORETYPE=Sandybridge
-perturbation: $(STAMP)
+perturbation: perturbed-book
+	$(MAKE) --no-print-directory check-perturbation
+
+perturbed-book: $(STAMP)
 	$(OTHER_HOST) DECEPTION_SAES_RUNS=$(abspath $(PERTURBED)) $(BATCH) $(PY) -m lib.grid \
 		--config configs/organism.yaml --workers 2
+
+check-perturbation: $(STAMP)
 	$(OTHER_HOST) $(BATCH) BOOK_RUN_DIR=$(PERTURBED)/default $(PY) -m pytest tests/book -q \
 		-p no:cacheprovider
 	FIRST_RUN_DIR=$(RUNS)/default SECOND_RUN_DIR=$(PERTURBED)/default $(BATCH) $(PY) -m pytest \
