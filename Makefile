@@ -22,7 +22,8 @@ PERTURBED := data/runs-perturbed
 # The environment is installed by uv (pinned; pip puts it in .venv first): 78 s on this 2-core
 # machine where pip took 2 min 16 s. uv does not read pip's configuration, so the sources pip is
 # configured with (find-links, where a machine keeps its CPU torch wheel; extra index URLs; a
-# constraints file) are passed to it by PIP_SOURCES. Without uv (no package index) pip installs.
+# constraints file) are passed to it by PIP_SOURCES. Where uv cannot be installed or fails, pip
+# installs the environment.
 # --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (as on this machine) nothing else writes
 # the .pyc files, and every process would compile torch from source again (the unit suite took
 # 417 s instead of 226 s).
@@ -46,14 +47,14 @@ export PIP_SOURCES
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@if $(PY) -m pip install -q uv==$(UV_VERSION); then \
-		sources=$$($(PY) -c "$$PIP_SOURCES"); set -x; \
+	@if $(PY) -m pip install -q uv==$(UV_VERSION) && sources=$$($(PY) -c "$$PIP_SOURCES") && \
+		echo "uv pip install --compile-bytecode $$sources -r requirements.txt" && \
 		$(VENV)/bin/uv pip install --python $(PY) -q --index-strategy unsafe-best-match \
 			--compile-bytecode $$sources -r requirements.txt && \
 		$(VENV)/bin/uv pip install --python $(PY) -q --no-deps -e .; \
-	else \
-		set -x; $(PY) -m pip install -q -r requirements.txt && \
-		$(PY) -m pip install -q --no-deps -e .; \
+	then :; else \
+		echo "uv could not install the environment (above): pip installs it"; \
+		$(PY) -m pip install -q -r requirements.txt && $(PY) -m pip install -q --no-deps -e .; \
 	fi
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
