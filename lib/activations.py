@@ -45,6 +45,7 @@ from lib.models import (
     row_ids,
 )
 from lib.rundir import RunDir, sha256_text
+from lib.runtime import progress as progress_bar
 
 INDEX_VERSION = 1
 
@@ -191,8 +192,6 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
 
     Returns the contents of ``activations/index.json``.
     """
-    from tqdm.auto import tqdm
-
     rows = read_jsonl(run.require(run.completions, "01_sampling"))
     if not rows:
         raise RunDirError(f"{run.completions} holds no completions; run 01_sampling first")
@@ -253,11 +252,13 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
 
     handles = {i: open(f.path, "r+b") for i, f in files.items()}
     prompts: dict = {}  # prefilled prompts (prompt_cache)
-    bar = tqdm(total=n, desc="capturing resid_post", unit="completion", disable=not progress)
+    bar = progress_bar(total=n, desc="capturing resid_post", on=progress, unit="completion")
+    finished = sum(len(batch) for b, batch in enumerate(batches) if b in done)
+    if finished:
+        bar.update(finished)  # at once: one line in a batch run, not one per skipped batch
     try:
         for b, batch in enumerate(batches):
             if b in done:
-                bar.update(len(batch))
                 continue
             acts = capture_batch(
                 model, tokenizer, [seqs[r] for r in batch], layers, cfg.prompt_cache, prompts

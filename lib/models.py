@@ -31,6 +31,7 @@ from lib.config import REPO_ROOT, RunConfig
 from lib.fileio import safetensors_problem
 from lib.organism import ORGANISM_DIR, ensure_organism
 from lib.random_models import ensure_random_model
+from lib.runtime import batch_mode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -96,7 +97,10 @@ def load_model(cfg: RunConfig, device: str | None = None):
 
 def load_model_path(model: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    if batch_mode():  # a stored notebook keeps only the first frame of the bar ("0/75")
+        hf_logging.disable_progress_bar()
     path = resolve_model_path(model)
     check_weight_files(path, model)
     try:

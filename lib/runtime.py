@@ -69,14 +69,18 @@ def batch_mode() -> bool:
 
 
 class LogProgress:
-    """A progress bar for batch runs: one line at each quarter of the way and at the end."""
+    """A progress bar for batch runs: a line when a quarter of the way is passed and at the end.
+
+    One line per update at most (a resumed stage that skips its finished part in one update prints
+    one line, not four), and the end is not printed twice.
+    """
 
     def __init__(self, iterable=None, total=None, desc="", disable=False, **_):
         self.iterable, self.desc, self.disable = iterable, desc, disable
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total = total
-        self.n, self.t0, self.next_quarter = 0, time.perf_counter(), 1
+        self.n, self.t0, self.next_quarter, self.printed = 0, time.perf_counter(), 1, None
 
     def __iter__(self):
         for item in self.iterable:
@@ -88,9 +92,10 @@ class LogProgress:
         self.n += k
         if self.disable or not self.total:
             return
-        while self.next_quarter < 4 and self.n * 4 >= self.next_quarter * self.total:
+        quarter = min(4, self.n * 4 // self.total)
+        if quarter >= self.next_quarter:
             self._line()
-            self.next_quarter += 1
+            self.next_quarter = quarter + 1
 
     def set_postfix(self, *a, **k) -> None:
         pass
@@ -98,14 +103,14 @@ class LogProgress:
     set_postfix_str = set_postfix
 
     def close(self) -> None:
-        if not self.disable and self.n and self.next_quarter != 5:
-            self.next_quarter = 5
+        if not self.disable and self.n and self.printed != self.n:
             self._line()
 
     def _line(self) -> None:
         total = f"/{self.total}" if self.total else ""
         took = time.perf_counter() - self.t0
         print(f"{self.desc}: {self.n}{total} done, {took:.0f} s", file=sys.stdout, flush=True)
+        self.printed = self.n
 
 
 def progress(

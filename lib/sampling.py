@@ -29,6 +29,7 @@ from lib.config import RunConfig, SamplingConfig
 from lib.fileio import append_jsonl, read_jsonl
 from lib.models import prefill_rows, stack_prompts
 from lib.rundir import RunDir, iter_batches, sha256_text
+from lib.runtime import progress as progress_bar
 from lib.scenarios import Scenario, scenarios_for
 
 
@@ -196,17 +197,17 @@ def sample_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = T
 
     Returns all rows of the file (old and new), in file order.
     """
-    from tqdm.auto import tqdm
-
     done = {r["id"] for r in read_jsonl(run.completions)}
     plan = planned_batches(cfg)
     total = sum(len(chunk) for _, chunk in plan)
-    bar = tqdm(total=total, desc="sampling", unit="completion", disable=not progress)
+    bar = progress_bar(total=total, desc="sampling", on=progress, unit="completion")
+    finished = sum(completion_id(sc.id, i) in done for sc, chunk in plan for i in chunk)
+    if finished:
+        bar.update(finished)  # at once: one line in a batch run, not one per skipped batch
     for group in _decode_groups(plan, cfg):
         todo = [
             (sc, i) for sc, chunk in group for i in chunk if completion_id(sc.id, i) not in done
         ]
-        bar.update(sum(len(chunk) for _, chunk in group) - len(todo))
         if not todo:
             continue
         bar.set_postfix(scenario=todo[0][0].id)

@@ -55,3 +55,20 @@ def test_unreachable_hub_id_says_how_to_use_a_local_copy(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match=r"local copy|set `model: DIR`"):
         load_model_path("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T")
+
+
+@pytest.mark.parametrize("batch", ["0", "1"])
+def test_batch_runs_load_a_model_without_a_progress_bar(organism_path, batch):
+    """transformers' weight-loading bar is live in JupyterLab; in a batch run (the grid, nbval,
+    make publish) a stored notebook would keep only its first frame, so it is switched off."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"from lib.models import load_model_path; load_model_path({str(organism_path)!r})"
+    env = {**os.environ, "DECEPTION_SAES_BATCH": batch}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("Loading weights" in done.stderr) == (batch == "0"), done.stderr[-500:]

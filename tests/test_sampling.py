@@ -127,3 +127,35 @@ def test_generate_default_silently_truncates_to_top_50():
             pad_token_id=0,
         )
         assert _top50_share(out[:, -1].tolist(), logits) < 0.2
+
+
+def test_batch_progress_is_a_few_lines_and_one_for_a_resume(
+    tmp_path, organism, monkeypatch, capsys
+):
+    """In batch runs (the grid, nbval, make publish) the bars are log lines: one per quarter, one
+    for a resumed stage that skips its finished part at once; never a live bar's first frame."""
+    from lib.runtime import LogProgress
+
+    def shown(out: str) -> list[str]:
+        return [line.split(" done")[0] for line in out.splitlines()]
+
+    bar = LogProgress(total=8, desc="x")
+    for _ in range(8):
+        bar.update(1)
+    bar.close()
+    assert shown(capsys.readouterr().out) == ["x: 2/8", "x: 4/8", "x: 6/8", "x: 8/8"]
+    bar = LogProgress(total=8, desc="x")
+    bar.update(5)
+    bar.update(3)
+    bar.close()
+    assert shown(capsys.readouterr().out) == ["x: 5/8", "x: 8/8"]
+
+    monkeypatch.setenv("DECEPTION_SAES_BATCH", "1")
+    cfg = small_config(tmp_path, name="b", scenarios=TWO)
+    run = init_run(cfg, tmp_path)
+    model, tok = organism
+    sample_run(run, cfg, model, tok)
+    first = capsys.readouterr()
+    assert shown(first.out)[-1] == "sampling: 40/40" and "it/s" not in first.err + first.out
+    sample_run(run, cfg, model, tok)  # finished: one line
+    assert shown(capsys.readouterr().out) == ["sampling: 40/40"]
