@@ -34,14 +34,13 @@ flags = {"find-links": "--find-links", "index-url": "--index-url",
          "extra-index-url": "--extra-index-url", "constraint": "--constraint"}
 listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
                         capture_output=True, text=True).stdout
-args = []
+pairs = {}  # (flag, source) in first-seen order: pip lists a setting once per origin
 for line in listed.splitlines():
-    key, _, value = line.partition("=")
+    key, _, value = line.partition("=")  # e.g. global.find-links='/opt/wheels'
     flag = flags.get(key.rpartition(".")[2])
-    for source in (shlex.split(value) or [""])[0].split() if flag else []:
-        if [flag, source] not in [args[i : i + 2] for i in range(0, len(args), 2)]:
-            args += [flag, source]
-print(shlex.join(args))
+    if flag:
+        pairs.update(dict.fromkeys((flag, source) for source in " ".join(shlex.split(value)).split()))
+print(shlex.join(a for pair in pairs for a in pair))
 endef
 export PIP_SOURCES
 

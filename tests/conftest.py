@@ -14,9 +14,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
-# The slowest modules, longest first (seconds per module, `--durations=60` of `make test`'s unit
-# suite on 2 cores, 2026-11-29): grid ~145, edge book ~130, gemini ~100, latents ~90, sae ~55,
-# sampling ~25, probing ~25, steering ~15. `make test` runs the suite with pytest-xdist's
+# The slowest modules, longest first: the heaviest tests of a `--durations` run of `make test`'s
+# unit suite on 2 cores (2026-11-29, one torch thread per worker) were the grid's (~125 s in all),
+# the edge book (120 s), notebook 02 under the Gemini stub (34 s) and the SAE two-process test
+# (13 s); latents, sampling, probing and steering build organism runs in their fixtures. `make test` runs the suite with pytest-xdist's
 # `--dist loadfile --no-loadscope-reorder`, which hands out modules in this order: started first,
 # they no longer leave one worker running the edge book alone at the end (xdist's default order,
 # most tests first, put that one-test module last).

@@ -1,5 +1,9 @@
 """Layer resolution for every supported architecture family, on tiny random models."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import transformers as tf
@@ -61,10 +65,6 @@ def test_unreachable_hub_id_says_how_to_use_a_local_copy(monkeypatch):
 def test_batch_runs_load_a_model_without_a_progress_bar(organism_path, batch):
     """transformers' weight-loading bar is live in JupyterLab; in a batch run (the grid, nbval,
     make publish) a stored notebook would keep only its first frame, so it is switched off."""
-    import os
-    import subprocess
-    import sys
-
     code = f"from lib.models import load_model_path; load_model_path({str(organism_path)!r})"
     env = {**os.environ, "DECEPTION_SAES_BATCH": batch}
     done = subprocess.run(

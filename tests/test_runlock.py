@@ -29,17 +29,17 @@ APPEND = (
 )
 
 
-def _py(code: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``code`` in a process that is *not* a child of this test's locks (their lease is
+def _outside(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``argv`` in a process that is *not* a child of this test's locks (their lease is
     dropped from the environment) unless ``env`` lends one."""
     base = {k: v for k, v in os.environ.items() if k != LEASE_ENV}
     return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**base, **(env or {})},
+        argv, capture_output=True, text=True, timeout=60, env={**base, **(env or {})}
     )
+
+
+def _py(code: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return _outside([sys.executable, "-c", code, *args], env)
 
 
 def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path):
@@ -110,13 +110,13 @@ def test_a_command_run_as_the_writer_lets_two_of_its_processes_write(tmp_path):
         f"{str(root)!r}]) for _ in range(2)]; sys.exit(max(p.wait() for p in ps))"
     )
     cmd = [sys.executable, "-m", "lib.runlock", str(root), "--", sys.executable, "-c", two]
-    done = _py(f"import subprocess, sys; sys.exit(subprocess.call({cmd!r}))")
+    done = _outside(cmd)
     assert done.returncode == 0, done.stderr
     assert [r["id"] for r in read_jsonl(root / "completions.jsonl")] == ["x", "x"]
     assert busy(root) is None
     acquire(root)
     try:
-        refused = _py(f"import subprocess, sys; sys.exit(subprocess.call({cmd!r}))")
+        refused = _outside(cmd)
         assert refused.returncode == 1
         assert f"lib.runlock: run directory {root} is being written by pid {os.getpid()}" in (
             refused.stderr
