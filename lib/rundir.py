@@ -181,7 +181,7 @@ def init_run(
     if run.config.exists():
         old = yaml.safe_load(run.config.read_text()) or {}
         for key in ("model", "scenarios", "scenario_file", "seed", "sampling"):
-            if key in old and old[key] != resolved[key]:
+            if key in old and _with_defaults(key, old[key]) != resolved[key]:
                 raise RunDirError(
                     f"{run.config}: run '{cfg.name}' was made with {key}={old[key]!r}, the config "
                     f"now says {resolved[key]!r}. Use another run name or delete {run.root}."
@@ -200,6 +200,15 @@ def init_run(
     )
     atomic_write_text(run.config, text)
     return run
+
+
+def _with_defaults(key: str, value):
+    """A section of an older run's ``config.yaml`` with the fields added to the config since
+    filled in with their defaults (a run made before a field existed was made with its default)."""
+    field = RunConfig.model_fields[key]
+    if not isinstance(value, dict) or field.default_factory is None:
+        return value
+    return {**field.default_factory().model_dump(mode="json"), **value}
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -29,17 +29,20 @@ scores, which notebook 06 reads.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lib import stats
 from lib.config import RunConfig
-from lib.dataset import LayerData, labelled_rows, pooled, read_layer
+from lib.dataset import LayerData, labelled_rows, pooled, read_index, read_layer
 from lib.fileio import atomic_write_text
 from lib.layer_profile import cached_layer_cv
 from lib.leakage import budget_config, budget_label, leakage_free_cv, refit_all
 from lib.probe import CV_MODES, CVResult, bootstrap_plan, cross_validate, save_cv
+from lib.published import load_published_sae
 from lib.rundir import (
     RunDir,
     file_stamp,
@@ -358,3 +361,35 @@ def sae_probes(
 def read_sae_probes(run: RunDir) -> pd.DataFrame:
     """``results/sae_probes.csv``: one row per SAE (every seed), CV mode and source."""
     return read_results_csv(run, "sae_probes.csv", "05_layer_profile_probing")
+
+
+def probe_published_sae(
+    run: RunDir, cfg: RunConfig, folder, mode: str = "stratified", pooling: str = "mean"
+) -> dict:
+    """One of the study's published SAEs (e.g. its SmolLM2 SAEs: d_in 576, d_sae 2304, hook
+    ``model.layers.{L}``) probed on this run beside the raw probe of its layer, same folds.
+
+    The study trained its SAEs on one pooled vector per completion, so they encode the run's
+    pooled ``pooling`` vectors (never token vectors: an SAE is probed on its own input kind).
+    The SAE is loaded by :func:`lib.published.load_published_sae` with ``d_in`` set to the run's
+    width, which refuses an SAE of another model. Returns ``sae_id``, ``layer``, ``bal_acc``,
+    ``raw_bal_acc``, ``delta``, ``input_l0`` and ``n``; descriptive (one fit, no seeds).
+    """
+    sae = load_published_sae(folder, d_in=int(read_index(run)["d_model"]))
+    layer = int(sae.meta["hook_layer"])
+    lab = labelled_rows(run, cfg)
+    X = pooled(read_layer(run, layer), lab, pooling)
+    with torch.no_grad():
+        codes = sae.encode(torch.from_numpy(X)).numpy()
+    sae_res = cross_validate(codes, lab.y, lab.scenario, mode)
+    raw_res = cross_validate(X, lab.y, lab.scenario, mode)
+    return {
+        "sae_id": Path(folder).name,
+        "layer": layer,
+        "cv": mode,
+        "bal_acc": sae_res.value["bal_acc"],
+        "raw_bal_acc": raw_res.value["bal_acc"],
+        "delta": sae_res.value["bal_acc"] - raw_res.value["bal_acc"],
+        "input_l0": float((codes > 0).sum(1).mean()),
+        "n": len(lab.y),
+    }

@@ -1,7 +1,7 @@
 """Same-prompt behavioural sampling (notebook 01).
 
 Every scenario prompt is sampled ``samples_per_scenario`` times from a base model (no chat
-template) at temperature 1.0 with *no* top-k and *no* nucleus truncation. Note that
+template; ``sampling.prompt_style: chat`` wraps it in an instruct model's template) at temperature 1.0 with *no* top-k and *no* nucleus truncation. Note that
 ``model.generate(do_sample=True)`` in transformers silently applies ``top_k=50`` unless told
 otherwise; this module does not use ``generate``'s sampler at all: it runs its own KV-cached
 loop so that every completion draws from its own random generator, seeded from
@@ -25,12 +25,38 @@ import pandas as pd
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from lib.config import RunConfig, SamplingConfig
+from lib.config import ConfigError, RunConfig, SamplingConfig
 from lib.fileio import append_jsonl, read_jsonl
 from lib.models import prefill_rows, stack_prompts
 from lib.rundir import RunDir, iter_batches, sha256_text
 from lib.runtime import progress as progress_bar
 from lib.scenarios import Scenario, scenarios_for
+
+
+def model_prompt(tokenizer, sc: Scenario, style: str = "raw") -> str:
+    """The text the model continues for a scenario: its prompt as it is (``raw``, the study's
+    setting), or the prompt as one user turn of the tokenizer's chat template followed by the
+    assistant's turn (``chat``). The template's own leading BOS text is dropped when the tokenizer
+    adds BOS itself, so a chat prompt never starts with two."""
+    if style == "raw":
+        return sc.prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "sampling.prompt_style=chat: this model's tokenizer has no chat template (a base "
+            "model?); use prompt_style: raw"
+        )
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": sc.prompt}], tokenize=False, add_generation_prompt=True
+    )
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
+    return text.removeprefix(bos) if adds_bos else text
+
+
+def model_prompts(cfg: RunConfig, tokenizer) -> dict[str, str]:
+    """:func:`model_prompt` of every scenario of the run, by scenario id."""
+    style = cfg.sampling.prompt_style
+    return {sc.id: model_prompt(tokenizer, sc, style) for sc in scenarios_for(cfg)}
 
 
 def completion_id(scenario: str, sample: int) -> str:
@@ -154,15 +180,17 @@ def generate_rows(
     return out
 
 
-def _row(cfg: RunConfig, tokenizer, sc: Scenario, sample: int, seed: int, ids: list[int]) -> dict:
+def _row(
+    cfg: RunConfig, tokenizer, sc: Scenario, prompt: str, sample: int, seed: int, ids: list[int]
+) -> dict:
     return {
         "id": completion_id(sc.id, sample),
         "scenario": sc.id,
         "sample": sample,
         "seed": seed,
-        "prompt": sc.prompt,
+        "prompt": prompt,
         "completion": tokenizer.decode(ids, skip_special_tokens=True),
-        "n_prompt_tokens": len(tokenizer(sc.prompt).input_ids),
+        "n_prompt_tokens": len(tokenizer(prompt).input_ids),
         "n_completion_tokens": len(ids),
         "completion_token_ids": ids,
         "finished": len(ids) < cfg.sampling.max_new_tokens,
@@ -198,6 +226,7 @@ def sample_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = T
     Returns all rows of the file (old and new), in file order.
     """
     done = {r["id"] for r in read_jsonl(run.completions)}
+    prompt_of = model_prompts(cfg, tokenizer)
     plan = planned_batches(cfg)
     total = sum(len(chunk) for _, chunk in plan)
     bar = progress_bar(total=total, desc="sampling", on=progress, unit="completion")
@@ -213,12 +242,12 @@ def sample_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = T
         bar.set_postfix(scenario=todo[0][0].id)
         seeds = [sample_seed(cfg.seed, sc.id, i) for sc, i in todo]
         if cfg.prompt_cache:
-            prompts = [sc.prompt for sc, _ in todo]
+            prompts = [prompt_of[sc.id] for sc, _ in todo]
             ids = generate_rows(model, tokenizer, prompts, seeds, cfg.sampling)
         else:
-            ids = generate_batch(model, tokenizer, todo[0][0].prompt, seeds, cfg.sampling)
+            ids = generate_batch(model, tokenizer, prompt_of[todo[0][0].id], seeds, cfg.sampling)
         rows = [
-            _row(cfg, tokenizer, sc, i, sd, t)
+            _row(cfg, tokenizer, sc, prompt_of[sc.id], i, sd, t)
             for (sc, i), sd, t in zip(todo, seeds, ids, strict=True)
         ]
         append_jsonl(run.completions, rows)
@@ -231,8 +260,9 @@ def regenerate(cfg: RunConfig, model, tokenizer, scenario: str, sample: int) -> 
     """Regenerate one completion alone from its seed (equals the batched one up to float noise)."""
     sc = {s.id: s for s in scenarios_for(cfg)}[scenario]
     seed = sample_seed(cfg.seed, scenario, sample)
-    ids = generate_batch(model, tokenizer, sc.prompt, [seed], cfg.sampling)[0]
-    return _row(cfg, tokenizer, sc, sample, seed, ids)
+    prompt = model_prompt(tokenizer, sc, cfg.sampling.prompt_style)
+    ids = generate_batch(model, tokenizer, prompt, [seed], cfg.sampling)[0]
+    return _row(cfg, tokenizer, sc, prompt, sample, seed, ids)
 
 
 def counts_table(rows: list[dict], label_of=None) -> pd.DataFrame:

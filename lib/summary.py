@@ -1,8 +1,10 @@
-"""Our results beside the study's published TinyLlama numbers (notebook 07), and their prose.
+"""Our results beside the study's published numbers (notebook 07), and their prose.
 
 :func:`summarise_run` reads a run's results (layer profile and layer tests, SAE verdicts, STE
 comparison, leakage) and writes ``results/summary.csv``: one row per claim of the study, with the
-published value and ours under three evaluations: the study's recipe (stratified folds, the grid
+published values (the run's own model where the study published it, e.g. the SmolLM2-135M card
+for a SmolLM2 run, and TinyLlama-1.1B's always: :func:`published_columns`) and ours under three
+evaluations: the study's recipe (stratified folds, the grid
 SAEs of notebook 04, which saw every completion), held-out scenarios (every probe tested on a
 scenario it never saw; CIs resample scenarios), and leakage-free SAEs (SAEs that never saw the
 probe's test completions, at the fold budget). Every SAE number is a mean over seeds, and every
@@ -20,27 +22,16 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from lib.config import RunConfig
 from lib.fileio import atomic_write_text
 from lib.layer_profile import profile_values, read_layer_profile
 from lib.layer_tests import peak_summary, read_layer_tests
+from lib.published import claim_texts, published_for
 from lib.rundir import RunDir
 from lib.sae_probes import read_sae_probes
 from lib.sae_verdicts import read_sae_leakage, read_sae_verdicts
 from lib.ste_comparison import read_ste_comparison, study_claim
 
-# From the study's TinyLlama-1.1B model card and paper (see shared/RESEARCH.md).
-PUBLISHED = {
-    "raw_peak_layer": "L21 (of 22)",
-    "raw_peak_bal_acc": "72.4%",
-    "raw_peak_auroc": "0.784",
-    "profile": "rises monotonically, ~55% at L3 to 72.4% at L21",
-    "text_baseline": "not reported",
-    "monitor": "not reported",
-    "best_sae": "77.8% (jumprelu, L15, honest_only)",
-    "saes_beating_raw": "14 of 30",
-    "ste_vs_topk": "STE wins 8 of 9; mean 69.2% vs 64.1%",
-    "leakage": "not measured (SAEs saw the test folds)",
-}
 CLAIMS = {
     "raw_peak_layer": "raw-activation peak layer",
     "raw_peak_bal_acc": "raw-activation peak balanced accuracy",
@@ -158,14 +149,27 @@ def _leakage_claim(leak: pd.DataFrame | None, cv: str) -> str:
     )
 
 
-def summarise_run(run: RunDir, feature: str = "mean") -> pd.DataFrame:
+def published_columns(cfg: RunConfig) -> dict[str, dict[str, str]]:
+    """The study's claims this run is set beside, by column name: the run's own model when the
+    study published it (``study_model`` or ``model_tag``), and TinyLlama-1.1B, the study's main
+    model, always (``data/published.yaml`` through :func:`lib.published.claim_texts`)."""
+    cols = {}
+    for key in dict.fromkeys([cfg.study_key, "tinyllama"]):
+        texts = claim_texts(key)
+        if texts is not None:
+            cols[f"published: {published_for(key)['label']}"] = texts
+    return cols
+
+
+def summarise_run(run: RunDir, cfg: RunConfig, feature: str = "mean") -> pd.DataFrame:
     """The summary table of a run (see the module docstring); also ``results/summary.csv``."""
     profile = read_layer_profile(run)
     tests = read_layer_tests(run) if run.result("layer_tests.csv").exists() else pd.DataFrame()
     verdicts = read_sae_verdicts(run) if run.result("sae_verdicts.csv").exists() else pd.DataFrame()
     ste = read_ste_comparison(run)
     leak = read_sae_leakage(run)
-    table = {c: {"claim": CLAIMS[c], "published": PUBLISHED[c]} for c in CLAIMS}
+    published = published_columns(cfg)
+    table = {c: {"claim": CLAIMS[c], **{k: v[c] for k, v in published.items()}} for c in CLAIMS}
     for name, (cv, source) in SETTINGS.items():
         values = {}
         if source == "grid":
@@ -177,7 +181,7 @@ def summarise_run(run: RunDir, feature: str = "mean") -> pd.DataFrame:
             values.update(_sae_claims(verdicts, cv, source))
         for claim, text in values.items():
             table[claim][name] = text
-    out = pd.DataFrame(list(table.values())).reindex(columns=["claim", "published", *SETTINGS])
+    out = pd.DataFrame(list(table.values())).reindex(columns=["claim", *published, *SETTINGS])
     out = out.fillna(NA)
     atomic_write_text(run.result("summary.csv"), out.to_csv(index=False))
     return out

@@ -28,6 +28,8 @@ STUDY = {
     "phi-4-mini-reasoning": ("phi-4-mini-reasoning", 32, "model.layers"),
     "rehearsal": ("tinyllama", 22, "model.layers"),
 }
+# the registry-shipped real models (lib/registry_models.py): config -> real num_hidden_layers
+REAL = {"smollm2-135m-instruct": 30, "smollm2-smoke": 30, "gemma-3-270m": 18}
 FAMILY = {
     "tinyllama": "LlamaForCausalLM",
     "smollm2-135m": "LlamaForCausalLM",
@@ -41,9 +43,22 @@ FAMILY = {
 
 def test_every_config_validates_and_every_study_model_has_one():
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    assert set(STUDY) | {"organism"} == set(names)
-    tags = [load_config(n).model_tag for n in names]
-    assert len(set(tags)) == len(tags)  # SAE ids never collide between models
+    assert set(STUDY) | set(REAL) | {"organism"} == set(names)
+    tag_of = {}
+    for n in names:  # SAE ids never collide between models (configs of one model may share)
+        cfg = load_config(n)
+        assert tag_of.setdefault(cfg.model_tag, cfg.model) == cfg.model, (n, cfg.model_tag)
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_model_configs_fit_their_depth_and_name_a_published_study_model(name):
+    cfg = load_config(name)
+    cfg.check_layers(REAL[name])
+    assert cfg.capture.layers == "all" and cfg.sampling.prompt_style == "raw"
+    assert set(cfg.sae.ste_layers) <= set(cfg.sae.layers)
+    assert cfg.model.startswith("gguf:")
+    if cfg.study_model:
+        assert published_for(cfg.study_key)["n_layers"] == REAL[name]
 
 
 @pytest.fixture(scope="module")
