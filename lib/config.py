@@ -140,9 +140,10 @@ class SAEConfig(_Strict):
         description="TopK training: SAELens 6's (AuxK scaled by the dead share) or the TopK paper's "
         "(decoder gradient projected off the rows, AuxK normalised by the residual variance)",
     )
-    matmul_dtype: Literal["float32", "bfloat16"] = Field(
+    matmul_dtype: Literal["float32", "bfloat16", "auto"] = Field(
         "float32",
-        description="dtype of the encoder/decoder matmuls; weights and Adam state stay float32",
+        description="dtype of the encoder/decoder matmuls; weights and Adam state stay float32; "
+        "auto: bfloat16 on a GPU or a CPU with bfloat16 instructions, else float32",
     )
     train_on: Literal["tokens", "last", "mean"] = Field("tokens", description="training vectors")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="completions kept for metrics")

@@ -87,6 +87,19 @@ def read_layer(run: RunDir, layer: int) -> LayerData:
     return LayerData(layer, list(index["ids"]), t["last"], t["mean"], t["tokens"], t["token_owner"])
 
 
+def read_input_embeddings(run: RunDir) -> torch.Tensor | None:
+    """``mean`` [N, d] of ``activations/input_embeddings.safetensors`` (rows in the activation
+    files' order), or None for a run captured before the file existed."""
+    if not run.input_embeddings.exists():
+        return None
+    try:
+        return load_file(str(run.input_embeddings))["mean"]
+    except (SafetensorError, OSError, KeyError) as e:
+        raise RunDirError(
+            f"{run.input_embeddings} is unreadable ({e}); delete it and rerun 03_activation_capture"
+        ) from None
+
+
 def read_labels(run: RunDir, judge: str) -> dict[str, str]:
     """``id -> label`` of one judge (the last row wins if a judge labelled an id twice)."""
     run.require(run.labels, "02_classification")

@@ -32,6 +32,7 @@ and throughput to ``<run>/results/rehearsal.csv`` (:mod:`lib.stage_costs`).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -42,7 +43,7 @@ from pathlib import Path
 import yaml
 
 from lib.config import ConfigError, RunConfig, load_config
-from lib.fileio import RunDirError, write_json
+from lib.fileio import RunDirError, append_jsonl, write_json
 from lib.grid_plan import (
     BLOCKING,
     NEEDS,
@@ -55,7 +56,7 @@ from lib.grid_plan import (
     plan,
 )
 from lib.kernel import completed, execute_cell, executor
-from lib.rundir import RunDir, init_run
+from lib.rundir import RunDir, host_facts, init_run
 from lib.runlock import RunLockedError, acquire, busy, held, release
 from lib.runtime import batch_mode
 from lib.stages import Inspector, Stage
@@ -369,8 +370,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = load_config(args.config, overrides, run_name=args.run_name)
     print(summarise(results))
-    print(f"grid: {time.time() - t0:.0f} s; run directory {RunDir.for_config(cfg).root}")
+    seconds = time.time() - t0
+    run = RunDir.for_config(cfg)
+    record_invocation(run, results, seconds, args.workers)
+    print(f"grid: {seconds:.0f} s; run directory {run.root}")
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def record_invocation(run: RunDir, results: list[CellResult], seconds: float, workers: int) -> None:
+    """One line per grid invocation in ``<run>/results/grid_runs.jsonl``: when, how long, what
+    ran, on which host. A line with nothing skipped or failed is a whole book's time (what the
+    README's time of ``make book`` is generated from)."""
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    row = {
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seconds": round(seconds, 1),
+        "workers": workers,
+        **counts,
+        "host": host_facts(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+    }
+    append_jsonl(run.result("grid_runs.jsonl"), [row])
 
 
 def _one_line(message: str) -> str:

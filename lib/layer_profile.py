@@ -1,8 +1,8 @@
 """The layer profile (notebook 05): where is deception linearly readable in the residual stream?
 
 For every captured layer and pooled feature (``last`` token, ``mean`` over the response), and once
-for the text-only baseline (``feature == "text"``, :mod:`lib.text_baseline`; ``layer`` empty), the
-study's probe (:mod:`lib.probe`) under both CV modes, with for every metric:
+for each wording baseline (``feature`` in :data:`lib.text_baseline.WORDING`: ``text``,
+``first_tokens``, ``embed``; ``layer`` empty), the study's probe (:mod:`lib.probe`) under both CV modes, with for every metric:
 
 * a 95% CI from a bootstrap that matches the question: completions resampled within class for
   ``stratified`` folds; whole scenarios resampled (a cluster bootstrap, ``ci_method ==
@@ -35,11 +35,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lib import stats
 from lib.config import RunConfig
 from lib.controls import permutation_pvalue, scenario_identity_probe
-from lib.dataset import Labelled, labelled_rows, pooled, read_index, read_layer
+from lib.dataset import (
+    Labelled,
+    labelled_rows,
+    pooled,
+    read_index,
+    read_input_embeddings,
+    read_layer,
+)
 from lib.fileio import atomic_write_text, read_jsonl
 from lib.probe import (
     CV_MODES,
@@ -67,7 +75,7 @@ from lib.rundir import (
 )
 from lib.runtime import progress as progress_bar
 from lib.scenarios import load_scenarios
-from lib.text_baseline import TFIDF, text_features
+from lib.text_baseline import FIRST_K, TFIDF, WORDING, first_token_features, text_features
 
 CACHE_VERSION = 2
 SUBSETS = ("all", "incentive", "roleplay")
@@ -311,8 +319,22 @@ def scenario_kinds(cfg: RunConfig, lab: Labelled) -> np.ndarray:
     return np.array([pool[s].kind if s in pool else "unknown" for s in lab.scenario])
 
 
+def wording_features(run: RunDir, cfg: RunConfig) -> list[str]:
+    """The wording baselines this run probes: all of :data:`WORDING` when ``probe.text_baseline``
+    (``embed`` only when the capture wrote the input embeddings)."""
+    if not cfg.probe.text_baseline:
+        return []
+    return [f for f in WORDING if f != "embed" or run.input_embeddings.exists()]
+
+
+def _source(run: RunDir, layer: int | None, feature: str) -> Path:
+    if layer is not None:
+        return run.activation_file(layer)
+    return run.input_embeddings if feature == "embed" else run.completions
+
+
 def _key(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, feature: str) -> str:
-    source = file_stamp(run.completions if layer is None else run.activation_file(layer))
+    source = file_stamp(_source(run, layer, feature))
     p = cfg.probe
     return fingerprint(
         [
@@ -326,13 +348,13 @@ def _key(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, feature:
             p.n_permutations,
             p.inner_splits,
             source,
-            TFIDF if feature == "text" else None,
+            TFIDF if feature == "text" else FIRST_K if feature == "first_tokens" else None,
         ]
     )
 
 
 def _paths(run: RunDir, layer: int | None, feature: str) -> tuple[Path, Path]:
-    name = "text" if layer is None else f"L{layer:02d}_{feature}"
+    name = feature if layer is None else f"L{layer:02d}_{feature}"
     stem = run.probing_cache / f"layer_{name}"
     return stem.with_suffix(".json"), stem.with_suffix(".npz")
 
@@ -346,8 +368,8 @@ def _cached(run, cfg, lab, layer, feature) -> dict | None:
 def cached_layer_cv(
     run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, feature: str
 ) -> dict[str, CVResult] | None:
-    """The CV results of one layer and feature (``layer=None, feature="text"``: the text
-    baseline) from the cache, when current; ``None`` otherwise."""
+    """The CV results of one layer and feature (``layer=None``: a wording baseline, ``feature``
+    one of :data:`WORDING`) from the cache, when current; ``None`` otherwise."""
     if _cached(run, cfg, lab, layer, feature) is None:
         return None
     res = load_cv(_paths(run, layer, feature)[1])
@@ -355,8 +377,8 @@ def cached_layer_cv(
 
 
 def _probe_unit(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, force: bool):
-    """All rows of one layer (every feature), or of the text baseline (``layer=None``)."""
-    features = ["text"] if layer is None else list(cfg.probe.features)
+    """All rows of one layer (every feature), or of the wording baselines (``layer=None``)."""
+    features = wording_features(run, cfg) if layer is None else list(cfg.probe.features)
     rows, data = [], None
     kinds = scenario_kinds(cfg, lab)
     for feature in features:
@@ -365,9 +387,7 @@ def _probe_unit(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, f
             rows += hit["rows"]
             continue
         if layer is None:
-            by_id = {r["id"]: r["completion"] for r in read_jsonl(run.completions)}
-            texts = [by_id[i] for i in lab.ids]
-            X = lambda folds, texts=texts: text_features(texts, folds)  # noqa: E731
+            X = _wording_inputs(run, lab, feature)
         else:
             data = data if data is not None else read_layer(run, layer)
             X = pooled(data, lab, feature)
@@ -387,6 +407,19 @@ def _probe_unit(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, f
         write_cached(jpath, _key(run, cfg, lab, layer, feature), {"rows": jsonable_rows(frows)})
         rows += frows
     return rows
+
+
+def _wording_inputs(run: RunDir, lab: Labelled, feature: str):
+    """The probe's input of a wording baseline: a matrix, or ``folds -> (k -> X)`` for features
+    fitted on training folds."""
+    if feature == "embed":
+        return read_input_embeddings(run)[torch.as_tensor(lab.rows)].numpy()
+    rows = {r["id"]: r for r in read_jsonl(run.completions)}
+    if feature == "first_tokens":
+        toks = [rows[i].get("completion_token_ids") or [] for i in lab.ids]
+        return lambda folds, toks=toks: first_token_features(toks, folds)
+    texts = [rows[i]["completion"] for i in lab.ids]
+    return lambda folds, texts=texts: text_features(texts, folds)
 
 
 def layer_profile(
@@ -410,14 +443,15 @@ def layer_profile(
         raise FileNotFoundError(
             f"no activation files in {run.activations}; run 03_activation_capture"
         )
-    units: list[int | None] = [*layers, *([None] if cfg.probe.text_baseline else [])]
+    wording = wording_features(run, cfg)
+    units: list[int | None] = [*layers, *([None] if wording else [])]
     todo = [
         u
         for u in units
         if force
         or any(
             _cached(run, cfg, lab, u, f) is None
-            for f in (["text"] if u is None else cfg.probe.features)
+            for f in (wording if u is None else cfg.probe.features)
         )
     ]
     if n_jobs == 1 or len(todo) <= 1:
@@ -444,7 +478,7 @@ def layer_profile(
 
 def read_layer_profile(run: RunDir) -> pd.DataFrame:
     """``results/layer_profile.csv``: the deception probe by layer, feature, CV mode, subset and
-    metric (``feature == "text"`` rows: the text baseline, ``layer`` empty)."""
+    metric (rows of a wording baseline, ``feature`` in :data:`WORDING`, have ``layer`` empty)."""
     df = read_results_csv(run, "layer_profile.csv", "05_layer_profile_probing")
     df["layer"] = df["layer"].astype("Int64")
     return df

@@ -11,10 +11,12 @@ profile:
   (:func:`lib.stats.paired_seed_test`), with Holm over the other layers of the same
   (feature, cv). The layers not below the peak are the honest "peak region".
 
-Every activation probe is also tested against the text-only baseline (``feature == "text"``,
-:mod:`lib.text_baseline`) on the same completions and folds: ``beats_text`` when the layer's
-balanced accuracy is significantly above the text probe's (Holm over the layers of the same
-(feature, cv)). Output: ``results/layer_tests.csv`` (:data:`COLUMNS`).
+Every activation probe is also tested against the wording baselines (:mod:`lib.text_baseline`)
+on the same completions and folds: ``beats_text`` when the layer's balanced accuracy is
+significantly above the TF-IDF probe's, and ``beats_wording`` when it is above the *strongest*
+wording baseline of that CV mode (``wording_feature``: the one with the highest balanced
+accuracy among ``text``, ``first_tokens`` and ``embed``), each with Holm over the layers of the
+same (feature, cv). Output: ``results/layer_tests.csv`` (:data:`COLUMNS`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from lib import stats
 from lib.config import RunConfig
 from lib.dataset import labelled_rows
 from lib.fileio import atomic_write_text
-from lib.layer_profile import cached_layer_cv, captured_layers
+from lib.layer_profile import cached_layer_cv, captured_layers, wording_features
 from lib.probe import CV_MODES
 from lib.rundir import RunDir, read_results_csv, stable_seed
 
@@ -51,14 +53,26 @@ COLUMNS = [
     "p_vs_text",
     "p_holm_vs_text",
     "beats_text",
+    "wording_feature",
+    "wording_bal_acc",
+    "delta_vs_wording",
+    "delta_vs_wording_ci_low",
+    "delta_vs_wording_ci_high",
+    "p_vs_wording",
+    "p_holm_vs_wording",
+    "beats_wording",
     "n",
     "n_bootstrap",
     "note",
 ]
 
 
-def _curve_tests(y, scenario, results: dict, text, mode: str, n_boot: int, seed: int) -> list[dict]:
-    """Rows of one (feature, cv): ``results`` maps layer -> CVResult of that mode."""
+def _curve_tests(
+    y, scenario, results: dict, baselines: dict, mode: str, n_boot: int, seed: int
+) -> list[dict]:
+    """Rows of one (feature, cv): ``results`` maps layer -> CVResult of that mode; ``baselines``
+    maps ``text`` (TF-IDF) and ``wording`` (the strongest wording baseline) to ``(feature,
+    CVResult or None)``."""
     layers = [layer for layer, r in results.items() if r.ok]
     if not layers:
         return []
@@ -98,30 +112,45 @@ def _curve_tests(y, scenario, results: dict, text, mode: str, n_boot: int, seed:
                 delta_vs_peak_ci_high=t["ci_high"],
                 p_vs_peak=t["p_value"],
             )
-        if text is not None and text.ok:
+        for name, (feature, base) in baselines.items():
+            if base is None:
+                continue
             t = stats.paired_seed_test(
                 y,
                 results[layer].scores,
-                text.scores,
+                base.scores,
                 n_boot,
-                stable_seed(seed, "text", layer),
+                stable_seed(seed, "text" if name == "text" else feature, layer),
                 clusters,
             )
             r.update(
-                text_bal_acc=text.value["bal_acc"],
-                delta_vs_text=t["delta"],
-                delta_vs_text_ci_low=t["ci_low"],
-                delta_vs_text_ci_high=t["ci_high"],
-                p_vs_text=t["p_value"],
+                {
+                    f"{name}_bal_acc": base.value["bal_acc"],
+                    f"delta_vs_{name}": t["delta"],
+                    f"delta_vs_{name}_ci_low": t["ci_low"],
+                    f"delta_vs_{name}_ci_high": t["ci_high"],
+                    f"p_vs_{name}": t["p_value"],
+                }
             )
+            if name == "wording":
+                r["wording_feature"] = feature
         rows.append(r)
     df = pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if c not in ("feature", "cv")])
     others = df.is_peak == False  # noqa: E712
     df.loc[others, "p_holm_vs_peak"] = stats.holm(df.loc[others, "p_vs_peak"].to_numpy(float))
     df["below_peak"] = others & (df.p_holm_vs_peak < ALPHA) & (df.delta_vs_peak > 0)
-    df["p_holm_vs_text"] = stats.holm(df["p_vs_text"].to_numpy(float))
-    df["beats_text"] = (df.p_holm_vs_text < ALPHA) & (df.delta_vs_text > 0)
+    for name in ("text", "wording"):
+        df[f"p_holm_vs_{name}"] = stats.holm(df[f"p_vs_{name}"].to_numpy(float))
+        df[f"beats_{name}"] = (df[f"p_holm_vs_{name}"] < ALPHA) & (df[f"delta_vs_{name}"] > 0)
     return df.to_dict("records")
+
+
+def _baselines(wording: dict, mode: str) -> dict:
+    """``text`` (TF-IDF) and ``wording`` (the strongest wording baseline under ``mode``, by
+    balanced accuracy) as ``(feature, CVResult or None)``."""
+    ok = {f: c[mode] for f, c in wording.items() if c is not None and c[mode].ok}
+    strongest = max(ok, key=lambda f: ok[f].value["bal_acc"], default=None)
+    return {"text": ("text", ok.get("text")), "wording": (strongest, ok.get(strongest))}
 
 
 def layer_tests(run: RunDir, cfg: RunConfig) -> pd.DataFrame:
@@ -131,7 +160,7 @@ def layer_tests(run: RunDir, cfg: RunConfig) -> pd.DataFrame:
     lab = labelled_rows(run, cfg)
     layers = captured_layers(run)
     n_boot = stats.resamples_for_family(max(cfg.probe.n_bootstrap, 1), len(layers))
-    text = cached_layer_cv(run, cfg, lab, None, "text") if cfg.probe.text_baseline else None
+    wording = {f: cached_layer_cv(run, cfg, lab, None, f) for f in wording_features(run, cfg)}
     rows = []
     for feature in cfg.probe.features:
         cached = {layer: cached_layer_cv(run, cfg, lab, layer, feature) for layer in layers}
@@ -144,8 +173,9 @@ def layer_tests(run: RunDir, cfg: RunConfig) -> pd.DataFrame:
         for mode in CV_MODES:
             seed = stable_seed(cfg.seed, "layer_tests", feature, mode)
             res = {layer: c[mode] for layer, c in cached.items()}
-            text_res = text[mode] if text is not None else None
-            curve = _curve_tests(lab.y, lab.scenario, res, text_res, mode, n_boot, seed)
+            curve = _curve_tests(
+                lab.y, lab.scenario, res, _baselines(wording, mode), mode, n_boot, seed
+            )
             rows += [{"feature": feature, "cv": mode, **r} for r in curve]
     df = pd.DataFrame(rows).reindex(columns=COLUMNS)
     df["note"] = df["note"].astype(object).fillna("")
@@ -174,4 +204,6 @@ def peak_summary(tests: pd.DataFrame, feature: str, cv: str) -> dict:
         "n_layers": int(len(d)),
         "beats_text": int(d.beats_text.astype(bool).sum()),
         "text_bal_acc": float(peak.text_bal_acc) if pd.notna(peak.text_bal_acc) else float("nan"),
+        "beats_wording": int(d.beats_wording.astype(bool).sum()) if "beats_wording" in d else 0,
+        "wording_feature": str(peak.get("wording_feature", "")) if "wording_feature" in d else "",
     }

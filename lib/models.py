@@ -32,7 +32,7 @@ from lib.fileio import safetensors_problem
 from lib.organism import ORGANISM_DIR, ensure_organism
 from lib.random_models import ensure_random_model
 from lib.registry_models import ensure_gguf_model, is_gguf_spec
-from lib.runtime import batch_mode
+from lib.runtime import batch_mode, cpu_has_fast_bf16
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -54,23 +54,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU has bfloat16 matrix instructions (x86: AVX512-BF16 or AMX-BF16).
-
-    Without them (e.g. AVX2-only x86), torch runs bfloat16 and float16 matmuls in a slow
-    fallback kernel: on the 2-core AVX2 machine this book is built on, a TinyLlama-shaped forward
-    pass ran several times slower in bfloat16 than in float32 (``tests/benchmarks/bench_dtype.py``).
-    Returns True when the answer is unknown (not x86), so that nothing warns without cause.
-    """
-    try:
-        caps = torch.cpu.get_capabilities()
-    except (AttributeError, RuntimeError):
-        return True
-    if caps.get("architecture") not in ("x86_64", "x86", "AMD64"):
-        return True
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 def resolve_model_path(model: str) -> str:

@@ -23,8 +23,13 @@ from lib.style import (
     n_text,
     title,
 )
+from lib.text_baseline import WORDING
 
 ARCH_ORDER = ("topk", "jumprelu", "jumprelu_ste")
+
+
+#: line style of each wording baseline in the layer profile
+WORDING_STYLES = {"text": ":", "first_tokens": "-.", "embed": (0, (8, 2, 1, 2, 1, 2))}
 
 
 def _curve(profile, cv, feature, metric):
@@ -44,7 +49,7 @@ def _offsets(cells) -> dict:
 
 def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling="mean", n=None):
     """Deception probe ``metric`` by layer: one panel per pooled feature, both CV modes with 95%
-    CIs, the text-only baseline as a band, and (``sae``: per-seed rows of ``sae_probes.csv``) the
+    CIs, the wording baselines as lines (colour: CV mode; style: baseline), and (``sae``: per-seed rows of ``sae_probes.csv``) the
     grid SAE probes beside their layer on the panel of the raw vector they are compared with.
 
     SAE markers: colour = architecture, shape = training condition, filled = stratified folds,
@@ -63,11 +68,10 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
             ax.fill_between(
                 d.layer.astype(float), d.ci_low, d.ci_high, color=CV_COLOURS[cv], alpha=0.12, lw=0
             )
-            text = _curve(profile, cv, "text", metric)
-            if len(text):
-                t = text.iloc[0]
-                ax.axhspan(t.ci_low, t.ci_high, color=CV_COLOURS[cv], alpha=0.07, lw=0)
-                ax.axhline(t.value, color=CV_COLOURS[cv], lw=1.0, ls=":")
+            for baseline, ls in WORDING_STYLES.items():  # lines, no bands: the raw CIs stay visible
+                base = _curve(profile, cv, baseline, metric)
+                if len(base):
+                    ax.axhline(base.value.iloc[0], color=CV_COLOURS[cv], lw=1.0, ls=ls, alpha=0.9)
         ax.axhline(0.5 if metric != "recall_at_1fpr" else 0.01, color="#999999", lw=0.8)
         if sae is not None and metric == "bal_acc" and len(sae):
             grid = sae[(sae.sae_source == "grid") & (sae.raw_feature == feature)].dropna(
@@ -102,9 +106,11 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
         )
         for cv in ("stratified", "scenario")
     ]
-    handles.append(
-        Line2D([], [], color="#555555", ls=":", label="text-only baseline (band: 95% CI)")
-    )
+    handles += [
+        Line2D([], [], color="#555555", ls=ls, lw=1.0, label=f"wording baseline: {WORDING[b]}")
+        for b, ls in WORDING_STYLES.items()
+        if b in set(profile.feature)
+    ]
     if sae is not None and metric == "bal_acc" and len(sae):
         archs = [a for a in ARCH_ORDER if a in set(sae.arch)]
         handles += [Patch(color=ARCH_COLOURS[a], label=f"{ARCH_LABELS[a]} SAE") for a in archs]
@@ -139,7 +145,7 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
     note = n_text(*n) + "; " if n else ""
     note += (
         "CIs: completions resampled within class (stratified folds), whole scenarios resampled "
-        "(held-out scenarios)."
+        "(held-out scenarios); wording baselines' CIs in results/layer_profile.csv."
     )
     if sae is not None and len(sae):
         pooling_text = {"mean": "mean-pooled", "max": "max-pooled", "last": "last-token"}.get(

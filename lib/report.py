@@ -17,6 +17,7 @@ import pandas as pd
 from lib.layer_profile import profile_values
 from lib.layer_tests import peak_summary
 from lib.ste_comparison import study_claim
+from lib.text_baseline import WORDING
 
 #: a "signal found" verdict needs a best balanced accuracy this high with a permutation p this low
 SIGNAL_BAL_ACC, SIGNAL_P = 0.70, 0.01
@@ -28,13 +29,14 @@ def _fmt(facts: dict) -> str:
 
 def profile_facts(profile: pd.DataFrame, controls: pd.DataFrame) -> str:
     """Host-proof facts of the layer profile (notebook 05)."""
-    raw = profile[profile.feature != "text"]
+    raw = profile[profile.layer.notna()]  # the wording baselines' rows have no layer
     first = raw.iloc[0]
     facts = {
         "layers probed": int(raw.layer.nunique()),
         "pooled features": ", ".join(sorted(set(raw.feature))),
         "completions (deceptive / honest)": f"{int(first.n)} ({int(first.n_deceptive)} / {int(first.n_honest)})",
         "text-only baseline probed": bool((profile.feature == "text").any()),
+        "wording baselines probed": ", ".join(f for f in WORDING if (profile.feature == f).any()),
     }
     for cv in ("stratified", "scenario"):
         d = raw[(raw.cv == cv) & (raw.metric == "bal_acc") & (raw.subset == "all")].dropna(

@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ from lib.fileio import (
     write_json,
 )
 from lib.runlock import acquire
+from lib.runtime import cpu_has_fast_bf16
 
 RUNS_ROOT = REPO_ROOT / "data" / "runs"
 VERSIONED_PACKAGES = ("torch", "transformers", "sae-lens", "scikit-learn", "google-genai", "numpy")
@@ -84,6 +86,11 @@ class RunDir:
     @property
     def activation_index(self) -> Path:
         return self.activations / "index.json"
+
+    @property
+    def input_embeddings(self) -> Path:
+        """Per completion the mean of the model's input embeddings of its response tokens."""
+        return self.activations / "input_embeddings.safetensors"
 
     @property
     def saes(self) -> Path:
@@ -155,6 +162,19 @@ def environment_versions() -> dict[str, str]:
     return out
 
 
+def host_facts() -> dict:
+    """The machine a run is made on: what moves its speed and its floating point."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "fast_bf16": cpu_has_fast_bf16()}
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -196,7 +216,13 @@ def init_run(
             return run
     text = config_to_yaml(cfg)
     text += yaml.safe_dump(
-        {"_provenance": {"versions": environment_versions(), "git_commit": git_commit()}}
+        {
+            "_provenance": {
+                "versions": environment_versions(),
+                "git_commit": git_commit(),
+                "host": host_facts(),
+            }
+        }
     )
     atomic_write_text(run.config, text)
     return run

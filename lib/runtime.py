@@ -60,6 +60,31 @@ def threads_for(model) -> int | None:
     return 1 if sum(p.numel() for p in params) < SMALL_MODEL_PARAMS else None
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (x86: AVX512-BF16 or AMX-BF16).
+
+    Without them (e.g. AVX2-only x86), torch runs bfloat16 and float16 matmuls in a slow
+    fallback kernel: on the 2-core AVX2 machine this book is built on, a TinyLlama-shaped forward
+    pass ran several times slower in bfloat16 than in float32 (``tests/benchmarks/bench_dtype.py``).
+    Returns True when the answer is unknown (not x86), so that nothing warns without cause.
+    """
+    import torch  # lazy: lib.grid imports this module without torch
+
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):
+        return True
+    if caps.get("architecture") not in ("x86_64", "x86", "AMD64"):
+        return True
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def fast_bf16(device) -> bool:
+    """Whether bfloat16 matmuls are fast on ``device`` (a torch.device): a GPU, or a CPU with
+    bfloat16 instructions (:func:`cpu_has_fast_bf16`)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+
+
 BATCH_ENV = "DECEPTION_SAES_BATCH"
 
 

@@ -59,10 +59,11 @@ from typing import Any
 import torch
 
 from lib.config import SAEConfig, SteConfig
+from lib.runtime import fast_bf16
 from lib.sae import SAE, check_architecture
 
 DEAD_WINDOW_MAX_STEPS = 1000
-MATMUL_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+MATMUL_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "auto": None}
 
 
 # ----- the STE pieces, shared by the step and the tests ------------------------------------------
@@ -171,7 +172,8 @@ class FastSAETrainer:
         self.data_variance = None if data_variance is None else float(data_variance)
         self.sparse = csr_supported(dev) if sparse is None else bool(sparse)
         self.check_invariants = bool(check_invariants)
-        self.lp = MATMUL_DTYPES[sae_cfg.matmul_dtype]
+        auto = sae_cfg.matmul_dtype == "auto" and fast_bf16(torch.device(dev))  # 1.2-1.5x here
+        self.lp = torch.bfloat16 if auto else MATMUL_DTYPES[sae_cfg.matmul_dtype]
         gen = torch.Generator().manual_seed(int(seed))  # on the CPU: the same init everywhere
         with torch.no_grad(), torch.device(dev):
             W_dec = torch.randn(m, d, generator=gen, device="cpu").to(dev)

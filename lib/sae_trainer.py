@@ -179,6 +179,7 @@ def train_sae(
         training_mean_norm=math.sqrt(d) / s,
         batch_size=int(sae_cfg.batch_size),
         lr=sae_cfg.lr,
+        matmul_dtype=str(trainer.lp or torch.float32).removeprefix("torch."),
         l0_change_last_10pct=trend,
         converged=None if trend is None else abs(trend) <= L0_STABLE,
     )

@@ -312,6 +312,7 @@ def _training_facts(hist: dict, seed: int) -> dict:
         "epochs": hist["epochs"],
         "batch_size": hist["batch_size"],
         "lr": hist["lr"],
+        "matmul_dtype": hist["matmul_dtype"],  # what ran on this host (sae.matmul_dtype: auto)
         "seed": seed,
         "training_scale": hist["scale"],
         "training_mean_norm": hist["training_mean_norm"],

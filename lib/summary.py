@@ -31,13 +31,14 @@ from lib.rundir import RunDir
 from lib.sae_probes import read_sae_probes
 from lib.sae_verdicts import read_sae_leakage, read_sae_verdicts
 from lib.ste_comparison import read_ste_comparison, study_claim
+from lib.text_baseline import WORDING
 
 CLAIMS = {
     "raw_peak_layer": "raw-activation peak layer",
     "raw_peak_bal_acc": "raw-activation peak balanced accuracy",
     "raw_peak_auroc": "raw-activation AUROC at the peak",
     "profile": "layer profile (Spearman rho of layer vs balanced accuracy)",
-    "text_baseline": "text-only baseline (TF-IDF probe) and layers above it",
+    "text_baseline": "wording baselines (TF-IDF, first tokens, input embeddings) and layers above the strongest",
     "monitor": "recall at 1% FPR at the peak (threshold chosen on training folds)",
     "best_sae": "best SAE probe (mean over seeds)",
     "saes_beating_raw": "SAEs beating their layer's raw probe",
@@ -50,6 +51,7 @@ SETTINGS = {
     "ours: leakage-free SAEs": ("stratified", "per_fold"),
 }
 NA = "n/a"
+WORDING_SHORT = {"text": "TF-IDF", "first_tokens": "first tokens", "embed": "input embeddings"}
 
 
 def _pct(x) -> str:
@@ -79,7 +81,7 @@ def _raw_claims(profile: pd.DataFrame, tests: pd.DataFrame, cv: str, feature: st
     rec = profile_values(profile, cv, feature, "recall_at_1fpr")
     rec = rec[rec.layer == pk["layer"]]
     rho = spearmanr(curve.layer, curve.value).statistic if len(curve) > 2 else math.nan
-    text = profile_values(profile, cv, "text")
+    wording = {f: profile_values(profile, cv, f) for f in WORDING}
     out = {
         "raw_peak_layer": (
             f"L{pk['layer']} of {pk['n_layers']} ({feature} pooling); not below it: "
@@ -92,11 +94,16 @@ def _raw_claims(profile: pd.DataFrame, tests: pd.DataFrame, cv: str, feature: st
             f"{_pct(curve.value.iloc[-1])} at L{int(curve.layer.iloc[-1])}"
         ),
     }
-    if len(text):
-        t = text.iloc[0]
+    shown = [
+        f"{WORDING_SHORT[f]} {_pct(w.value.iloc[0])}{_ci(w.ci_low.iloc[0], w.ci_high.iloc[0])}"
+        for f, w in wording.items()
+        if len(w)
+    ]
+    if shown:
+        strongest = WORDING_SHORT.get(pk.get("wording_feature", ""), "the strongest")
         out["text_baseline"] = (
-            f"text {_pct(t.value)}{_ci(t.ci_low, t.ci_high)}; layers significantly above it: "
-            f"{pk['beats_text']} of {pk['n_layers']}"
+            f"{'; '.join(shown)}; layers significantly above {strongest}: "
+            f"{pk['beats_wording']} of {pk['n_layers']} (above TF-IDF: {pk['beats_text']})"
         )
     if len(rec):
         r = rec.iloc[0]
@@ -159,6 +166,23 @@ def published_columns(cfg: RunConfig) -> dict[str, dict[str, str]]:
         if texts is not None:
             cols[f"published: {published_for(key)['label']}"] = texts
     return cols
+
+
+def comparison_note(cfg: RunConfig) -> str:
+    """One sentence on what the published columns are for this run's model."""
+    own = published_for(cfg.study_key)
+    if own is not None and cfg.study_model and cfg.study_model != cfg.model_tag:
+        return (
+            f"The study's {own['label']} numbers are of that model as the study ran it (the base "
+            f"model, full precision); this run is {cfg.label}: the two compare in structure "
+            "(which layers read the label, how far above chance), not to the decimal."
+        )
+    if own is not None:
+        return f"The study published this model ({own['label']}); its numbers stand beside ours."
+    return (
+        f"The study did not publish {cfg.label}; its TinyLlama-1.1B numbers stand beside ours "
+        "for reference only."
+    )
 
 
 def summarise_run(run: RunDir, cfg: RunConfig, feature: str = "mean") -> pd.DataFrame:

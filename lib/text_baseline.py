@@ -1,4 +1,4 @@
-"""The text-only baseline: what a probe can read from the words alone.
+"""The wording baselines: what a probe can read from the words alone.
 
 The label of a completion is decided by a judge reading its text, so a linear probe on the text
 itself is the bar an activation probe must clear before it shows anything beyond the words. The
@@ -8,6 +8,19 @@ on each training fold only, then the study's probe on them, with the same folds 
 activation probes. With a keyword judge the label is a function of the first words, so this
 baseline is near perfect by construction; with an LLM judge it measures how much of the label
 the surface text carries.
+
+Three wording baselines, each probed like a layer (rows with ``layer`` empty in the profile):
+
+``text``
+    TF-IDF unigrams and bigrams of the completion (above).
+``first_tokens``
+    the identities of the first :data:`FIRST_K` response tokens, one-hot by position (``p0=id``,
+    ``p1=id``, ...), the vocabulary fitted on each training fold: what "read the first words",
+    which is how a keyword judge decides, can do.
+``embed``
+    the mean of the model's own input embeddings of the response tokens (what enters layer 0,
+    Gemma's sqrt(d) scale included; ``activations/input_embeddings.safetensors``): what reading
+    the words can do with the model's vocabulary geometry, no model computation at all.
 """
 
 from __future__ import annotations
@@ -25,6 +38,42 @@ TFIDF = dict(
     lowercase=True,
     token_pattern=r"(?u)\b\w+\b|[^\w\s]",  # words of any length and single punctuation marks
 )
+
+
+FIRST_K = 3
+#: the wording baselines, in the order they are probed and drawn, with what each reads
+WORDING = {
+    "text": "TF-IDF of the completion",
+    "first_tokens": f"first {FIRST_K} response tokens",
+    "embed": "input embeddings, mean over the response",
+}
+
+
+def first_token_features(
+    token_lists: list[list[int]], folds: np.ndarray, k: int = FIRST_K
+) -> Callable[[int], np.ndarray]:
+    """``fold -> [n, vocab_fold]`` one-hot matrix of the first ``k`` token ids by position, with
+    the (position, id) vocabulary of the completions outside the fold (memoised per fold)."""
+    keys = [[f"p{i}={t}" for i, t in enumerate(toks[:k])] for toks in token_lists]
+    folds = np.asarray(folds)
+    memo: dict[int, np.ndarray] = {}
+
+    def features(fold: int) -> np.ndarray:
+        fold = int(fold)
+        if fold not in memo:
+            vocab = sorted(
+                {key for ks, f in zip(keys, folds, strict=True) if f != fold for key in ks}
+            )
+            col = {key: j for j, key in enumerate(vocab)}
+            X = np.zeros((len(keys), max(len(vocab), 1)))
+            for r, ks in enumerate(keys):
+                for key in ks:
+                    if key in col:
+                        X[r, col[key]] = 1.0
+            memo[fold] = X
+        return memo[fold]
+
+    return features
 
 
 def text_features(texts: list[str], folds: np.ndarray) -> Callable[[int], np.ndarray]:

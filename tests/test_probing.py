@@ -292,12 +292,15 @@ def test_layer_profile_stage_writes_table_and_resumes(tmp_path, monkeypatch):
     df = lp.layer_profile(run, cfg, progress=False)
     on_disk = pd.read_csv(run.results / "layer_profile.csv")
     assert set(lp.PROFILE_COLUMNS) == set(on_disk.columns)
-    # layers x features x CV modes x metrics, plus the text baseline's CV modes x metrics
-    assert len(on_disk) == len(df) == 3 * 2 * 2 * 4 + 2 * 4
-    text = df[df.feature == "text"]
-    assert text.layer.isna().all() and len(text) == 8
+    # layers x features x CV modes x metrics, plus two wording baselines' CV modes x metrics
+    # (TF-IDF and first tokens; a synthetic run has no input embeddings, so no `embed`)
+    assert len(on_disk) == len(df) == 3 * 2 * 2 * 4 + 2 * 2 * 4
+    for baseline in ("text", "first_tokens"):
+        rows = df[df.feature == baseline]
+        assert rows.layer.isna().all() and len(rows) == 8
+    assert "embed" not in set(df.feature)
     controls = lp.read_probe_controls(run)
-    assert len(controls) == 3 * 2 * (2 * 2 + 1) + 2 * 2
+    assert len(controls) == 3 * 2 * (2 * 2 + 1) + 2 * 2 * 2
     assert set(controls.target) == {"shuffled_labels", "scenario_identity"}
     assert set(df.target) == {"deception"}
     dec = lp.profile_values(df, "stratified", "mean")
@@ -310,6 +313,7 @@ def test_layer_profile_stage_writes_table_and_resumes(tmp_path, monkeypatch):
     assert recall.realised_fpr.between(0, 0.2).all() and (recall.n_negatives > 60).all()
     # the text is label-free here: the text probe sits at chance, every strong layer beats it
     assert lp.profile_values(df, "stratified", "text").value.iloc[0] < 0.65
+    assert lp.profile_values(df, "stratified", "first_tokens").value.iloc[0] < 0.65
     tests = lt.layer_tests(run, cfg)
     pk = lt.peak_summary(tests, "mean", "stratified")
     assert pk["layer"] == 2 and 2 in pk["not_below"] and 0 < pk["argmax_share"] <= 1

@@ -11,10 +11,10 @@ import pytest
 
 from lib.config import REPO_ROOT, load_config
 from lib.publish import (
-    README,
     README_FIGURES,
     TRAINER_BEGIN,
     TRAINER_END,
+    TRAINER_FILE,
     TRAINER_RESULTS,
     parse_trainer_results,
     read_published_summary,
@@ -23,6 +23,7 @@ from lib.publish import (
     render_trainer_markdown,
     replace_section,
     results_markers,
+    section_file,
     shown_figures,
 )
 
@@ -41,7 +42,7 @@ def test_readme_results_equal_the_render_of_the_committed_summary(name):
         str(folder.relative_to(REPO_ROOT)),
         shown_figures(folder),
     )
-    assert readme_section(README.read_text(), *results_markers(name)) == expected
+    assert readme_section(section_file(name).read_text(), *results_markers(name)) == expected
 
 
 def test_the_real_models_are_published():
@@ -50,7 +51,7 @@ def test_the_real_models_are_published():
 
 @pytest.mark.parametrize("name", FOLDERS)
 def test_every_figure_the_readme_shows_is_committed_in_both_formats(name):
-    section = readme_section(README.read_text(), *results_markers(name))
+    section = readme_section(section_file(name).read_text(), *results_markers(name))
     shown = re.findall(r"\]\(([^)]+\.png)\)", section)
     assert len(shown) >= len(README_FIGURES) - 1  # a run without leakage SAEs lacks that figure
     for png in shown:
@@ -67,7 +68,7 @@ def test_a_changed_summary_changes_the_section():
     a = render_results_markdown(summary, facts, "figures/organism")
     b = render_results_markdown(edited, facts, "figures/organism")
     assert a != b and "L99 of 100" in b
-    text = replace_section(README.read_text(), b)
+    text = replace_section(section_file("organism").read_text(), b)
     assert readme_section(text) == b
 
 
@@ -77,12 +78,14 @@ def test_published_summary_keeps_not_available_as_text():
 
 
 def test_readme_without_markers_is_an_error():
-    with pytest.raises(ValueError, match="README has no generated section .*results:organism:begin"):
+    with pytest.raises(
+        ValueError, match="README has no generated section .*results:organism:begin"
+    ):
         readme_section("# a README without the markers\n")
 
 
 def test_readme_trainer_section_equals_the_render_of_the_committed_benchmark():
-    section = readme_section(README.read_text(), TRAINER_BEGIN, TRAINER_END)
+    section = readme_section(TRAINER_FILE.read_text(), TRAINER_BEGIN, TRAINER_END)
     assert section == render_trainer_markdown(TRAINER_RESULTS.read_text())
 
 
