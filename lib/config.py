@@ -271,10 +271,7 @@ class RunConfig(_Strict):
     model_tag: str = Field(..., pattern=r"^[a-z0-9-]+$", description="prefix of SAE ids")
     model_label: str = Field("", description="name printed on figures (defaults to model)")
     study_model: str = Field(
-        "",
-        pattern=r"^[a-z0-9-]*$",
-        description="the model of data/published.yaml this run is set beside (default: model_tag; "
-        "e.g. the study's base SmolLM2-135M card for the instruct model)",
+        "", pattern=r"^[a-z0-9-]*$", description="data/published.yaml model set beside this run"
     )
     figures: str = Field(
         "", pattern=r"^[A-Za-z0-9_.-]*$", description="folder under figures/ (default: name)"
@@ -313,6 +310,25 @@ class RunConfig(_Strict):
         if isinstance(v, list) and not v:
             raise ValueError("scenarios is empty; list scenario ids or write 'all'")
         return v
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> RunConfig:
+        """Fields that name something elsewhere in the config name something there: refused at
+        load (and by ``--dry-run``), not by the notebook that would find out (08 waiting for
+        an SAE that 04 never trains). A steering layer without a steering SAE is allowed: 09
+        steers along the probe's and random directions there and says what it could not do."""
+        cells, captured = self.sae_grid(), self.capture.layers
+        missing = [] if captured == "all" else sorted({c[0] for c in cells} - set(captured))
+        if missing:
+            raise ValueError(f"sae layers {missing} not in capture.layers {list(captured)}")
+        grid = {self.sae_id(*c, seed_index=i) for c in cells for i in range(self.sae.seeds)}
+        named = [] if self.features.saes == "all" else self.features.saes
+        if unknown := [s for s in named if s not in grid]:
+            shown = sorted(grid)[:12] + (["..."] if len(grid) > 12 else [])
+            raise ValueError(
+                f"features.saes: {unknown} are not SAEs of this grid; allowed: {shown}"
+            )
+        return self
 
     # ----- derived values -------------------------------------------------------------------
     @property
@@ -389,10 +405,6 @@ class RunConfig(_Strict):
             bad = [layer for layer in layers if not 0 <= layer < n_layers]
             if bad:
                 raise ConfigError(f"{key}: layer(s) {bad} outside the model; allowed: {allowed}")
-        captured = set(self.capture_layers(n_layers))
-        missing = sorted({layer for layer, _, _ in self.sae_grid()} - captured)
-        if missing:
-            raise ConfigError(f"sae layers {missing} are not in capture.layers; capture them too")
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -420,6 +432,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
                 section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else section
             allowed = ", ".join(sorted(section.model_fields))
             lines.append(f"  {key}: unknown key; allowed keys here: {allowed}")
+        elif e["type"] == "value_error" and not e["loc"]:  # a cross-reference: names its fields
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -458,8 +472,14 @@ def load_config(
     Keyword arguments are further overrides (``run_name=...`` sets ``name``).
     """
     path = resolve_config_path(name)
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{at}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     merged = dict(overrides or {})

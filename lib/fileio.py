@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lib.runlock import require_writer
+from lib.runtime import umask
 
 
 class RunDirError(RuntimeError):
@@ -29,6 +30,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes files private (0600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

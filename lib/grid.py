@@ -277,6 +277,7 @@ def dry_run(
     run = RunDir.for_config(cfg, runs_root)
     cells = plan(cfg, config_ref, notebook_dir, only, overrides, cross_runs, runs_root)
     check_parameters(cells, notebook_dir)
+    check_model_layers(cfg)  # what the real run checks before it starts, the dry run checks too
     ins = Inspector(run, cfg, stages)
     return [(c, *cell_state(run, cfg, c, ins)) for c in cells]
 
@@ -298,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--config", default="configs/organism.yaml", help="config name or YAML path")
-    ap.add_argument("--run-name", default=None, help="run directory name (default: the config's)")
+    ap.add_argument("--run-name", default=None, help="run directory name (None: the config's name)")
     ap.add_argument("--workers", type=int, default=1, help="notebooks executed at once")
     ap.add_argument(
         "--dask", default=None, help="'local' for a LocalCluster, or a scheduler address"
@@ -320,7 +321,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field for every notebook, e.g. --set sae.epochs=5 (YAML value)",
+        help="override a config field for every notebook, e.g. --set sae.steps=200 (YAML value)",
     )
     ap.add_argument(
         "--notebook-dir", default=str(NOTEBOOK_DIR), help="where the numbered notebooks are"

@@ -27,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +37,7 @@ from lib.fileio import atomic_write_text, read_jsonl
 from lib.layer_profile import read_layer_profile
 from lib.layer_tests import read_layer_tests
 from lib.rundir import RunDir
-from lib.runtime import BATCH_ENV
+from lib.runtime import BATCH_ENV, temp_sibling
 from lib.sae_verdicts import read_sae_verdicts
 from lib.ste_comparison import read_ste_comparison
 from lib.summary import n_facts, to_markdown
@@ -252,7 +251,7 @@ def publish(config: str = "organism", run_name: str | None = None, notebooks: bo
     if notebooks:
         execute_notebooks({**os.environ, BATCH_ENV: "1", "HF_HUB_OFFLINE": "1"})
     dest = REPO_ROOT / "figures" / cfg.figures_name
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    tmp = temp_sibling(dest, suffix="")
     for path in sorted(run.figures.glob("*")):
         if path.suffix in (".png", ".pdf"):
             shutil.copy2(path, tmp / path.name)

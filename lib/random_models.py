@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from itertools import count, product
@@ -49,6 +48,7 @@ import torch
 from lib.config import REPO_ROOT
 from lib.organism import CORPUS_FILE, SCENARIO_FILE, VOCAB_SIZE
 from lib.organism import build_tokenizer as organism_tokenizer
+from lib.runtime import temp_sibling
 from lib.scenarios import load_scenarios
 
 SPEC_PREFIX = "random:"
@@ -397,10 +397,7 @@ def build_random_model(
     model = AutoModelForCausalLM.from_config(config).to(save_dtype).eval()
     model.generation_config.do_sample = False  # sampling settings always come from the run config
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
+    tmp = temp_sibling(out_dir)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -51,12 +51,12 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lib.config import REPO_ROOT
+from lib.runtime import temp_sibling, umask
 
 MODELS_DIR = REPO_ROOT / "data" / "models"
 REQUIREMENTS_FILE = REPO_ROOT / "requirements-models.txt"
@@ -305,10 +305,7 @@ def convert(src: GgufSource, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.*.tmp"):  # a killed conversion's leftovers
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
+    tmp = temp_sibling(out)
     t0 = time.time()
     try:
         work = tmp / "gguf"
@@ -321,7 +318,7 @@ def convert(src: GgufSource, out: Path) -> Path:
         tok.save_pretrained(tmp)
         shutil.rmtree(work)
         for f in tmp.iterdir():  # safetensors writes 0600; the cache is an ordinary folder
-            f.chmod(0o666 & ~umask)
+            f.chmod(0o666 & ~umask())
         manifest = {
             "spec": src.spec,
             "gguf_file": path.name,

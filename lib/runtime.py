@@ -85,6 +85,26 @@ def fast_bf16(device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
 
 
+def umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_sibling(path, suffix: str = ".tmp"):
+    """A new temporary folder beside ``path`` (``.<name>.XXXX<suffix>``) with the permissions a
+    plain ``mkdir`` gives (``mkdtemp`` makes folders private, 0700, and a folder renamed into
+    place keeps them: run outputs and caches are ordinary files others may read)."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix))
+    tmp.chmod(0o777 & ~umask())
+    return tmp
+
+
 BATCH_ENV = "DECEPTION_SAES_BATCH"
 
 

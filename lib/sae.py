@@ -43,7 +43,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lib.config import ARCHITECTURES
-from lib.runtime import torch_threads
+from lib.runtime import temp_sibling, torch_threads, umask
 
 # Our architecture name -> the one SAELens 6 knows.
 SAELENS_ARCHITECTURE = {"topk": "topk", "jumprelu": "jumprelu", "jumprelu_ste": "jumprelu"}
@@ -226,13 +225,14 @@ def save_sae(sae: SAE, path: Path | str, extra_files: dict[str, Any] | None = No
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = temp_sibling(path)
     try:
         save_file(sae.state_tensors(), str(tmp / WEIGHTS_FILENAME))
         (tmp / CFG_FILENAME).write_text(json.dumps(sae.saelens_cfg(), indent=2) + "\n")
         for name, obj in (extra_files or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
         for f in tmp.iterdir():
+            f.chmod(0o666 & ~umask())  # safetensors writes its file private (0600)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         old = None

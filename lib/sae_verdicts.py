@@ -3,7 +3,10 @@
 Every verdict here is the book's one paired test (:func:`lib.stats.paired_seed_test`): the
 difference of pooled balanced accuracies, averaged over the SAE seeds of a grid cell, with a
 bootstrap over completions (whole scenarios under ``scenario`` folds) and seeds, and Holm's
-correction within a stated family. Families for SAE vs raw: ``(cv, sae_source, family)`` with
+correction within a stated family; each verdict is also classed by the book's one rule
+(:func:`lib.stats.verdict_class`: ``better`` / ``worse`` / ``equivalent`` within 2 points /
+``inconclusive``), with the seed spread pooled over the cells of its family
+(:func:`lib.stats.pooled_seed_sd`). Families for SAE vs raw: ``(cv, sae_source, family)`` with
 ``family`` ``study`` (TopK and threshold-0 JumpReLU, the study's 30 SAEs) or ``ste``; for
 leakage: ``cv``. The per-seed probe rows and their cached out-of-fold scores come from
 :mod:`lib.sae_probes`.
@@ -27,7 +30,8 @@ SOURCE_PREFIX = {"grid": "sae", "refit_all": "refit", "per_fold": "folds"}
 VERDICT_COLUMNS = [
     "cell_id", "layer", "arch", "condition", "family", "cv", "sae_source", "n_seeds", "bal_acc",
     "bal_acc_sd", "raw_bal_acc", "delta", "delta_ci_low", "delta_ci_high", "p_value", "p_holm",
-    "verdict", "input_l0", "collapsed", "budget", "note",
+    "verdict", "verdict_class", "eq_low", "eq_high", "seed_sd_pooled", "seed_df", "input_l0",
+    "collapsed", "budget", "note",
 ]  # fmt: skip
 
 
@@ -55,8 +59,13 @@ def sae_verdicts(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) -
     """One verdict per (cell, cv, sae_source): the SAE probe against raw, across seeds."""
     rows = []
     sizes = df.groupby(["cv", "sae_source", "family"]).cell_id.nunique()
+    pooled = {  # the seed spread of each family, pooled over its cells (its degrees of freedom)
+        key: stats.pooled_seed_sd([c.bal_acc.to_numpy(float) for _, c in fam.groupby("cell_id")])
+        for key, fam in df.groupby(["cv", "sae_source", "family"])
+    }
     for (cell_id, mode, source), d in df.groupby(["cell_id", "cv", "sae_source"], sort=False):
         first = d.iloc[0]
+        sd_pooled, seed_df = pooled[mode, source, first.family]
         n_boot = stats.resamples_for_family(
             cfg.probe.n_bootstrap, sizes[mode, source, first.family]
         )
@@ -81,6 +90,7 @@ def sae_verdicts(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) -
                 n_boot,
                 stable_seed(cfg.seed, "verdict", cell_id, mode, source),
                 lab.scenario if mode == "scenario" else None,
+                seed_sd_a=(sd_pooled, seed_df),
             )
             row.update(
                 bal_acc=ok.bal_acc.mean(),
@@ -88,7 +98,11 @@ def sae_verdicts(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) -
                 delta=t["delta"],
                 delta_ci_low=t["ci_low"],
                 delta_ci_high=t["ci_high"],
+                eq_low=t["eq_low"],
+                eq_high=t["eq_high"],
                 p_value=t["p_value"],
+                seed_sd_pooled=sd_pooled,
+                seed_df=seed_df,
             )
         rows.append(row)
     out = pd.DataFrame(rows).reindex(columns=VERDICT_COLUMNS)
@@ -98,6 +112,10 @@ def sae_verdicts(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) -
         out.p_holm < ALPHA, np.where(out.delta > 0, "win", "loss"), "inconclusive"
     )
     out.loc[out.p_value.isna(), "verdict"] = "untested"
+    out["verdict_class"] = [
+        stats.verdict_class(*v)
+        for v in zip(out.delta, out.p_holm, out.eq_low, out.eq_high, strict=True)
+    ]
     out["note"] = out["note"].astype(object).fillna("")
     return out
 

@@ -216,9 +216,47 @@ def bootstrap_ci(
 
 
 def resamples_for_family(n_boot: int, family_size: int, alpha: float = 0.05) -> int:
-    """At least ``n_boot`` resamples, and enough that a bootstrap p-value can pass Holm's
-    threshold ``alpha / family_size`` (the smallest such p-value is ``2 / (1 + B)``)."""
-    return max(int(n_boot), int(np.ceil(2.5 * family_size / alpha)))
+    """At least ``n_boot`` resamples, and ``20 x family_size / alpha``: the smallest bootstrap
+    p-value (``2 / (1 + B)``) is then a tenth of Holm's strictest threshold ``alpha /
+    family_size``, so a real difference is not lost to the resolution of the p-value (with
+    ``2.5 x family / alpha`` it could only just pass)."""
+    return max(int(n_boot), int(np.ceil(20 * family_size / alpha)))
+
+
+#: the equivalence margin of every verdict: a difference of balanced accuracy within +/- 2 points
+EQUIVALENCE_MARGIN = 0.02
+VERDICT_CLASSES = ("better", "worse", "equivalent", "inconclusive")
+
+
+def verdict_class(
+    delta: float, p_holm: float, eq_low: float, eq_high: float, margin: float = EQUIVALENCE_MARGIN
+) -> str:
+    """The book's one rule for a paired comparison of A with B: ``better`` / ``worse`` when the
+    two-sided test survives Holm within its family (``p_holm < 0.05``), else ``equivalent`` when
+    the 90% interval of the difference lies inside ``[-margin, margin]`` (two one-sided tests at
+    5%, per comparison), else ``inconclusive``: the data can say neither. NaN input: ``untested``."""
+    if not all(np.isfinite(v) for v in (delta, p_holm)):
+        return "untested"
+    if p_holm < 0.05:
+        return "better" if delta > 0 else "worse"
+    if np.isfinite(eq_low) and np.isfinite(eq_high) and -margin < eq_low and eq_high < margin:
+        return "equivalent"
+    return "inconclusive"
+
+
+def pooled_seed_sd(per_seed: list[np.ndarray]) -> tuple[float, int]:
+    """The seed-to-seed SD pooled over the cells of a family, and its degrees of freedom:
+    ``sqrt(sum((S_i - 1) var_i) / sum(S_i - 1))`` over cells with ``S_i >= 2`` seeds. One cell's
+    2 or 3 seeds give 1 or 2 degrees of freedom, which makes a t-draw so wide that no verdict can
+    come out; assuming the seed variance is the same across the cells of a family (one
+    architecture and budget) gives ``sum(S_i - 1)``."""
+    vals = [np.asarray(v, dtype=float) for v in per_seed]
+    vals = [v[np.isfinite(v)] for v in vals]
+    vals = [v for v in vals if len(v) >= 2]
+    df = sum(len(v) - 1 for v in vals)
+    if df == 0:
+        return float("nan"), 0
+    return float(np.sqrt(sum((len(v) - 1) * v.var(ddof=1) for v in vals) / df)), int(df)
 
 
 def bootstrap_pvalue(samples: np.ndarray, null: float = 0.0) -> float:
@@ -249,6 +287,8 @@ def paired_seed_test(
     clusters: np.ndarray | None = None,
     metric: str = "bal_acc",
     level: float = 0.95,
+    seed_sd_a: tuple[float, int] | None = None,
+    seed_sd_b: tuple[float, int] | None = None,
 ) -> dict:
     """The book's one paired test: is probe A better than probe B on the same completions?
 
@@ -263,10 +303,12 @@ def paired_seed_test(
       ``S - 1`` degrees of freedom, ``sd_s`` being the spread of its per-seed metric. (Resampling
       three seeds with replacement understates their variance; with ``S - 1`` degrees of freedom
       the t draw does not.) The per-seed spread also holds completion noise, so this errs on the
-      conservative side.
+      conservative side. ``seed_sd_a = (sd, df)`` replaces A's own spread and ``S - 1`` by a
+      spread pooled over a family (:func:`pooled_seed_sd`); ``seed_sd_b`` likewise for B.
 
-    Returns ``delta``, the percentile CI (``ci_low``, ``ci_high``), the two-sided bootstrap
-    ``p_value`` (:func:`bootstrap_pvalue`) and the per-seed spread (``sd_a``, ``sd_b``).
+    Returns ``delta``, the percentile CI (``ci_low``, ``ci_high``), the 90% interval for the
+    equivalence test (``eq_low``, ``eq_high``), the two-sided bootstrap ``p_value``
+    (:func:`bootstrap_pvalue`) and the per-seed spread (``sd_a``, ``sd_b``).
     """
     y = np.asarray(y)
     A, B = np.atleast_2d(scores_a), np.atleast_2d(scores_b)
@@ -280,6 +322,8 @@ def paired_seed_test(
         "sd_b": sd[1],
         "ci_low": float("nan"),
         "ci_high": float("nan"),
+        "eq_low": float("nan"),
+        "eq_high": float("nan"),
         "p_value": float("nan"),
     }
     if n_boot <= 0:
@@ -291,10 +335,17 @@ def paired_seed_test(
     deltas = np.nanmean(_metric_matrix(metric, y, A, W), axis=1) - np.nanmean(
         _metric_matrix(metric, y, B, W), axis=1
     )
-    for s, k, sign in ((sd[0], len(point_a), 1.0), (sd[1], len(point_b), -1.0)):
+    seed_terms = [
+        (sd[0], len(point_a), len(point_a) - 1, 1.0),
+        (sd[1], len(point_b), len(point_b) - 1, -1.0),
+    ]
+    if seed_sd_a is not None and len(point_a) > 1 and seed_sd_a[1] > 0:
+        seed_terms[0] = (seed_sd_a[0], len(point_a), seed_sd_a[1], 1.0)
+    for s, k, dof, sign in seed_terms:
         if k > 1 and np.isfinite(s) and s > 0:
-            deltas = deltas + sign * s / np.sqrt(k) * rng.standard_t(k - 1, size=n_boot)
+            deltas = deltas + sign * s / np.sqrt(k) * rng.standard_t(dof, size=n_boot)
     out["ci_low"], out["ci_high"] = percentile_ci(deltas, level)
+    out["eq_low"], out["eq_high"] = percentile_ci(deltas, 0.90)
     out["p_value"] = bootstrap_pvalue(deltas)
     return out
 

@@ -53,6 +53,11 @@ COLUMNS = [
     "p_value",
     "p_holm",
     "verdict",
+    "verdict_class",
+    "eq_low",
+    "eq_high",
+    "seed_df_a",
+    "seed_df_b",
     "l0_a",
     "l0_b",
     "fvu_a",
@@ -79,6 +84,12 @@ def ste_comparison(run: RunDir, cfg: RunConfig) -> pd.DataFrame:
     rows = []
     cells = [(layer, cond) for layer in cfg.sae.ste_layers for cond in cfg.sae.conditions]
     n_boot = stats.resamples_for_family(cfg.probe.n_bootstrap, max(len(cells), 1))
+    pooled = {  # each architecture's seed spread per cv, pooled over its cells
+        key: stats.pooled_seed_sd(
+            [c.bal_acc.to_numpy(float) for _, c in d.groupby(["layer", "condition"])]
+        )
+        for key, d in grid.groupby(["arch", "cv"])
+    }
     for layer, cond in cells:
         for mode in ("stratified", "scenario"):
             here = grid[(grid.layer == layer) & (grid.condition == cond) & (grid.cv == mode)]
@@ -116,11 +127,17 @@ def ste_comparison(run: RunDir, cfg: RunConfig) -> pd.DataFrame:
                         n_boot,
                         stable_seed(cfg.seed, "ste", layer, cond, mode, other),
                         lab.scenario if mode == "scenario" else None,
+                        seed_sd_a=pooled.get(("jumprelu_ste", mode)),
+                        seed_sd_b=pooled.get((other, mode)),
                     )
                     row.update(
                         delta=t["delta"],
                         ci_low=t["ci_low"],
                         ci_high=t["ci_high"],
+                        eq_low=t["eq_low"],
+                        eq_high=t["eq_high"],
+                        seed_df_a=pooled.get(("jumprelu_ste", mode), (0, 0))[1],
+                        seed_df_b=pooled.get((other, mode), (0, 0))[1],
                         p_value=t["p_value"],
                         bal_acc_a_sd=t["sd_a"],
                         bal_acc_b_sd=t["sd_b"],
@@ -133,6 +150,12 @@ def ste_comparison(run: RunDir, cfg: RunConfig) -> pd.DataFrame:
     verdict = np.where(df.p_holm < ALPHA, np.where(df.delta > 0, "win", "loss"), "inconclusive")
     df["verdict"] = np.where(df.p_value.isna(), "untested", verdict)
     df.loc[df.collapsed.astype(bool), "verdict"] = "collapsed"
+    df["verdict_class"] = [
+        "collapsed" if c else stats.verdict_class(*v)
+        for c, *v in zip(
+            df.collapsed.astype(bool), df.delta, df.p_holm, df.eq_low, df.eq_high, strict=True
+        )
+    ]
     df = df.drop(columns="collapsed").reindex(columns=COLUMNS)
     atomic_write_text(run.result("ste_comparison.csv"), df.to_csv(index=False))
     return df
@@ -156,6 +179,7 @@ def study_claim(df: pd.DataFrame, cv: str = "stratified", other: str = "topk") -
         "losses": int((rows.verdict == "loss").sum()),
         "inconclusive": int((rows.verdict == "inconclusive").sum()),
         "collapsed": int((rows.verdict == "collapsed").sum()),
+        "equivalent": int((rows.get("verdict_class", pd.Series(dtype=str)) == "equivalent").sum()),
         "mean_ste": float(rows.bal_acc_a.mean()) if len(rows) else float("nan"),
         "mean_other": float(rows.bal_acc_b.mean()) if len(rows) else float("nan"),
     }

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from lib import stats
 from lib.config import RunConfig
 from lib.fileio import atomic_write_text
 from lib.layer_profile import profile_values, read_layer_profile
@@ -125,10 +126,25 @@ def _sae_claims(verdicts: pd.DataFrame, cv: str, source: str) -> dict:
     if len(study):
         out["saes_beating_raw"] = (
             f"{int((study.delta > 0).sum())} of {len(study)} above raw; "
-            f"{int((study.verdict == 'win').sum())} wins, {int((study.verdict == 'loss').sum())} "
-            f"losses (paired test, Holm over {len(study)})"
+            f"{_classes(study.get('verdict_class'))} (paired test, Holm over {len(study)}"
+            f"{_seed_df(study)})"
         )
     return out
+
+
+def _classes(verdict_class) -> str:
+    """``b better, w worse, e equivalent within 2 points, i inconclusive`` of a verdict column."""
+    if verdict_class is None:
+        return "verdict classes not computed"
+    counts = verdict_class.value_counts()
+    names = {"equivalent": f"equivalent within {100 * stats.EQUIVALENCE_MARGIN:.0f} points"}
+    return ", ".join(f"{int(counts.get(c, 0))} {names.get(c, c)}" for c in stats.VERDICT_CLASSES)
+
+
+def _seed_df(rows: pd.DataFrame) -> str:
+    if "seed_df" not in rows or not rows.seed_df.notna().any():
+        return ""
+    return f"; seed SD pooled over the family, {int(rows.seed_df.max())} df"
 
 
 def _ste_claim(ste: pd.DataFrame | None, cv: str) -> str:
@@ -137,9 +153,11 @@ def _ste_claim(ste: pd.DataFrame | None, cv: str) -> str:
     c = study_claim(ste, cv)
     if not c["n"]:
         return NA
+    rows = ste[(ste.cv == cv) & (ste.arch_b == "topk")]
     return (
-        f"STE higher in {c['ste_higher']} of {c['n']}; {c['wins']} wins, {c['losses']} losses "
-        f"(Holm over {c['n']}); mean {_pct(c['mean_ste'])} vs {_pct(c['mean_other'])}"
+        f"STE higher in {c['ste_higher']} of {c['n']}; {_classes(rows.get('verdict_class'))} "
+        f"(Holm over {c['n']}); mean {_pct(c['mean_ste'])} vs {_pct(c['mean_other'])}; "
+        f"L0 {rows.l0_a.mean():.0f} vs {rows.l0_b.mean():.0f} (not matched)"
     )
 
 

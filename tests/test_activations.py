@@ -146,7 +146,7 @@ def test_bad_inputs_are_clear(tmp_path, organism, sampled_run):
     with pytest.raises(RunDirError, match=r"labels\.jsonl is missing; run 02_classification"):
         capture_run(run, cfg, model, tok, progress=False)
     run.labels.write_bytes(run0.labels.read_bytes())
-    bad = small_config(tmp_path, name="empty", **{"capture.layers": [0, 8]})
+    bad = small_config(tmp_path, name="empty", **{"capture.layers": [0, 2, 5, 8]})
     with pytest.raises(
         ConfigError, match=r"capture\.layers: layer\(s\) \[8\] outside the model; allowed: 0\.\.7"
     ):

@@ -75,3 +75,40 @@ def test_scenario_pool_is_the_studys_nine():
     assert "round 6 of 10" in pool["secret_hitler"].prompt
     for s in pool.values():
         assert s.cues["deceptive"] and s.cues["honest"]
+
+
+# ----- cross-references, checked when a config is loaded (and so by --dry-run) -------------------
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsae:\n  layers: [2, 5\n  k: 16\n")
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml is not valid YAML at line \d+, column \d+"
+    ) as e:
+        load_config(bad)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"features.saes": ["organism_topk_L3_mixed"]},
+            r"features\.saes: \['organism_topk_L3_mixed'\] are not SAEs of this grid",
+        ),
+        ({"sae.ste_layers": []}, r"features\.saes: \['organism_jumprelu_ste_L2_mixed'"),
+        ({"capture.layers": [0, 1, 2]}, r"sae layers \[5\] not in capture\.layers \[0, 1, 2\]"),
+    ],
+)
+def test_every_cross_reference_names_the_field_and_what_is_allowed(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("organism", overrides)
+
+
+def test_the_dry_run_refuses_what_the_real_run_refuses(capsys):
+    from lib.grid import main
+
+    assert main(["--config", "organism", "--dry-run", "--set", "sae.layers=[2, 5, 12]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sae.layers: layer(s) [12] outside the model" in err
+    assert main(["--config", "organism", "--dry-run", "--set", "features.saes=[nope]"]) == 2
+    assert "features.saes" in capsys.readouterr().err

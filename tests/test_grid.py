@@ -30,6 +30,7 @@ OVERRIDES = {
     "sae.ste_layers": [],
     "sae.architectures": ["topk"],
     "sae.fan_out": True,  # one fake 04 per cell
+    "features.saes": "all",  # the organism's list names SAEs of its full grid
 }
 ONE = {**OVERRIDES, "sae.conditions": ["mixed"]}  # 7 notebooks
 ONE_ARGS = [
@@ -43,6 +44,8 @@ ONE_ARGS = [
     "sae.architectures=[topk]",
     "--set",
     "sae.conditions=[mixed]",
+    "--set",
+    "features.saes=all",
     "--set",
     "sae.fan_out=true",
 ]

@@ -77,6 +77,7 @@ def write_synthetic_run(
             "name": "synthetic",
             "sae.layers": [1],
             "sae.ste_layers": [],
+            "features.saes": "all",
             "sae.seeds": 1,
             "sae.architectures": ["topk", "jumprelu"],
             "sae.epochs": 2,
@@ -479,6 +480,7 @@ def test_sae_probes_with_the_real_sae_library(tmp_path):
         overrides={
             "sae.architectures": ["topk"],
             "sae.conditions": ["mixed"],
+            "features.saes": "all",
             "probe.leakage_free": False,
         },
     )

@@ -123,7 +123,10 @@ def test_layer_check_reads_the_converted_config():
     from lib.grid_plan import check_model_layers
 
     load_model_path(SMOLLM2)  # converted
-    cfg = load_config("smollm2-135m-instruct", {"sae.layers": [4, 30], "sae.ste_layers": []})
+    cfg = load_config(
+        "smollm2-135m-instruct",
+        {"sae.layers": [4, 30], "sae.ste_layers": [], "features.saes": "all"},
+    )
     with pytest.raises(ConfigError, match="30"):
         check_model_layers(cfg)
 

@@ -557,6 +557,7 @@ def tiny_run(tmp_path_factory):
             "capture.batch_size": 8,
             "sae.layers": [1],
             "sae.architectures": ["topk"],
+            "features.saes": "all",
             "sae.ste_layers": [2],
             "sae.conditions": ["mixed", "honest_only"],
             "sae.steps": 30,

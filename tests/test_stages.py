@@ -44,7 +44,14 @@ def test_activations_and_saes_are_checked_file_by_file(sampled_run, organism, tm
     run = RunDir(tmp_path / cfg0.name)
     shutil.copytree(src.root, run.root)
     cfg = small_config(
-        tmp_path, **{"sae.steps": 5, "sae.seeds": 1, "sae.layers": [2], "sae.ste_layers": []}
+        tmp_path,
+        **{
+            "sae.steps": 5,
+            "sae.seeds": 1,
+            "sae.layers": [2],
+            "sae.ste_layers": [],
+            "features.saes": "all",
+        },
     )
     assert init_run(cfg, tmp_path, write_config=True) == run  # the copy's settings are cfg's
     release(run.root)
@@ -58,7 +65,14 @@ def test_activations_and_saes_are_checked_file_by_file(sampled_run, organism, tm
     assert digest == ins.digest("04_sae_training", params)
     # an SAE of other settings is not this config's SAE
     other = small_config(
-        tmp_path, **{"sae.steps": 6, "sae.seeds": 1, "sae.layers": [2], "sae.ste_layers": []}
+        tmp_path,
+        **{
+            "sae.steps": 6,
+            "sae.seeds": 1,
+            "sae.layers": [2],
+            "sae.ste_layers": [],
+            "features.saes": "all",
+        },
     )
     assert "was trained with other settings" in Inspector(run, other).check("04_sae_training", params).why  # fmt: skip
     # damaged or deleted weights

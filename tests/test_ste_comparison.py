@@ -51,7 +51,10 @@ def _table():
             verdict="win",
         )
     )
-    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    classes = {"win": "better", "loss": "worse"}
+    df["verdict_class"] = [classes.get(v, v) for v in df.verdict]
+    return df
 
 
 def test_study_claim_counts_any_gain_and_significant_wins_separately():
@@ -66,7 +69,10 @@ def test_study_claim_counts_any_gain_and_significant_wins_separately():
 
 def test_summary_sentence_reports_both_counts():
     text = _ste_claim(_table(), "stratified")
-    assert text.startswith("STE higher in 3 of 4; 1 wins, 0 losses (Holm over 4)")
+    assert text.startswith(
+        "STE higher in 3 of 4; 1 better, 0 worse, 0 equivalent within 2 points, 2 inconclusive "
+        "(Holm over 4)"
+    )
     assert _ste_claim(None, "stratified") == "n/a"
     assert _ste_claim(_table().iloc[:0], "stratified") == "n/a"
 
