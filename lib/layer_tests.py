@@ -105,6 +105,7 @@ def _curve_tests(
                 n_boot,
                 stable_seed(seed, "peak", layer),
                 clusters,
+                W=W,
             )
             r.update(
                 delta_vs_peak=t["delta"],
@@ -122,6 +123,7 @@ def _curve_tests(
                 n_boot,
                 stable_seed(seed, "text" if name == "text" else feature, layer),
                 clusters,
+                W=W,
             )
             r.update(
                 {

@@ -248,8 +248,8 @@ def pooled_seed_sd(per_seed: list[np.ndarray]) -> tuple[float, int]:
     """The seed-to-seed SD pooled over the cells of a family, and its degrees of freedom:
     ``sqrt(sum((S_i - 1) var_i) / sum(S_i - 1))`` over cells with ``S_i >= 2`` seeds. One cell's
     2 or 3 seeds give 1 or 2 degrees of freedom, which makes a t-draw so wide that no verdict can
-    come out; assuming the seed variance is the same across the cells of a family (one
-    architecture and budget) gives ``sum(S_i - 1)``."""
+    come out; assuming the seed variance is the same across the cells of a family (its
+    architectures at one training budget: the stated model) gives ``sum(S_i - 1)``."""
     vals = [np.asarray(v, dtype=float) for v in per_seed]
     vals = [v[np.isfinite(v)] for v in vals]
     vals = [v for v in vals if len(v) >= 2]
@@ -289,6 +289,7 @@ def paired_seed_test(
     level: float = 0.95,
     seed_sd_a: tuple[float, int] | None = None,
     seed_sd_b: tuple[float, int] | None = None,
+    W: np.ndarray | None = None,
 ) -> dict:
     """The book's one paired test: is probe A better than probe B on the same completions?
 
@@ -305,6 +306,8 @@ def paired_seed_test(
       the t draw does not.) The per-seed spread also holds completion noise, so this errs on the
       conservative side. ``seed_sd_a = (sd, df)`` replaces A's own spread and ``S - 1`` by a
       spread pooled over a family (:func:`pooled_seed_sd`); ``seed_sd_b`` likewise for B.
+    ``W``: precomputed ``[n_boot, n]`` multiplicities of the completions (the resampling above),
+    shared by the tests of one family: the same resamples for every comparison, drawn once.
 
     Returns ``delta``, the percentile CI (``ci_low``, ``ci_high``), the 90% interval for the
     equivalence test (``eq_low``, ``eq_high``), the two-sided bootstrap ``p_value``
@@ -328,7 +331,9 @@ def paired_seed_test(
     }
     if n_boot <= 0:
         return out
-    if clusters is None:
+    if W is not None:
+        n_boot = len(W)
+    elif clusters is None:
         W = stratified_multiplicities(y, n_boot, rng)
     else:
         W = cluster_multiplicities(clusters, n_boot, rng)
