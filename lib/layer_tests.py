@@ -208,4 +208,5 @@ def peak_summary(tests: pd.DataFrame, feature: str, cv: str) -> dict:
         "text_bal_acc": float(peak.text_bal_acc) if pd.notna(peak.text_bal_acc) else float("nan"),
         "beats_wording": int(d.beats_wording.astype(bool).sum()) if "beats_wording" in d else 0,
         "wording_feature": str(peak.get("wording_feature", "")) if "wording_feature" in d else "",
+        "wording_bal_acc": float(peak.get("wording_bal_acc", float("nan"))),
     }

@@ -16,6 +16,7 @@ import pandas as pd
 
 from lib.layer_profile import profile_values
 from lib.layer_tests import peak_summary
+from lib.sae_verdicts import class_counts
 from lib.ste_comparison import study_claim
 from lib.text_baseline import WORDING
 
@@ -139,7 +140,14 @@ def describe_profile(profile: pd.DataFrame, tests: pd.DataFrame, feature: str = 
                 f"{near} (paired test, Holm), and it is the best layer in "
                 f"{pk['argmax_share']:.0%} of bootstrap resamples."
             )
-        if np.isfinite(pk["text_bal_acc"]):
+        if np.isfinite(pk.get("wording_bal_acc", float("nan"))):
+            out.append(
+                f"The strongest wording baseline, a probe on the {WORDING[pk['wording_feature']]}, "
+                f"reaches {_pct(pk['wording_bal_acc'])}; {pk['beats_wording']} of "
+                f"{pk['n_layers']} layers read significantly more than it (TF-IDF alone: "
+                f"{_pct(pk['text_bal_acc'])}, {pk['beats_text']} layers above it)."
+            )
+        elif np.isfinite(pk["text_bal_acc"]):
             out.append(
                 f"The text-only probe reaches {_pct(pk['text_bal_acc'])}; {pk['beats_text']} of "
                 f"{pk['n_layers']} layers read significantly more than the words."
@@ -169,8 +177,8 @@ def describe_saes(verdicts: pd.DataFrame) -> str:
         out.append(
             f"Under {what}, {int((v.delta > 0).sum())} of {len(v)} SAE cells have a seed-mean "
             f"balanced accuracy above their layer's raw probe (mean difference "
-            f"{100 * v.delta.mean():+.1f} points); {int((v.verdict == 'win').sum())} wins and "
-            f"{int((v.verdict == 'loss').sum())} losses survive the paired test and Holm."
+            f"{100 * v.delta.mean():+.1f} points); by the paired test with Holm within each family: "
+            f"{class_counts(v.get('verdict_class'))}."
         )
     return " ".join(out)
 
@@ -182,11 +190,14 @@ def describe_ste(ste: pd.DataFrame) -> str:
     out = []
     for cv, what in (("stratified", "stratified folds"), ("scenario", "held-out scenarios")):
         c = study_claim(ste, cv)
+        rows = ste[(ste.cv == cv) & (ste.arch_b == "topk")]
         if c["n"]:
             out.append(
                 f"Under {what}, the STE SAE's seed mean is higher than TopK's in {c['ste_higher']} "
-                f"of {c['n']} cells (the study counted 8 of 9); the paired test finds "
-                f"{c['wins']} wins and {c['losses']} losses after Holm (mean {_pct(c['mean_ste'])} "
-                f"vs {_pct(c['mean_other'])})."
+                f"of {c['n']} cells (the study counted 8 of 9; mean {_pct(c['mean_ste'])} vs "
+                f"{_pct(c['mean_other'])}); by the paired test with Holm: "
+                f"{class_counts(rows.get('verdict_class'))}. The STE SAEs fire "
+                f"{rows.l0_a.mean():.0f} latents per token against TopK's {rows.l0_b.mean():.0f}: "
+                "the comparison is not at matched sparsity."
             )
     return " ".join(out)

@@ -35,6 +35,16 @@ VERDICT_COLUMNS = [
 ]  # fmt: skip
 
 
+def class_counts(verdict_class) -> str:
+    """``b better, w worse, e equivalent within 2 points, i inconclusive`` of a column of
+    :func:`lib.stats.verdict_class` values (a missing column says so)."""
+    if verdict_class is None:
+        return "verdict classes not computed"
+    counts = verdict_class.value_counts()
+    names = {"equivalent": f"equivalent within {100 * stats.EQUIVALENCE_MARGIN:.0f} points"}
+    return ", ".join(f"{int(counts.get(c, 0))} {names.get(c, c)}" for c in stats.VERDICT_CLASSES)
+
+
 def family_of(arch: str) -> str:
     """The Holm family of an architecture: ``ste`` for the STE JumpReLU, else ``study``."""
     return "ste" if arch == "jumprelu_ste" else "study"

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from lib import stats
 from lib.config import RunConfig
 from lib.fileio import atomic_write_text
 from lib.layer_profile import profile_values, read_layer_profile
@@ -30,7 +29,7 @@ from lib.layer_tests import peak_summary, read_layer_tests
 from lib.published import claim_texts, published_for
 from lib.rundir import RunDir
 from lib.sae_probes import read_sae_probes
-from lib.sae_verdicts import read_sae_leakage, read_sae_verdicts
+from lib.sae_verdicts import class_counts, read_sae_leakage, read_sae_verdicts
 from lib.ste_comparison import read_ste_comparison, study_claim
 from lib.text_baseline import WORDING
 
@@ -126,19 +125,10 @@ def _sae_claims(verdicts: pd.DataFrame, cv: str, source: str) -> dict:
     if len(study):
         out["saes_beating_raw"] = (
             f"{int((study.delta > 0).sum())} of {len(study)} above raw; "
-            f"{_classes(study.get('verdict_class'))} (paired test, Holm over {len(study)}"
+            f"{class_counts(study.get('verdict_class'))} (paired test, Holm over {len(study)}"
             f"{_seed_df(study)})"
         )
     return out
-
-
-def _classes(verdict_class) -> str:
-    """``b better, w worse, e equivalent within 2 points, i inconclusive`` of a verdict column."""
-    if verdict_class is None:
-        return "verdict classes not computed"
-    counts = verdict_class.value_counts()
-    names = {"equivalent": f"equivalent within {100 * stats.EQUIVALENCE_MARGIN:.0f} points"}
-    return ", ".join(f"{int(counts.get(c, 0))} {names.get(c, c)}" for c in stats.VERDICT_CLASSES)
 
 
 def _seed_df(rows: pd.DataFrame) -> str:
@@ -155,7 +145,7 @@ def _ste_claim(ste: pd.DataFrame | None, cv: str) -> str:
         return NA
     rows = ste[(ste.cv == cv) & (ste.arch_b == "topk")]
     return (
-        f"STE higher in {c['ste_higher']} of {c['n']}; {_classes(rows.get('verdict_class'))} "
+        f"STE higher in {c['ste_higher']} of {c['n']}; {class_counts(rows.get('verdict_class'))} "
         f"(Holm over {c['n']}); mean {_pct(c['mean_ste'])} vs {_pct(c['mean_other'])}; "
         f"L0 {rows.l0_a.mean():.0f} vs {rows.l0_b.mean():.0f} (not matched)"
     )
