@@ -285,6 +285,8 @@ def stack_prompts(rows: list) -> tuple:
                 for p, _, n in rows
             ]
             setattr(layer, name, torch.cat(parts))
+        if hasattr(layer, "cumulative_length"):  # sliding-window layers (Gemma 3) count tokens
+            layer.cumulative_length = width
     if all(n == width for _, _, n in rows):
         return past, None
     device = rows[0][1].device

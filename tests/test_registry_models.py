@@ -37,9 +37,17 @@ def real(request):
     return request.param, *load_model_path(request.param)
 
 
+OTHER_PROMPT = "Reviewer: Did you change the configuration?\nAgent:"
+
+
 def _seqs(tok):
-    p = tok(PROMPT).input_ids
-    return [(p + tok(c, add_special_tokens=False).input_ids, len(p)) for c in COMPLETIONS]
+    """A completion of a shorter prompt first, then three of a longer one: the prompt cache
+    stacks and left-pads prompts of two lengths, starting from the shorter one's cache (Gemma's
+    sliding-window layers count their tokens, and the count must be the padded width)."""
+    p, q = tok(PROMPT).input_ids, tok(OTHER_PROMPT).input_ids
+    assert len(q) < len(p)
+    out = [(q + tok(" No, never.", add_special_tokens=False).input_ids, len(q))]
+    return out + [(p + tok(c, add_special_tokens=False).input_ids, len(p)) for c in COMPLETIONS]
 
 
 @pytest.mark.parametrize("prompt_cache", [False, True], ids=["full-pass", "prompt-cache"])
