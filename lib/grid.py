@@ -373,20 +373,24 @@ def main(argv: list[str] | None = None) -> int:
     print(summarise(results))
     seconds = time.time() - t0
     run = RunDir.for_config(cfg)
-    record_invocation(run, results, seconds, args.workers)
+    record_invocation(run, results, seconds, args.workers, only)
     print(f"grid: {seconds:.0f} s; run directory {run.root}")
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
-def record_invocation(run: RunDir, results: list[CellResult], seconds: float, workers: int) -> None:
+def record_invocation(
+    run: RunDir, results: list[CellResult], seconds: float, workers: int, only=None
+) -> None:
     """One line per grid invocation in ``<run>/results/grid_runs.jsonl``: when, how long, what
-    ran, on which host. A line with nothing skipped or failed is a whole book's time (what the
-    README's time of ``make book`` is generated from)."""
+    ran (``only``: the notebooks it was limited to), on which host. A line of the whole grid with
+    nothing skipped or failed is a whole book's time (what the README's time of ``make book`` is
+    generated from)."""
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     row = {
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "seconds": round(seconds, 1),
         "workers": workers,
+        "only": only,
         **counts,
         "host": host_facts(),
         "load_avg": [round(x, 2) for x in os.getloadavg()],

@@ -193,7 +193,11 @@ def whole_book_time(run: RunDir) -> dict | None:
     ``results/grid_runs.jsonl`` (:func:`lib.grid.record_invocation`), or None."""
     path = run.result("grid_runs.jsonl")
     rows = read_jsonl(path) if path.exists() else []
-    whole = [r for r in rows if r["skipped"] == 0 and r["failed"] == 0 and r["done"] > 0]
+    whole = [
+        r
+        for r in rows
+        if r.get("only") is None and r["skipped"] == 0 and r["failed"] == 0 and r["done"] > 0
+    ]
     return whole[-1] if whole else None
 
 

@@ -108,3 +108,21 @@ def test_trainer_results_are_parsed_line_by_line():
     assert "measured 2026-01-02 on x86_64, 2 cores" in md
     assert "| `topk` | 4.50x | n/a | n/a | 0.25 vs 0.26 (16 vs 16), 10 steps | 1 vs 2 | n/a |" in md
     assert "| `jumprelu` | n/a |" in md  # missing lines say so
+
+
+def test_the_book_time_is_the_last_whole_grid_that_ran_everything(tmp_path):
+    from lib.fileio import append_jsonl
+    from lib.publish import whole_book_time
+    from lib.rundir import RunDir
+
+    run = RunDir(tmp_path / "r")
+    assert whole_book_time(run) is None
+    base = {"workers": 2, "host": {}, "load_avg": [1, 1, 1], "finished": "2026-12-06"}
+    rows = [
+        {**base, "seconds": 700, "only": None, "done": 10, "skipped": 0, "failed": 0},
+        {**base, "seconds": 50, "only": None, "done": 2, "skipped": 8, "failed": 0},  # a resume
+        {**base, "seconds": 9, "only": ["10"], "done": 1, "skipped": 0, "failed": 0},  # one cell
+        {**base, "seconds": 300, "only": None, "done": 9, "skipped": 0, "failed": 1},
+    ]
+    append_jsonl(run.result("grid_runs.jsonl"), rows)
+    assert whole_book_time(run)["seconds"] == 700
