@@ -56,9 +56,8 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
     hollow = held-out scenarios; the marker is the mean over seeds, the bar spans the seeds.
     """
     features = [f for f in ("last", "mean") if f in set(profile.feature)]
-    fig, axes = plt.subplots(
-        1, len(features), figsize=(6.2 * len(features), 4.2), sharey=True, squeeze=False
-    )
+    width = 6.2 * len(features) if len(features) > 1 else 9.0  # one panel: room for 30 layers
+    fig, axes = plt.subplots(1, len(features), figsize=(width, 4.2), sharey=True, squeeze=False)
     for ax, feature in zip(axes[0], features, strict=True):
         for cv in ("stratified", "scenario"):
             d = _curve(profile, cv, feature, metric)
