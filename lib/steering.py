@@ -59,7 +59,7 @@ from lib.rundir import (
 from lib.runtime import progress as progress_bar
 from lib.runtime import threads_for, torch_threads
 from lib.sae import WEIGHTS_FILENAME, load_sae
-from lib.sampling import generate_batch, generate_rows, model_prompt, sample_seed
+from lib.sampling import generate_batch, generate_rows, model_prompts, sample_seed
 from lib.scenarios import scenarios_for
 
 CACHE_VERSION = 1
@@ -153,7 +153,7 @@ def sample_texts(
     else:
         groups = [[(sc, i) for i in range(n)] for sc in scenarios]
     out = []
-    prompt_of = {sc.id: model_prompt(tokenizer, sc, cfg.sampling.prompt_style) for sc in scenarios}
+    prompt_of = model_prompts(cfg, tokenizer)
     with torch.no_grad(), torch_threads(threads_for(model)), _hooked(model, layer, fn):
         for group in groups:
             seeds = [sample_seed(cfg.seed, sc.id, i) for sc, i in group]
