@@ -14,7 +14,7 @@ ARGS ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
-# batch runs print progress as a few log lines (lib/runtime.py), not live bars
+# batch runs print progress as a few log lines (lib/core/runtime.py), not live bars
 BATCH := HF_HUB_OFFLINE=1 DECEPTION_SAES_BATCH=1
 RUNS ?= data/runs
 PERTURBED := data/runs-perturbed
@@ -73,23 +73,23 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 ## (10_cross_model draws the other runs of CROSS_RUNS that have finished beside it)
 CROSS_RUNS := smollm2-135m-instruct,gemma-3-270m,default,rehearsal
 book: $(STAMP)
-	$(BATCH) $(PY) -m lib.grid --config configs/$(MODEL).yaml --workers 2 --cross-runs $(CROSS_RUNS)
+	$(BATCH) $(PY) -m lib.pipeline.grid --config configs/$(MODEL).yaml --workers 2 --cross-runs $(CROSS_RUNS)
 
 ## make organism: the whole study on the embedded model organism (planted behaviour: the
 ## known-answer fixture of make test) -> data/runs/default/
 organism: $(STAMP)
-	$(BATCH) $(PY) -m lib.grid --config configs/organism.yaml --workers 2
+	$(BATCH) $(PY) -m lib.pipeline.grid --config configs/organism.yaml --workers 2
 
 ## make smoke-book: SmolLM2 with few samples, two layers, one seed -> data/runs/smollm2-smoke/,
 ## then its structural, host-proof checks (tests/real_book)
 smoke-book: $(STAMP)
-	$(BATCH) $(PY) -m lib.grid --config configs/smollm2-smoke.yaml --workers 2
+	$(BATCH) $(PY) -m lib.pipeline.grid --config configs/smollm2-smoke.yaml --workers 2
 	$(BATCH) BOOK_RUN_DIR=$(RUNS)/smollm2-smoke $(PY) -m pytest tests/real_book -q \
 		-p no:cacheprovider
 
 ## make grid CONFIG=configs/tinyllama.yaml WORKERS=2: the study for any config (GPU machine)
 grid: $(STAMP)
-	$(PY) -m lib.grid --config $(CONFIG) --workers $(WORKERS) $(ARGS)
+	$(PY) -m lib.pipeline.grid --config $(CONFIG) --workers $(WORKERS) $(ARGS)
 
 ## make test: the pytest suite; the organism book (resumed if `make organism` ran) and the same book
 ## on a simulated other host, built side by side (a grid alone leaves a core idle about a third
@@ -110,7 +110,7 @@ test: $(STAMP)
 ## (nbval re-executes two notebooks at a time, both writing as delegates of one lock holder)
 check-book: $(STAMP)
 	$(BATCH) BOOK_RUN_DIR=$(RUNS)/default $(PY) -m pytest tests/book -q -p no:cacheprovider
-	$(BATCH) DECEPTION_SAES_RUNS=$(abspath $(RUNS)) $(PY) -m lib.runlock $(RUNS)/default -- \
+	$(BATCH) DECEPTION_SAES_RUNS=$(abspath $(RUNS)) $(PY) -m lib.core.runlock $(RUNS)/default -- \
 		$(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		-p no:cacheprovider notebooks -q -n 2 --dist loadfile
 
@@ -125,7 +125,7 @@ perturbation: perturbed-book
 	$(MAKE) --no-print-directory check-perturbation
 
 perturbed-book: $(STAMP)
-	$(OTHER_HOST) DECEPTION_SAES_RUNS=$(abspath $(PERTURBED)) $(BATCH) $(PY) -m lib.grid \
+	$(OTHER_HOST) DECEPTION_SAES_RUNS=$(abspath $(PERTURBED)) $(BATCH) $(PY) -m lib.pipeline.grid \
 		--config configs/organism.yaml --workers 2
 
 check-perturbation: $(STAMP)
@@ -140,10 +140,10 @@ check-perturbation: $(STAMP)
 ## only target that changes tracked files
 PUBLISHED_MODELS := smollm2-135m-instruct gemma-3-270m
 publish: $(STAMP)
-	$(BATCH) $(PY) -m lib.publish --config organism
+	$(BATCH) $(PY) -m lib.report.publish --config organism
 	@for m in $(PUBLISHED_MODELS); do \
 		if [ -f $(RUNS)/$$m/results/summary.csv ]; then \
-			$(BATCH) $(PY) -m lib.publish --config $$m --no-notebooks || exit 1; \
+			$(BATCH) $(PY) -m lib.report.publish --config $$m --no-notebooks || exit 1; \
 		else echo "make publish: no finished run $(RUNS)/$$m (make book MODEL=$$m): its section is kept"; fi; \
 	done
 
@@ -180,15 +180,15 @@ REHEARSAL_ENV := $(BATCH) OMP_WAIT_POLICY=PASSIVE DECEPTION_SAES_RUNS=$(abspath 
 .PHONY: rehearsal
 rehearsal: $(STAMP)
 	@mkdir -p $(REHEARSAL)/results
-	$(REHEARSAL_ENV) $(PY) -m lib.costs measure --csv $(REHEARSAL_CSV) --stage 00_random_model \
+	$(REHEARSAL_ENV) $(PY) -m lib.pipeline.process_costs measure --csv $(REHEARSAL_CSV) --stage 00_random_model \
 		--dir data/models --note "random:tinyllama built on first use (2.2 GB bf16)" -- \
-		$(PY) -c "from lib.random_models import ensure_random_model; ensure_random_model('random:tinyllama')"
-	$(REHEARSAL_ENV) $(PY) -m lib.grid --config configs/rehearsal.yaml --workers 1 \
+		$(PY) -c "from lib.models.random_models import ensure_random_model; ensure_random_model('random:tinyllama')"
+	$(REHEARSAL_ENV) $(PY) -m lib.pipeline.grid --config configs/rehearsal.yaml --workers 1 \
 		--costs rehearsal.csv --cross-runs default
 	@test -f $(RUNS)/default/results/layer_profile.csv || echo "rehearsal: no organism run \
 		$(RUNS)/default (make organism): 10_cross_model drew the rehearsal alone"
-	@$(PY) -m lib.costs table $(REHEARSAL_CSV)
-	@$(PY) -m lib.cost_model $(REHEARSAL_CSV) --config tinyllama --out $(REHEARSAL)/results/cost_model.md \
+	@$(PY) -m lib.pipeline.process_costs table $(REHEARSAL_CSV)
+	@$(PY) -m lib.pipeline.cost_model $(REHEARSAL_CSV) --config tinyllama --out $(REHEARSAL)/results/cost_model.md \
 		$(if $(wildcard $(RUNS)/default/notebooks/.done/06_ste_comparison.json),--reference $(RUNS)/default)
 	$(REHEARSAL_ENV) $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		-p no:cacheprovider -q $(REHEARSAL)/notebooks/10_cross_model.ipynb

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# the tests' helpers (tests/helpers: fake_book, gemini_stub, judging) import by their bare names
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,21 +45,21 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def organism_path():
-    from lib.organism import ensure_organism
+    from lib.models.organism import ensure_organism
 
     return ensure_organism(progress=False)
 
 
 @pytest.fixture(scope="session")
 def organism(organism_path):
-    from lib.models import load_model_path
+    from lib.models.loading import load_model_path
 
     return load_model_path(str(organism_path))
 
 
 def small_config(tmp_path, **overrides):
     """The organism config, shrunk for tests, with its run directory under ``tmp_path``."""
-    from lib.config import load_config
+    from lib.core.config import load_config
 
     base = {
         "name": "t",
@@ -70,10 +75,10 @@ def small_config(tmp_path, **overrides):
 @pytest.fixture(scope="session")
 def sampled_run(tmp_path_factory, organism):
     """A small organism run: sampled, labelled by the keyword judge, captured."""
-    from lib.activations import capture_run
-    from lib.labelling import label_run
-    from lib.rundir import init_run
-    from lib.sampling import sample_run
+    from lib.capture.activations import capture_run
+    from lib.capture.sampling import sample_run
+    from lib.core.rundir import init_run
+    from lib.judging.labelling import label_run
 
     root = tmp_path_factory.mktemp("runs")
     cfg = small_config(root)

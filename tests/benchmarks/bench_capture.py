@@ -13,9 +13,9 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lib.activations import capture_batch
-from lib.models import decoder_layers, pad_right
-from lib.random_models import PRESETS
+from lib.capture.activations import capture_batch
+from lib.models.loading import decoder_layers, pad_right
+from lib.models.random_models import PRESETS
 
 TINYLLAMA = PRESETS["tinyllama"]["config"]  # the study model's shapes
 
@@ -60,8 +60,8 @@ def measure(model, seqs, repeats: int) -> dict:
 
 def test_bench_capture():
     torch.set_num_threads(2)
-    from lib.models import load_model_path
-    from lib.organism import ensure_organism
+    from lib.models.loading import load_model_path
+    from lib.models.organism import ensure_organism
 
     org, _ = load_model_path(str(ensure_organism(progress=False)))
     results = {"organism (float32)": measure(org, _seqs(48, 110, 20, 1000), repeats=5)}

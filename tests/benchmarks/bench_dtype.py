@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from lib.models import cpu_has_fast_bf16
+from lib.models.loading import cpu_has_fast_bf16
 
 
 def _best(fn, repeats: int) -> float:
@@ -45,7 +45,7 @@ def forward_tokens_per_s(model, batch: int = 2, length: int = 160, repeats: int 
 def main(quick: bool = False) -> None:
     from transformers import AutoModelForCausalLM
 
-    from lib.models import resolve_model_path
+    from lib.models.loading import resolve_model_path
 
     torch.set_num_threads(2)
     print(

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lib.dataset import LayerData  # noqa: E402
-from lib.latent_stats import latent_table  # noqa: E402
-from lib.latents import k_sparse_table  # noqa: E402
-from lib.sae import SAE  # noqa: E402
-from lib.sae_features import sae_features  # noqa: E402
+from lib.capture.labelled import LayerData  # noqa: E402
+from lib.latents.auroc import latent_table  # noqa: E402
+from lib.latents.separating import k_sparse_table  # noqa: E402
+from lib.sae.codes import sae_features  # noqa: E402
+from lib.sae.model import SAE  # noqa: E402
 
 D_IN, D_SAE, K, N, TOKENS, N_SCENARIOS, N_BOOT = 2048, 8192, 64, 300, 64, 9, 1000
 BUDGET_S = 60.0

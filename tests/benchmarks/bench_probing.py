@@ -2,7 +2,7 @@
 
 A synthetic run directory with 22 layers of d=2048 activations, 300 labelled completions (35%
 deceptive) from 9 scenarios is written to a temporary folder; then
-``lib.layer_profile.layer_profile`` and ``lib.layer_tests.layer_tests`` run exactly as notebook 05
+``lib.probing.layer_profile.layer_profile`` and ``lib.probing.layer_verdicts.layer_tests`` run exactly as notebook 05
 runs them with the ``tinyllama`` config's probe settings: both CV modes (held-out scenarios with
 the cluster bootstrap), both pooled features and the text-only baseline (TF-IDF of 300
 completions of ~40 words), 1000 bootstrap resamples and 200 label permutations per (layer,
@@ -37,12 +37,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lib import layer_profile as lp  # noqa: E402
-from lib import layer_tests as lt  # noqa: E402
-from lib.config import load_config  # noqa: E402
-from lib.fileio import append_jsonl, write_json  # noqa: E402
-from lib.rundir import RunDir  # noqa: E402
-from lib.scenarios import load_scenarios  # noqa: E402
+from lib.core.config import load_config  # noqa: E402
+from lib.core.fileio import append_jsonl, write_json  # noqa: E402
+from lib.core.rundir import RunDir  # noqa: E402
+from lib.core.scenarios import load_scenarios  # noqa: E402
+from lib.probing import layer_profile as lp  # noqa: E402
+from lib.probing import layer_verdicts as lt  # noqa: E402
 
 N_LAYERS, D, N, N_SCENARIOS, TOKENS_PER = 22, 2048, 300, 9, 2
 BUDGET_S = 300.0

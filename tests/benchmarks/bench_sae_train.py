@@ -76,8 +76,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lib.config import SAEConfig, SteConfig  # noqa: E402
-from lib.sae_kernels import FastSAETrainer  # noqa: E402
+from lib.core.config import SAEConfig, SteConfig  # noqa: E402
+from lib.sae.fused_step import FastSAETrainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_sae_train.txt"
 ARCHS = ("topk", "jumprelu", "jumprelu_ste")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.config import REPO_ROOT, load_config
-from lib.rundir import RunDir
+from lib.core.config import REPO_ROOT, load_config
+from lib.core.rundir import RunDir
 
 EXPECTED = Path(__file__).with_name("expected_organism.yaml")
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lib.dataset import read_index
-from lib.fileio import read_jsonl
-from lib.layer_profile import profile_values, read_layer_profile, read_probe_controls
-from lib.sae import is_complete, read_metrics
-from lib.sae_probes import leaks, read_sae_probes
-from lib.sae_verdicts import read_sae_leakage, read_sae_verdicts
-from lib.sampling import completion_id, planned_batches
-from lib.summary import CLAIMS, read_summary
+from lib.capture.labelled import read_index
+from lib.capture.sampling import completion_id, planned_batches
+from lib.core.fileio import read_jsonl
+from lib.probing.layer_profile import profile_values, read_layer_profile, read_probe_controls
+from lib.probing.sae_probes import leaks, read_sae_probes
+from lib.probing.sae_verdicts import read_sae_leakage, read_sae_verdicts
+from lib.report.summary import CLAIMS, read_summary
+from lib.sae.model import is_complete, read_metrics
 
 
 def test_completions_labels_and_capture_counts_are_exact(book, expected):

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from lib.config import REPO_ROOT, load_config
-from lib.dataset import read_index, read_layer
-from lib.fileio import read_jsonl
-from lib.models import decoder_layers, load_model, row_ids
-from lib.rundir import RunDir
-from lib.scenarios import scenarios_for
+from lib.capture.labelled import read_index, read_layer
+from lib.core.config import REPO_ROOT, load_config
+from lib.core.fileio import read_jsonl
+from lib.core.rundir import RunDir
+from lib.core.scenarios import scenarios_for
+from lib.models.loading import decoder_layers, load_model, row_ids
 
 N_LAYERS = 30  # SmolLM2-135M's decoder layers (its config.json)
 
@@ -153,8 +153,8 @@ def _study_sae(folder: Path, d_in: int, layer: int) -> Path:
 def test_the_studys_published_smollm2_saes_probe_on_this_run_and_refuse_another_width(
     book, tmp_path
 ):
-    from lib.sae import SAEFormatError
-    from lib.sae_probes import probe_published_sae
+    from lib.probing.sae_probes import probe_published_sae
+    from lib.sae.model import SAEFormatError
 
     cfg, run = book
     out = probe_published_sae(run, cfg, _study_sae(tmp_path / "smollm2_jumprelu_L4_mixed", 576, 4))

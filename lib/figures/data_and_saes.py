@@ -1,0 +1,260 @@
+"""Figures of the data stages: judge labels (02), residual norms and label geometry (03), SAE
+training and the SAE grid (04, 06). Style (theme, colours, names, saving) comes from
+:mod:`lib.figures.style`; the figures of the probing stages are in :mod:`lib.figures.probing`."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+from lib.figures.style import (
+    ARCH_COLOURS,
+    ARCH_LABELS,
+    CONDITION_MARKERS,
+    CONDITION_NAMES,
+    JUDGE_LABELS,
+    LABEL_COLOURS,
+    caption,
+    title,
+)
+
+LABEL_ORDER = ("deceptive", "honest", "ambiguous")
+
+
+def plot_label_counts(counts: dict, model_label: str, primary: str | None = None, names=None):
+    """Stacked horizontal bars of label counts per scenario, one panel per judge, with the
+    deceptive share ``k/n`` written at the end of each bar.
+
+    ``counts``: judge -> DataFrame from :func:`lib.judging.labelling.label_counts` (index scenario id,
+    columns deceptive / honest / ambiguous; an ``all`` row is left out); ``names``: scenario id ->
+    readable title; ``primary``: the judge later stages use.
+    """
+    judges = list(counts)
+    first = counts[judges[0]].drop(index="all", errors="ignore")
+    order = list(first.index)
+    fig, axes = plt.subplots(
+        1,
+        len(judges),
+        figsize=(5.0 * len(judges) + 3.5, 0.42 * len(order) + 1.9),
+        sharey=True,
+        squeeze=False,
+    )
+    for ax, judge in zip(axes[0], judges, strict=True):
+        c = counts[judge].drop(index="all", errors="ignore").reindex(order, fill_value=0)
+        y = np.arange(len(c))
+        left = np.zeros(len(c))
+        for label in LABEL_ORDER:
+            vals = c[label].to_numpy() if label in c else np.zeros(len(c))
+            ax.barh(y, vals, left=left, color=LABEL_COLOURS[label], label=label, height=0.7)
+            left += vals
+        for yy, (_, row) in zip(y, c.iterrows(), strict=True):
+            n = int(sum(row.get(lbl, 0) for lbl in LABEL_ORDER))
+            ax.text(
+                n + 0.4,
+                yy,
+                f"{int(row.get('deceptive', 0))}/{n} deceptive",
+                va="center",
+                fontsize=8,
+            )
+        ax.set_yticks(y, [(names or {}).get(s, s) for s in c.index])
+        ax.set_xlim(0, left.max() * 1.35 + 1)
+        ax.set_xlabel("completions")
+        ax.grid(axis="y", visible=False)
+        name = JUDGE_LABELS.get(judge, judge)
+        ax.set_title(f"{name} (primary)" if judge == primary else name)
+    axes[0][0].invert_yaxis()  # the first scenario on top (shared y axis: invert once)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right center")
+    total = int(first[[lbl for lbl in LABEL_ORDER if lbl in first]].to_numpy().sum())
+    fig.suptitle(title(f"Judge labels per scenario ({total} completions)", model_label))
+    return fig
+
+
+# ---- capture (03) ------------------------------------------------------------------------------
+def plot_layer_norms(norms, model_label: str):
+    """Mean residual norm per layer (:func:`lib.capture.activations.norm_table`)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    names = {
+        "last": "last response token",
+        "mean": "mean over the response",
+        "tokens": "every response token",
+    }
+    for col, style in zip(norms.columns, ("-o", "-s", ":"), strict=True):
+        ax.plot(norms.index, norms[col], style, ms=3, label=names.get(col, col))
+    ax.set(xlabel="layer (residual stream after the block)", ylabel="mean L2 norm")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.legend()
+    fig.suptitle(title("Residual-stream norm by layer", model_label))
+    return fig
+
+
+def plot_label_geometry(
+    vectors: dict, labels, model_label: str, feature: str = "mean", seed: int = 0
+):
+    """For a few layers: a 2-D PCA of the pooled vectors coloured by label (left), and the
+    projection of held-out completions on the deceptive-minus-honest mean difference estimated on
+    the other half (right): does a single direction separate the labels on unseen completions?
+
+    ``vectors``: layer -> ``[n, d]``; ``labels``: label strings (ambiguous ones drawn grey in the
+    PCA and left out of the projection).
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    half = rng.random(len(labels)) < 0.5
+    fig, axes = plt.subplots(len(vectors), 2, figsize=(9.5, 2.9 * len(vectors)), squeeze=False)
+    for (ax_pca, ax_proj), (layer, x) in zip(axes, vectors.items(), strict=True):
+        x = np.asarray(x, dtype=np.float64)
+        xc = x - x.mean(0)
+        u, s, _ = np.linalg.svd(xc, full_matrices=False)
+        pc, explained = u[:, :2] * s[:2], 100 * s[:2] ** 2 / (s**2).sum()
+        for lab in ("ambiguous", "honest", "deceptive"):
+            m = labels == lab
+            ax_pca.scatter(pc[m, 0], pc[m, 1], s=8, alpha=0.6, c=LABEL_COLOURS[lab], lw=0)
+        ax_pca.set(
+            xlabel=f"PC1 ({explained[0]:.0f}% of variance)", ylabel=f"PC2 ({explained[1]:.0f}%)"
+        )
+        ax_pca.set_title(f"layer {layer}: PCA", fontsize=10)
+        fit, test = half & (labels != "ambiguous"), ~half & (labels != "ambiguous")
+        direction = x[fit & (labels == "deceptive")].mean(0) - x[fit & (labels == "honest")].mean(0)
+        direction /= np.linalg.norm(direction) + 1e-12
+        proj = (x - x[fit].mean(0)) @ direction
+        bins = np.histogram_bin_edges(proj[test], 25)
+        for lab in ("honest", "deceptive"):
+            m = test & (labels == lab)
+            ax_proj.hist(proj[m], bins=bins, color=LABEL_COLOURS[lab], alpha=0.6)
+        ax_proj.set(
+            xlabel="projection on the deceptive-minus-honest direction",
+            ylabel="held-out completions",
+        )
+        ax_proj.set_title(f"layer {layer}: one direction, held-out half", fontsize=10)
+    handles = [
+        Line2D([], [], ls="none", marker="o", color=LABEL_COLOURS[lab], label=lab)
+        for lab in LABEL_ORDER
+    ]
+    fig.legend(handles=handles, loc="outside right center")
+    pooling = {"mean": "mean over the response", "last": "last response token"}.get(
+        feature, feature
+    )
+    fig.suptitle(title(f"Label geometry of the residual stream ({pooling})", model_label))
+    n_dec, n_hon = int((labels == "deceptive").sum()), int((labels == "honest").sum())
+    caption(
+        fig,
+        f"n = {len(labels)} completions ({n_dec} deceptive, {n_hon} honest, "
+        f"{len(labels) - n_dec - n_hon} ambiguous). Right: the "
+        "direction is the difference of class means on a random half; histograms show the other half.",
+    )
+    return fig
+
+
+# ---- SAEs (04) ---------------------------------------------------------------------------------
+def plot_sae_training(history: dict, model_label: str, arch: str, name: str = ""):
+    """Training curves of one SAE against optimiser steps: the loss per step (faint) and per pass
+    over the data, L0 and the share of latents silent during a pass.
+
+    ``history``: the ``history`` of a ``metrics.json`` (per pass, ``epoch_step`` = the step it
+    ended at) plus ``step_loss`` from ``history.json``.
+    """
+    colour = ARCH_COLOURS.get(arch, "#555555")
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.3))
+    n_pass = len(history["epoch_loss"])
+    ends = np.asarray(history.get("epoch_step") or np.arange(1, n_pass + 1))
+    steps = history.get("step_loss") or []
+    if steps:
+        axes[0].plot(
+            np.arange(1, len(steps) + 1), steps, color=colour, alpha=0.35, lw=0.8, label="step"
+        )
+    axes[0].plot(ends, history["epoch_loss"], "-o", color=colour, ms=3, label="pass mean")
+    axes[0].set(ylabel="training loss", yscale="log", title="loss")
+    axes[0].legend()
+    axes[1].plot(ends, history["epoch_l0"], "-o", color=colour, ms=3)
+    axes[1].set(ylabel="mean active latents", title="L0")
+    axes[2].plot(ends, np.asarray(history["epoch_dead_fraction"]) * 100, "-o", color=colour, ms=3)
+    axes[2].set(ylabel="% latents silent during the pass", title="dead latents", ylim=(-2, 102))
+    for ax in axes:
+        ax.set_xlabel("optimiser step")
+    label = f"{ARCH_LABELS.get(arch, arch)} SAE training" + (f" ({name})" if name else "")
+    fig.suptitle(title(label, model_label))
+    return fig
+
+
+def plot_l0_histogram(l0_per_example, d_sae: int, model_label: str, arch: str, name: str = ""):
+    """Histogram of the number of active latents per held-out vector."""
+    l0 = np.asarray(l0_per_example)
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    hi = int(l0.max()) if l0.size else 1
+    bins = np.arange(0, hi + 2) - 0.5 if hi <= 80 else 40
+    ax.hist(l0, bins=bins, color=ARCH_COLOURS.get(arch, "#555555"), alpha=0.85)
+    if l0.size:
+        ax.axvline(
+            l0.mean(), color="#212121", ls="--", lw=1, label=f"mean {l0.mean():.1f} of {d_sae}"
+        )
+        ax.legend()
+    ax.set(xlabel="active latents per vector (L0)", ylabel="held-out vectors")
+    label = f"{ARCH_LABELS.get(arch, arch)}: L0 per held-out vector" + (
+        f" ({name})" if name else ""
+    )
+    fig.suptitle(title(label, model_label))
+    return fig
+
+
+def plot_sae_grid(metrics, model_label: str):
+    """Every trained SAE of a run, one panel per layer: held-out FVU against L0 (log scale).
+
+    ``metrics``: :func:`lib.sae.train_grid.grid_metrics` (one row per SAE and seed). Colour =
+    architecture, shape = training condition; every seed is a point.
+    """
+    layers = sorted(set(metrics.layer))
+    fig, axes = plt.subplots(
+        1, len(layers), figsize=(4.2 * len(layers) + 2.2, 3.8), sharey=True, squeeze=False
+    )
+    ticks = [
+        t
+        for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+        if metrics.l0.min() / 1.5 <= t <= metrics.l0.max() * 1.5
+    ]
+    for ax, layer in zip(axes[0], layers, strict=True):
+        d = metrics[metrics.layer == layer]
+        for (arch, cond), rows in d.groupby(["architecture", "condition"]):
+            ax.plot(
+                rows.l0,
+                rows.fvu,
+                ls="none",
+                marker=CONDITION_MARKERS.get(cond, "o"),
+                ms=6,
+                color=ARCH_COLOURS.get(arch),
+                alpha=0.85,
+            )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel="mean active latents (held-out L0)", title=f"layer {layer}")
+    axes[0][0].set_ylabel("fraction of variance unexplained (held-out)")
+    archs = [a for a in ("topk", "jumprelu", "jumprelu_ste") if a in set(metrics.architecture)]
+    handles = [
+        Line2D([], [], ls="none", marker="s", color=ARCH_COLOURS[a], label=ARCH_LABELS[a])
+        for a in archs
+    ]
+    handles += [
+        Line2D(
+            [],
+            [],
+            ls="none",
+            marker=CONDITION_MARKERS[c],
+            color="#555555",
+            label=f"trained on: {CONDITION_NAMES[c]}",
+        )
+        for c in CONDITION_NAMES
+        if c in set(metrics.condition)
+    ]
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    n_seeds = int(metrics.groupby(["layer", "architecture", "condition"]).size().max())
+    fig.suptitle(
+        title(
+            f"Sparsity and reconstruction of every SAE ({len(metrics)} SAEs, {n_seeds} seeds per cell)",
+            model_label,
+        )
+    )
+    return fig

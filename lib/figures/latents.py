@@ -1,0 +1,143 @@
+"""Figures of stages 08 (latents) and 09 (steering). Style from :mod:`lib.figures.style`."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from lib.figures.style import CV_LABELS, CV_STYLES, LABEL_COLOURS, title
+
+PROBE_COLOURS = {"k_sparse": "#e67e22", "dense_sae": "#16a085", "raw": "#212121"}
+
+
+def plot_k_sparse(ks, sae_id: str, model_label: str, n: int):
+    """Balanced accuracy of the k-sparse probes against k (log axis) with 95% CIs, one line per
+    CV mode, beside the dense SAE probe and the raw probe (bands: their CIs)."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.2), constrained_layout=True)
+    for cv in dict.fromkeys(ks["cv"]):
+        sub = ks[ks["cv"] == cv]
+        k = sub[sub["probe"] == "k_sparse"].sort_values("k")
+        err = np.vstack([k["bal_acc"] - k["ci_low"], k["ci_high"] - k["bal_acc"]])
+        ax.errorbar(
+            k["k"],
+            k["bal_acc"],
+            yerr=err,
+            ls=CV_STYLES[cv],
+            marker="o",
+            color=PROBE_COLOURS["k_sparse"],
+            capsize=3,
+            label=f"top-k latents, {CV_LABELS[cv]}",
+        )
+        for probe in ("dense_sae", "raw"):
+            r = sub[sub["probe"] == probe].iloc[0]
+            ax.axhline(r["bal_acc"], ls=CV_STYLES[cv], color=PROBE_COLOURS[probe], lw=1.2)
+            ax.axhspan(r["ci_low"], r["ci_high"], color=PROBE_COLOURS[probe], alpha=0.08)
+    for probe, name in (("dense_sae", "dense SAE probe (all latents)"), ("raw", "raw probe")):
+        ax.plot([], [], color=PROBE_COLOURS[probe], label=name)
+    ax.axhline(0.5, color="#999", lw=0.8)
+    ax.set_xscale("log")
+    kk = sorted(ks.loc[ks["probe"] == "k_sparse", "k"].unique())
+    ax.set_xticks(kk, [str(k) for k in kk])
+    ax.set_xlabel("k (latents chosen on the training folds)")
+    ax.set_ylabel("balanced accuracy")
+    ax.set_ylim(0.4, 1.02)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title(f"How few latents carry the signal: {sae_id} (n={n})", model_label))
+    return fig
+
+
+def plot_latent_histograms(report, model_label: str, per_row: int = 5):
+    """Share of each class's completions per bin of the pooled value, for the top latents:
+    deceptive-high latents in the first row, honest-high in the second."""
+    rows = [report.top["deceptive"], report.top["honest"]]
+    ncol = max(1, min(per_row, max(len(r) for r in rows)))
+    fig, axes = plt.subplots(
+        2, ncol, figsize=(2.6 * ncol, 4.6), squeeze=False, constrained_layout=True
+    )
+    for r, (direction, ids) in enumerate(zip(("deceptive", "honest"), rows, strict=True)):
+        for c in range(ncol):
+            ax = axes[r][c]
+            if c >= len(ids):
+                ax.axis("off")
+                continue
+            lat = ids[c]
+            h = report.histograms[lat]
+            edges = np.asarray(h["edges"])
+            width = np.diff(edges)
+            for j, label in enumerate(("deceptive", "honest")):
+                counts = np.asarray(h[label], dtype=float)
+                share = counts / max(counts.sum(), 1)
+                ax.bar(
+                    edges[:-1] + j * width / 2,
+                    share,
+                    width=width / 2,
+                    align="edge",
+                    color=LABEL_COLOURS[label],
+                    label=label,
+                )
+            auc = float(report.table.loc[report.table["latent"] == lat, "auroc"].iloc[0])
+            ax.set_title(f"latent {lat} ({direction}-high)\nAUROC {auc:.2f}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if c == 0:
+                ax.set_ylabel("share of class")
+    axes[0][0].legend(fontsize=7)
+    n = report.meta.get("n", "?")
+    fig.suptitle(
+        title(f"Top latents of {report.sae_id}: pooled activation by class (n={n})", model_label),
+        fontsize=10,
+    )
+    return fig
+
+
+def _direction_style(name: str, i: int) -> dict:
+    if name == "diff_means":
+        return {"color": "#212121", "marker": "o", "lw": 2.0, "label": "difference of means"}
+    if name.startswith("random_"):
+        return {"color": "#a6acaf", "marker": "x", "ls": "--", "label": f"random ({name})"}
+    oranges = ["#e67e22", "#d35400", "#f0b27a", "#ba4a00", "#f5cba7"]
+    idx = name.rsplit("_", 1)[-1]
+    return {"color": oranges[i % len(oranges)], "marker": "s", "label": f"latent {idx}"}
+
+
+def plot_dose_response(df, layer: int, model_label: str):
+    """Deceptive rate against alpha (units of the layer's mean token norm) per direction, with
+    95% CIs, one panel per judge; ablation and plain reconstruction as points on the right."""
+    sub = df[df["layer"] == layer]
+    judges = list(dict.fromkeys(sub["judge"]))
+    fig, axes = plt.subplots(
+        1, len(judges), figsize=(6.4 * len(judges), 4.4), squeeze=False, constrained_layout=True
+    )
+    for ax, judge in zip(axes[0], judges, strict=True):
+        j = sub[sub["judge"] == judge]
+        steer = [d for d in dict.fromkeys(j["direction"]) if not d.startswith(("ablate", "recon"))]
+        latent_i = 0
+        for d in steer:
+            s = j[j["direction"] == d].sort_values("alpha")
+            style = _direction_style(d, latent_i)
+            latent_i += d.startswith("latent_")
+            err = np.vstack([s["deceptive_rate"] - s["ci_low"], s["ci_high"] - s["deceptive_rate"]])
+            ax.errorbar(s["alpha"], s["deceptive_rate"], yerr=err, capsize=3, **style)
+        top = j["alpha"].max()
+        for k, d in enumerate(
+            x for x in dict.fromkeys(j["direction"]) if x.startswith(("ablate", "recon"))
+        ):
+            r = j[j["direction"] == d].iloc[0]
+            x = top + 0.25 * (k + 1)
+            ax.errorbar(
+                [x],
+                [r["deceptive_rate"]],
+                yerr=[[r["deceptive_rate"] - r["ci_low"]], [r["ci_high"] - r["deceptive_rate"]]],
+                marker="D",
+                color="#8e44ad" if d.startswith("ablate") else "#7f8c8d",
+                capsize=3,
+                ls="none",
+                label=d.split("_organism")[0].split("_tinyllama")[0].replace("_", " "),
+            )
+        n = int(j["n"].iloc[0])
+        ax.set_xlabel("alpha (x the layer's mean token norm)")
+        ax.set_ylabel("deceptive rate (share of samples)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"judge: {judge} (n={n} samples per condition)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title(f"Steering and ablation at layer {layer}", model_label))
+    return fig

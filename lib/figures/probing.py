@@ -1,0 +1,381 @@
+"""Figures of the probing stages: the layer profile, SAE probes, leakage and controls (05) and
+the STE comparison (06). Style (theme, colours, names, saving) comes from :mod:`lib.figures.style`."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from lib.figures.style import (
+    ARCH_COLOURS,
+    ARCH_LABELS,
+    CONDITION_MARKERS,
+    CONDITION_NAMES,
+    CV_COLOURS,
+    CV_LABELS,
+    CV_SHORT,
+    CV_STYLES,
+    METRIC_LABELS,
+    caption,
+    n_text,
+    title,
+)
+from lib.probing.wording import WORDING
+
+ARCH_ORDER = ("topk", "jumprelu", "jumprelu_ste")
+
+
+#: line style of each wording baseline in the layer profile
+WORDING_STYLES = {"text": ":", "first_tokens": "-.", "embed": (0, (8, 2, 1, 2, 1, 2))}
+
+
+def _curve(profile, cv, feature, metric):
+    d = profile[(profile.cv == cv) & (profile.feature == feature) & (profile.metric == metric)]
+    if "subset" in d:
+        d = d[d.subset == "all"]
+    return d.dropna(subset=["value"]).sort_values("layer")
+
+
+def _offsets(cells) -> dict:
+    """x-offsets within +-0.25 of the layer, one per (arch, condition)."""
+    cells = sorted(cells, key=lambda c: (ARCH_ORDER.index(c[0]) if c[0] in ARCH_ORDER else 9, c[1]))
+    if len(cells) == 1:
+        return {cells[0]: 0.0}
+    return {c: -0.25 + 0.5 * i / (len(cells) - 1) for i, c in enumerate(cells)}
+
+
+def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling="mean", n=None):
+    """Deception probe ``metric`` by layer: one panel per pooled feature, both CV modes with 95%
+    CIs, the wording baselines as lines (colour: CV mode; style: baseline), and (``sae``: per-seed rows of ``sae_probes.csv``) the
+    grid SAE probes beside their layer on the panel of the raw vector they are compared with.
+
+    SAE markers: colour = architecture, shape = training condition, filled = stratified folds,
+    hollow = held-out scenarios; the marker is the mean over seeds, the bar spans the seeds.
+    """
+    features = [f for f in ("last", "mean") if f in set(profile.feature)]
+    width = 6.2 * len(features) if len(features) > 1 else 9.0  # one panel: room for 30 layers
+    fig, axes = plt.subplots(1, len(features), figsize=(width, 4.2), sharey=True, squeeze=False)
+    for ax, feature in zip(axes[0], features, strict=True):
+        for cv in ("stratified", "scenario"):
+            d = _curve(profile, cv, feature, metric)
+            if d.empty:
+                continue
+            ax.plot(d.layer, d.value, CV_STYLES[cv], color=CV_COLOURS[cv], marker="o", ms=4, lw=1.6)
+            ax.fill_between(
+                d.layer.astype(float), d.ci_low, d.ci_high, color=CV_COLOURS[cv], alpha=0.12, lw=0
+            )
+            for baseline, ls in WORDING_STYLES.items():  # lines, no bands: the raw CIs stay visible
+                base = _curve(profile, cv, baseline, metric)
+                if len(base):
+                    ax.axhline(base.value.iloc[0], color=CV_COLOURS[cv], lw=1.0, ls=ls, alpha=0.9)
+        ax.axhline(0.5 if metric != "recall_at_1fpr" else 0.01, color="#999999", lw=0.8)
+        if sae is not None and metric == "bal_acc" and len(sae):
+            grid = sae[(sae.sae_source == "grid") & (sae.raw_feature == feature)].dropna(
+                subset=["bal_acc"]
+            )
+            offsets = _offsets({(a, c) for a, c in zip(grid.arch, grid.condition, strict=True)})
+            for (layer, arch, cond, cv), d in grid.groupby(["layer", "arch", "condition", "cv"]):
+                x = layer + offsets[(arch, cond)] + (0.0 if cv == "stratified" else 0.04)
+                colour = ARCH_COLOURS.get(arch, "#555555")
+                ax.plot([x, x], [d.bal_acc.min(), d.bal_acc.max()], color=colour, lw=0.8, alpha=0.8)
+                ax.plot(
+                    x,
+                    d.bal_acc.mean(),
+                    CONDITION_MARKERS.get(cond, "o"),
+                    color=colour,
+                    ms=5,
+                    mfc=colour if cv == "stratified" else "white",
+                    mew=1.1,
+                )
+        ax.set(xlabel="layer (residual stream after the block)", title=f"{feature} pooling")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    axes[0][0].set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (95% CI)")
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=CV_COLOURS[cv],
+            ls=CV_STYLES[cv],
+            marker="o",
+            ms=4,
+            label=f"raw, {CV_LABELS[cv]}",
+        )
+        for cv in ("stratified", "scenario")
+    ]
+    handles += [
+        Line2D([], [], color="#555555", ls=ls, lw=1.0, label=f"wording baseline: {WORDING[b]}")
+        for b, ls in WORDING_STYLES.items()
+        if b in set(profile.feature)
+    ]
+    if sae is not None and metric == "bal_acc" and len(sae):
+        archs = [a for a in ARCH_ORDER if a in set(sae.arch)]
+        handles += [Patch(color=ARCH_COLOURS[a], label=f"{ARCH_LABELS[a]} SAE") for a in archs]
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                ls="none",
+                marker=CONDITION_MARKERS[c],
+                label=f"trained on: {CONDITION_NAMES[c]}",
+            )
+            for c in CONDITION_NAMES
+            if c in set(sae.condition)
+        ]
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                ls="none",
+                marker="s",
+                mfc=mfc,
+                label=f"SAE probe, {CV_SHORT[cv]} (filled / hollow)",
+            )
+            for cv, mfc in (("stratified", "#555555"), ("scenario", "white"))
+        ]
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    fig.suptitle(
+        title(f"Deception probe {METRIC_LABELS.get(metric, metric)} by layer", model_label)
+    )
+    note = n_text(*n) + "; " if n else ""
+    note += (
+        "CIs: completions resampled within class (stratified folds), whole scenarios resampled "
+        "(held-out scenarios); wording baselines' CIs in results/layer_profile.csv."
+    )
+    if sae is not None and len(sae):
+        pooling_text = {"mean": "mean-pooled", "max": "max-pooled", "last": "last-token"}.get(
+            pooling, pooling
+        )
+        note += (
+            f" SAE probes: the SAE's codes of every response token, {pooling_text} per completion "
+            "(SAEs trained on tokens); marker = mean over seeds, bar = seed range."
+        )
+    caption(fig, note)
+    return fig
+
+
+def plot_sae_vs_raw(verdicts, model_label, source="grid", n=None):
+    """Heatmaps of SAE minus raw balanced accuracy (points, mean over seeds), one panel per CV
+    mode: rows are architecture x training condition, columns layers. Cells whose paired test
+    survives Holm are coloured and starred; the others are grey with the number in grey."""
+    v = verdicts[verdicts.sae_source == source]
+    modes = [m for m in ("stratified", "scenario") if (v.cv == m).any()]
+    rows = sorted(
+        {(a, c) for a, c in zip(v.arch, v.condition, strict=True)},
+        key=lambda t: (ARCH_ORDER.index(t[0]) if t[0] in ARCH_ORDER else 9, t[1]),
+    )
+    layers = sorted(set(v.layer))
+    lim = max(float(np.nanmax(np.abs(v.delta))) * 100 if v.delta.notna().any() else 1.0, 1.0)
+    fig, axes = plt.subplots(
+        1,
+        max(len(modes), 1),
+        figsize=(2.0 + 1.3 * len(layers) * max(len(modes), 1) + 2.5, 0.45 * len(rows) + 1.9),
+        sharey=True,
+        squeeze=False,
+    )
+    cmap = plt.get_cmap("RdBu_r")
+    for ax, mode in zip(axes[0], modes, strict=False):
+        sub = v[v.cv == mode]
+        ax.set_xlim(-0.5, len(layers) - 0.5)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        for _, r in sub.iterrows():
+            i, j = rows.index((r.arch, r.condition)), layers.index(r.layer)
+            val = r.delta * 100
+            sig = r.verdict in ("win", "loss")
+            face = (
+                cmap(0.5 + 0.5 * np.clip(val / lim, -1, 1))
+                if sig and np.isfinite(val)
+                else "#eeeeee"
+            )
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color=face, lw=0.5, ec="white"))
+            label = "no result" if not np.isfinite(val) else f"{val:+.1f}{'*' if sig else ''}"
+            ink = "white" if sig and abs(val) > 0.6 * lim else ("#222222" if sig else "#888888")
+            ax.text(
+                j,
+                i,
+                label,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color=ink,
+                fontweight="bold" if sig else "normal",
+            )
+        ax.set_xticks(range(len(layers)), [f"layer {x}" for x in layers])
+        ax.set_yticks(
+            range(len(rows)),
+            [f"{ARCH_LABELS.get(a, a)}, {CONDITION_NAMES.get(c, c)}" for a, c in rows],
+        )
+        ax.set_title(CV_LABELS[mode], fontsize=10)
+        ax.grid(False)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(-lim, lim))
+    fig.colorbar(
+        sm, ax=axes[0].tolist(), label="SAE minus raw balanced accuracy (points)", shrink=0.85
+    )
+    fig.suptitle(
+        title("SAE probes against the raw probe of their layer (mean over seeds)", model_label)
+    )
+    note = (n_text(*n) + "; " if n else "") + (
+        "* and colour: the paired test over completions and seeds survives Holm within its family "
+        "(p < 0.05); grey: no significant difference."
+    )
+    caption(fig, note)
+    return fig
+
+
+def plot_probe_controls(controls, model_label, n=None):
+    """Left two panels: the probe refitted on labels shuffled within folds (mean and central 95%
+    of the shuffles, per pooled feature), one panel per CV mode; right: scenario identity."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    sh = controls[(controls.target == "shuffled_labels") & (controls.metric == "bal_acc")]
+    for ax, cv in zip(axes[:2], ("stratified", "scenario"), strict=True):
+        for feature, colour in (("last", "#e67e22"), ("mean", "#2471a3"), ("text", "#7f8c8d")):
+            d = sh[(sh.cv == cv) & (sh.feature == feature)].dropna(subset=["value"])
+            if d.empty:
+                continue
+            if feature == "text":
+                ax.axhspan(
+                    d.ci_low.iloc[0],
+                    d.ci_high.iloc[0],
+                    color=colour,
+                    alpha=0.12,
+                    lw=0,
+                    label="text, 95% of shuffles",
+                )
+                continue
+            d = d.sort_values("layer")
+            ax.plot(d.layer, d.value, "-o", ms=3, color=colour, label=f"{feature} pooling")
+            ax.fill_between(
+                d.layer.astype(float), d.ci_low, d.ci_high, color=colour, alpha=0.15, lw=0
+            )
+        ax.axhline(0.5, color="#999999", lw=0.8)
+        ax.set(
+            xlabel="layer",
+            ylabel="balanced accuracy",
+            ylim=(0.2, 0.8),
+            title=f"shuffled labels, {CV_SHORT[cv]}",
+        )
+        ax.legend(fontsize=8, loc="upper right")
+    sid = controls[controls.target == "scenario_identity"]
+    for feature, colour in (("last", "#e67e22"), ("mean", "#2471a3")):
+        d = sid[sid.feature == feature].sort_values("layer")
+        if len(d):
+            axes[2].plot(d.layer, d.value, "-o", ms=3, color=colour, label=f"{feature} pooling")
+            axes[2].fill_between(
+                d.layer.astype(float), d.ci_low, d.ci_high, color=colour, alpha=0.15, lw=0
+            )
+    if sid.chance.notna().any():
+        axes[2].axhline(
+            float(sid.chance.dropna().iloc[0]), color="#999999", lw=0.8, ls=":", label="chance"
+        )
+    axes[2].set(
+        xlabel="layer",
+        ylabel="balanced accuracy (multiclass)",
+        ylim=(0, 1.02),
+        title="which scenario? (confound check)",
+    )
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    fig.suptitle(title("Probe controls", model_label))
+    caption(
+        fig,
+        (n_text(*n) + ". " if n else "") + "Shuffled labels: mean and central 95% of the "
+        "label permutations of the p-values; they should straddle 0.5.",
+    )
+    return fig
+
+
+def _forest(ax, d, labels, columns, ms, lw, tick_size=None) -> list:
+    """The two CV modes' estimates with 95% CIs (``columns``: value, low, high; in points) on
+    one row per label, a line at 0, the legend above the axes (no CI hides under it); returns
+    each mode's ``(rows, y)``."""
+    value, low, high = columns
+    drawn = []
+    for cv, shift in (("stratified", -0.15), ("scenario", 0.15)):
+        s = d[d.cv == cv]
+        y = np.array([labels.index(lbl) for lbl in s.label]) + shift
+        ax.errorbar(
+            100 * s[value],
+            y,
+            xerr=[100 * (s[value] - s[low]), 100 * (s[high] - s[value])],
+            fmt="o",
+            color=CV_COLOURS[cv],
+            ms=ms,
+            lw=lw,
+            label=CV_LABELS[cv],
+        )
+        drawn.append((s, y))
+    ax.axvline(0, color="#999999", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels, **({"fontsize": tick_size} if tick_size else {}))
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    return drawn
+
+
+def plot_leakage(leak, model_label, n=None):
+    """Leakage per SAE cell: balanced accuracy with an SAE that saw the test completions minus
+    with SAEs that did not (same budget and seeds), with the paired 95% CI, per CV mode."""
+    d = leak.dropna(subset=["leakage"]).copy()
+    d["label"] = [
+        f"L{int(r.layer)} {ARCH_LABELS.get(r.arch, r.arch)}, {CONDITION_NAMES.get(r.condition, r.condition)}"
+        for r in d.itertuples()
+    ]
+    labels = list(dict.fromkeys(d.sort_values(["layer", "arch", "condition"]).label))
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(labels) + 1.8))
+    _forest(ax, d, labels, ("leakage", "leakage_ci_low", "leakage_ci_high"), 4, 1, tick_size=8)
+    ax.set_xlabel("leakage: SAE saw the test completions minus it did not (points, 95% CI)")
+    budget = d.budget.iloc[0] if len(d) else ""
+    fig.suptitle(title("Leakage of SAE training data into the probe's test folds", model_label))
+    caption(
+        fig,
+        (n_text(*n) + "; " if n else "") + f"both SAEs trained for {budget} with the same seeds.",
+    )
+    return fig
+
+
+def plot_ste_vs_topk(ste, model_label, n=None):
+    """A forest plot of the paired STE JumpReLU minus TopK difference (mean over seeds) with its
+    95% CI per (layer, condition), both CV modes, with both architectures' measured L0."""
+    d = ste[ste.arch_b == "topk"].dropna(subset=["delta"]).copy()
+    d["label"] = [
+        f"L{int(r.layer)}, {CONDITION_NAMES.get(r.condition, r.condition)}" for r in d.itertuples()
+    ]
+    labels = list(dict.fromkeys(d.sort_values(["layer", "condition"]).label))
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(labels) + 2.0))
+    for s, y in _forest(ax, d, labels, ("delta", "ci_low", "ci_high"), 5, 1.1):
+        for yy, (_, r) in zip(y, s.iterrows(), strict=True):
+            if r.verdict in ("win", "loss"):
+                ax.plot(
+                    100 * r.delta, yy, "*", color="#f1c40f", ms=9, mec="#444444", mew=0.5, zorder=4
+                )
+    l0 = d[d.cv == "stratified"].drop_duplicates("label").set_index("label")
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(
+        range(len(labels)),
+        [f"L0 {l0.l0_a.get(lbl, np.nan):.0f} vs {l0.l0_b.get(lbl, np.nan):.0f}" for lbl in labels],
+    )
+    right.tick_params(labelsize=8, length=0)
+    ax.set_xlabel(
+        "STE JumpReLU minus TopK balanced accuracy (points, 95% CI over completions and seeds)"
+    )
+    fig.suptitle(
+        title("STE JumpReLU against TopK, paired, per (layer, training condition)", model_label)
+    )
+    caption(
+        fig,
+        (n_text(*n) + "; " if n else "") + "star: the paired test survives Holm within its "
+        "CV mode; right: mean active latents (STE vs TopK) on the probe's own inputs.",
+    )
+    return fig
+
+
+def seed_table(probes: pd.DataFrame) -> pd.DataFrame:
+    """Per grid cell and CV mode: balanced accuracy of every seed, for a table beside a figure."""
+    g = probes[probes.sae_source == "grid"].dropna(subset=["bal_acc"])
+    return g.pivot_table(
+        index=["layer", "arch", "condition", "cv"], columns="seed_index", values="bal_acc"
+    ).round(3)

@@ -1,0 +1,14 @@
+"""Running the book: stages, the grid, notebook kernels, locks lent, costs.
+
+===================  ================================================================
+module               concept
+===================  ================================================================
+``cost_model``       the expected cost of a full run on one GPU, from a rehearsal
+``grid``             runs the grid's notebooks with papermill, locally or on Dask
+``grid_plan``        the grid's notebook executions, what each reads, what a run has
+``jupyter_kernels``  notebooks run by papermill, one kernel each, or on Dask
+``process_costs``    wall time, peak memory, disk written of a process tree
+``stage_costs``      per-stage costs of a run: throughput read from its outputs
+``stages``           what each stage produces, and whether a run holds it
+===================  ================================================================
+"""

@@ -1,0 +1,11 @@
+"""What a run found: summary, host-proof facts, publishing, runs side by side.
+
+===============  ================================================================
+module           concept
+===============  ================================================================
+``cross_model``  layer profiles of several runs by relative depth
+``facts``        host-proof facts and generated prose of a run
+``publish``      one run's figures, notebooks and README section
+``summary``      our numbers beside the study's
+===============  ================================================================
+"""

@@ -1,0 +1,13 @@
+"""Sparse autoencoders: the model and its SAELens format, the trainer, the SAE stage.
+
+==============  ================================================================
+module          concept
+==============  ================================================================
+``codes``       SAE codes of completions on the SAE's own input kind
+``fused_step``  the SAE trainer's hand-written step and fused Adam
+``metrics``     FVU, L0, dead latents, the model's loss with the SAE spliced in
+``model``       the SAE model and its SAELens on-disk format
+``train_grid``  the SAE stage: one SAE per grid cell and seed, exported
+``trainer``     training one SAE on a matrix of activations
+==============  ================================================================
+"""
