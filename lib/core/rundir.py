@@ -215,7 +215,11 @@ def init_run(
                     f"now says {resolved[key]!r}. Use another run name or delete {run.root}."
                 )
         if not write_config:
-            diff = config_differences(old, resolved)
+            filled = {
+                k: _with_defaults(k, v) if k in RunConfig.model_fields else v
+                for k, v in old.items()
+            }
+            diff = config_differences(filled, resolved)
             if diff:
                 print(
                     f"note: {run.config.name} of run '{cfg.name}' is kept as written; this "

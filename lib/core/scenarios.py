@@ -99,3 +99,9 @@ def scenarios_for(cfg: RunConfig) -> list[Scenario]:
     if unknown:
         raise ConfigError(f"scenarios: unknown id(s) {unknown}; allowed: {list(pool)}")
     return [pool[s] for s in cfg.scenarios]
+
+
+def has_controls(cfg: RunConfig) -> bool:
+    """Whether the run's scenario file has direct and role-swapped variants (notebook 11 runs)."""
+    variants = {s.variant for s in load_scenarios(cfg.scenario_path()).values()}
+    return {"direct", "swapped"} <= variants

@@ -1,8 +1,9 @@
-"""The theme of every figure and the figures of stages 02-06.
+"""The theme of every figure and the figures of the stages.
 
 =================  ================================================================
 module             concept
 =================  ================================================================
+``controls``       figures of stage 11: the wording controls by layer
 ``data_and_saes``  figures of stages 02-04: labels, activations, SAE training
 ``latents``        figures of stages 08-09
 ``probing``        figures of stages 05-06

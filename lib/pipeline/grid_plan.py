@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lib.core.config import REPO_ROOT, RunConfig
 from lib.core.rundir import RunDir, fingerprint
+from lib.core.scenarios import has_controls
 from lib.models.registry import converted_config, is_gguf_spec
 from lib.pipeline.jupyter_kernels import check_parameters as _check_parameters
 from lib.pipeline.stages import Inspector
@@ -32,6 +33,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "09_steering": ("08_features",),
     "07_summary": ("05_layer_profile_probing", "06_ste_comparison"),
     "10_cross_model": ("05_layer_profile_probing",),
+    "11_wording_controls": ("03_activation_capture",),
 }
 #: stages whose failure leaves nothing for the notebooks after them to read
 BLOCKING = ("01_sampling", "02_classification", "03_activation_capture")
@@ -100,6 +102,8 @@ def plan(
     add(6, "06_ste_comparison")  # reads 05's SAE probes
     add(6, "09_steering")  # assembles 08's per-SAE results
     add(7, "07_summary")  # reads 05 and 06
+    if has_controls(cfg):  # a version 2 scenario file: role-swapped and control prompts
+        add(5, "11_wording_controls")
     root = RunDir.for_config(cfg, runs_root).root.parent
     others = [r for r in cross_runs or [] if r != cfg.name]
     others = [r for r in others if (root / r / "results" / "layer_profile.csv").exists()]

@@ -34,6 +34,7 @@ UNITS = {
     "08_features": "SAEs analysed",
     "09_steering": "completions sampled",
     "10_cross_model": "runs drawn",
+    "11_wording_controls": "layers controlled",
 }
 
 
@@ -113,6 +114,8 @@ def stage_units(run: RunDir, cfg: RunConfig, notebook: str, params: dict) -> tup
         )
     if notebook == "10_cross_model":
         return len(params.get("runs", [])), ", ".join(params.get("runs", []))
+    if notebook == "11_wording_controls":
+        return len(pd.read_csv(run.result("wording_controls.csv"))), "layers and embeddings"
     raise KeyError(notebook)
 
 

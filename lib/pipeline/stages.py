@@ -26,6 +26,7 @@ notebook                 produces
                          ``results/k_sparse/<sae_id>.csv`` of its SAE (or every analysed SAE)
 09_steering              ``results/steering.csv``, ``latents.csv``, ``k_sparse.csv``
 10_cross_model           ``figures/layer_profiles_by_depth.png`` of its first run
+11_wording_controls      ``results/wording_controls.csv`` (runs of a version 2 scenario file)
 =======================  ==================================================================
 
 Result CSVs are checked as files only (exist, parse, non-empty header): their columns belong to
@@ -390,6 +391,7 @@ STAGES: dict[str, Stage] = {
         lambda ins, params: [p for i in _feature_ids(ins, params) for p in _feature_files(ins, i)],
     ),
     "09_steering": _results("steering.csv", "latents.csv", "k_sparse.csv"),
+    "11_wording_controls": _results("wording_controls.csv"),
     "10_cross_model": Stage(
         "figures/layer_profiles_by_depth.png of the first run",
         lambda ins, params: (

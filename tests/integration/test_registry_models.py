@@ -271,7 +271,7 @@ def test_a_full_disk_during_conversion_keeps_nothing_and_says_so(tmp_path, monke
 def test_kill_9_mid_conversion_leaves_no_folder_that_passes_and_a_rerun_converts(tmp_path):
     root = tmp_path / "models"
     code = (
-        "import sys; from lib import registry_models as rm;"
+        "import sys; from lib.models import registry as rm;"
         f"rm.ensure_gguf_model({SMOLLM2!r}, root={str(root)!r}, quiet=True)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT)

@@ -29,7 +29,12 @@ STUDY = {
     "rehearsal": ("tinyllama", 22, "model.layers"),
 }
 # the registry-shipped real models (lib/models/registry.py): config -> real num_hidden_layers
-REAL = {"smollm2-135m-instruct": 30, "smollm2-smoke": 30, "gemma-3-270m": 18}
+REAL = {
+    "smollm2-135m-instruct": 30,
+    "smollm2-smoke": 30,
+    "smollm2-controls": 30,
+    "gemma-3-270m": 18,
+}
 FAMILY = {
     "tinyllama": "LlamaForCausalLM",
     "smollm2-135m": "LlamaForCausalLM",

@@ -1,0 +1,90 @@
+"""Figures of the wording controls (notebook 11, :mod:`lib.probing.wording_controls`)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from lib.figures.style import caption, title
+
+#: (column, legend, colour, line style) of the AUROC panel
+CONTROL_LINES = (
+    ("transfer_direct_to_swapped", 'trained on lie = "no", tested on lie = "yes"', "#c0392b", "-"),
+    ("transfer_swapped_to_direct", 'trained on lie = "yes", tested on lie = "no"', "#e67e22", "-"),
+    ("same_word_no", 'same word "no": lie vs truth, one family', "#2471a3", "--"),
+    ("same_word_yes", 'same word "yes": lie vs truth, one family', "#16a085", "--"),
+    ("answer_word", 'the word itself: "no" vs "yes" (any label)', "#7f8c8d", ":"),
+    ("falsehood", "sincere false vs true (contradiction prompts)", "#8e44ad", "-."),
+)
+
+
+def _x(layers: pd.Series) -> np.ndarray:
+    """``embed`` (the response's input embeddings) at -1, then the layers."""
+    return np.array([-1 if str(v) == "embed" else int(v) for v in layers])
+
+
+def plot_wording_controls(df: pd.DataFrame, model_label: str, n_note: str = ""):
+    """AUROC of each control by layer with its Bonferroni-adjusted cluster-bootstrap band (left),
+    and the neutral-calibrated 1%-FPR monitor (right)."""
+    df = df.copy()
+    x = _x(df["layer"])
+    order = np.argsort(x)
+    df, x = df.iloc[order], x[order]
+    fig, (ax, mon) = plt.subplots(
+        1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2.2, 1]}, sharex=True
+    )
+    for col, label, colour, ls in CONTROL_LINES:
+        if col not in df or df[col].isna().all():
+            continue
+        ax.plot(x, df[col], ls=ls, color=colour, lw=1.6, marker="o", ms=3, label=label)
+        ax.fill_between(x, df[f"{col}_low"], df[f"{col}_high"], color=colour, alpha=0.12, lw=0)
+    ax.axhline(0.5, color="#212121", lw=0.8)
+    ax.text(x.max(), 0.505, "chance", ha="right", va="bottom", fontsize=8)
+    beyond = x[df["verdict"].to_numpy() == "beyond the words"]
+    if len(beyond):
+        ax.plot(
+            beyond,
+            np.full(len(beyond), 1.02),
+            "k*",
+            ms=7,
+            clip_on=False,
+            label="reads deception beyond the words (all four dark lines above 0.5)",
+        )
+    ax.set_ylim(0, 1.04)
+    ax.set_ylabel("AUROC (band: cluster bootstrap over families,\nBonferroni over layers)")
+    ax.set_xlabel("layer (-1: input embeddings of the response)")
+    ax.set_title(title("Deception or the answer word?", model_label), fontsize=11)
+    ax.legend(fontsize=7.5, loc="lower left", ncol=1)
+    if "monitor_recall" in df:
+        mon.plot(
+            x,
+            df["monitor_recall"],
+            color="#c0392b",
+            marker="o",
+            ms=3,
+            label="recall on held-out deceptive",
+        )
+        mon.plot(
+            x,
+            df["monitor_fpr"],
+            color="#2471a3",
+            marker="o",
+            ms=3,
+            label="flagged: held-out neutral prompts",
+        )
+        mon.axhline(0.01, color="#2471a3", lw=0.8, ls=":")
+        mon.set_ylim(0, 1)
+        mon.set_xlabel("layer")
+        mon.set_ylabel("share of completions flagged")
+        mon.set_title(
+            "1%-FPR monitor, threshold from neutral prompts\n(Apollo's rule)", fontsize=10
+        )
+        mon.legend(fontsize=7.5, loc="upper right")
+    caption(
+        fig,
+        "Probes on mean-pooled resid_post; folds hold out whole scenario families. A probe that "
+        "reads the word 'no' falls below 0.5 when the polarity swaps and sits at 0.5 among answers "
+        "of one word. " + n_note,
+    )
+    return fig
