@@ -7,6 +7,7 @@ module             concept
 ``data_and_saes``  figures of stages 02-04: labels, activations, SAE training
 ``latents``        figures of stages 08-09
 ``probing``        figures of stages 05-06
+``sparsity``       the TopK k sweep against the STE SAEs by L0 (stage 06)
 ``style``          theme, colours, names and saving of every figure
 =================  ================================================================
 """

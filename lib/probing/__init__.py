@@ -7,6 +7,7 @@ module                  concept
 ``layer_profile``       the layer profile stage and its controls
 ``layer_verdicts``      selection-aware peak layers, layers vs the wording baselines
 ``leakage``             SAEs that never saw the probe's test completions
+``matched_sparsity``    STE against TopK at matched L0: a TopK k sweep beside the STE SAEs
 ``probe``               the study's probe, its cross-validation, monitor thresholds
 ``sae_probes``          SAE probes against raw, per seed and without leakage
 ``sae_verdicts``        SAE vs raw and leakage verdicts across seeds
