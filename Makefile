@@ -193,3 +193,18 @@ rehearsal: $(STAMP)
 	$(REHEARSAL_ENV) $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		-p no:cacheprovider -q $(REHEARSAL)/notebooks/10_cross_model.ipynb
 	@uptime
+
+## make docs: the book as HTML, offline -> docs/_build/html/index.html: README.md, docs/*.md, the
+## executed notebooks of notebooks/ (their stored outputs; nothing is executed) and the figures of
+## every published run (figures/<run>/). Its own environment, .venv-docs, from requirements-docs.txt.
+DOCS_VENV := .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.installed
+.PHONY: docs
+$(DOCS_STAMP): requirements-docs.txt
+	@test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install -q -r requirements-docs.txt
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(DOCS_VENV)/bin/sphinx-build -b html -W --keep-going -q docs docs/_build/html
+	@echo "make docs: open docs/_build/html/index.html"
