@@ -27,6 +27,7 @@ from lib.core.fileio import atomic_write_text
 from lib.core.rundir import RunDir
 from lib.probing.layer_profile import profile_values, read_layer_profile
 from lib.probing.layer_verdicts import peak_summary, read_layer_tests
+from lib.probing.matched_sparsity import at_matched_l0, ste_points
 from lib.probing.sae_probes import read_sae_probes
 from lib.probing.sae_verdicts import class_counts, read_sae_leakage, read_sae_verdicts
 from lib.probing.ste_comparison import read_ste_comparison, study_claim
@@ -43,6 +44,7 @@ CLAIMS = {
     "best_sae": "best SAE probe (mean over seeds)",
     "saes_beating_raw": "SAEs beating their layer's raw probe",
     "ste_vs_topk": "STE JumpReLU vs TopK",
+    "ste_matched_l0": "STE JumpReLU vs TopK at matched L0 (TopK k sweep, one cell, descriptive)",
     "leakage": "leakage (SAE saw the test completions minus it did not)",
 }
 SETTINGS = {
@@ -151,6 +153,25 @@ def _ste_claim(ste: pd.DataFrame | None, cv: str) -> str:
     )
 
 
+def _matched_claim(run: RunDir) -> str:
+    """The k sweep of notebook 06 (``results/k_sweep.csv``), in one cell of the table."""
+    path = run.result("k_sweep.csv")
+    if not path.exists():
+        return NA
+    sweep = pd.read_csv(path)
+    if sweep.empty:
+        return NA
+    layer, cond = int(sweep["layer"].iloc[0]), str(sweep["condition"].iloc[0])
+    m = at_matched_l0(sweep, ste_points(run, layer, cond))
+    if not np.isfinite(m["ste_bal_acc"]):
+        return NA
+    ext = "" if m["inside"] else ", extrapolated"
+    return (
+        f"L{layer} {cond}: STE {_pct(m['ste_bal_acc'])} at L0 {m['ste_l0']:.0f}; TopK at that L0 "
+        f"{_pct(m['topk_bal_acc_at_ste_l0'])}{ext} (k = {', '.join(map(str, sorted(set(sweep['k']))))})"
+    )
+
+
 def _leakage_claim(leak: pd.DataFrame | None, cv: str) -> str:
     if leak is None or leak.empty or "leakage" not in leak:
         return NA
@@ -207,6 +228,8 @@ def summarise_run(run: RunDir, cfg: RunConfig, feature: str = "mean") -> pd.Data
         if source == "grid":
             values.update(_raw_claims(profile, tests, cv, feature))
             values["ste_vs_topk"] = _ste_claim(ste, cv)
+            if cv == "stratified":
+                values["ste_matched_l0"] = _matched_claim(run)
         else:
             values["leakage"] = _leakage_claim(leak, cv)
         if len(verdicts):

@@ -178,6 +178,7 @@ def claim_texts(model_tag: str, path: Path | str = PUBLISHED_FILE) -> dict[str, 
         "best_sae": NOT_REPORTED,
         "saes_beating_raw": NOT_REPORTED,
         "ste_vs_topk": NOT_REPORTED,
+        "ste_matched_l0": NOT_REPORTED,
         "leakage": "not measured (SAEs saw the test folds)",
     }
     if c.profile is not None:
