@@ -294,14 +294,26 @@ def summarise(results: list[CellResult]) -> str:
     return "\n".join(lines)
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help lines end with the default only where there is one worth saying."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], "", argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m lib.pipeline.grid",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsShown,
     )
     ap.add_argument("--config", default="configs/organism.yaml", help="config name or YAML path")
-    ap.add_argument("--run-name", default=None, help="run directory name (None: the config's name)")
+    ap.add_argument(
+        "--run-name", default=None, help="run directory name (default: the config's name)"
+    )
     ap.add_argument("--workers", type=int, default=1, help="notebooks executed at once")
     ap.add_argument(
         "--dask", default=None, help="'local' for a LocalCluster, or a scheduler address"
@@ -323,10 +335,13 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field for every notebook, e.g. --set sae.steps=200 (YAML value)",
+        help="override a config field for every notebook, e.g. --set sae.steps=200 (a YAML value; "
+        "repeatable). sae.epochs counts only where sae.steps is unset (null)",
     )
     ap.add_argument(
-        "--notebook-dir", default=str(NOTEBOOK_DIR), help="where the numbered notebooks are"
+        "--notebook-dir",
+        default=str(NOTEBOOK_DIR),
+        help="where the numbered notebooks are (default: notebooks/)",
     )
     ap.add_argument("--cross-runs", default="", help="other runs 10 draws, e.g. default")
     ap.add_argument("--costs", default=None, help="write <run>/results/<COSTS>, e.g. costs.csv")
@@ -421,6 +436,14 @@ def _print_dry_run(args, overrides: dict, only: list[str] | None) -> int:
         print(f"  in use by pid {info['pid']} ({info['command']}) since {info['started']}")
     for cell, state, why in states:
         print(f"  {state:<8} {cell.name}" + (f": {why}" if why else ""))
+    counts = {s: sum(1 for _, st, _ in states if st == s) for s in ("done", "to do", "damaged")}
+    print("summary: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if counts["to do"] or counts["damaged"]:
+        cmd = ["python -m lib.pipeline.grid", f"--config {args.config}"]
+        cmd += [f"--run-name {args.run_name}"] if args.run_name else []
+        cmd += [f"--only {args.only}"] if args.only else []
+        cmd += [f"--set {s}" for s in args.set]
+        print("next: " + " ".join(cmd) + " --workers 2")
     return 0
 
 

@@ -141,7 +141,11 @@ def check_model_layers(cfg: RunConfig) -> None:
 
 
 def cell_fingerprint(cfg: RunConfig, cell: GridCell) -> str:
-    return fingerprint({"config": cfg.model_dump(mode="json"), "params": cell.params})[:16]
+    """The settings a finished cell ran with. Fields at their default values are left out, so a
+    field added to the config later (at a default that reproduces the old behaviour) does not
+    make every finished notebook of every run look stale."""
+    dump = cfg.model_dump(mode="json", exclude_defaults=True)
+    return fingerprint({"config": dump, "params": cell.params})[:16]
 
 
 def _ran(run: RunDir, cfg: RunConfig, cell: GridCell) -> str:

@@ -336,6 +336,9 @@ def test_cli_dry_run_help_and_one_line_config_errors(grid_env, book, capsys):
     out = capsys.readouterr().out
     assert "run 'solo'" in out and "to do" not in out  # the real stage table: outputs absent
     assert "damaged  01_sampling: completions.jsonl is missing" in out
+    # a count, and the command that does the work (with the same overrides)
+    assert "summary: 7 damaged" in out
+    assert "next: python -m lib.pipeline.grid --config organism --run-name solo" in out
     # a layer the organism lacks: one line, no traceback, config.yaml untouched
     assert main([*args, "--set", "sae.layers=[99]"]) == 2
     err = capsys.readouterr().err.strip()
@@ -349,7 +352,9 @@ def test_cli_dry_run_help_and_one_line_config_errors(grid_env, book, capsys):
     assert config_yaml.read_bytes() == before
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "(default: 1)" in capsys.readouterr().out
+    helptext = capsys.readouterr().out
+    assert "(default: 1)" in helptext and "(default: None)" not in helptext
+    assert "sae.epochs counts only where sae.steps is unset" in " ".join(helptext.split())
 
 
 def test_grid_on_a_dask_local_cluster(grid_env, book):
