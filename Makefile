@@ -157,8 +157,14 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/benchmarks -q -s -p no:cacheprovider
 
 ## make lab: JupyterLab at the repository root (notebooks/, data/runs/, figures/); as root too
+# (no "official Jupyter news?" pop-up on every page: the announcements plugin is off in .venv, and
+# nothing is fetched from the news feed or the update check)
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+	@for verb in disable lock; do $(VENV)/bin/jupyter labextension $$verb --level=sys_prefix \
+		@jupyterlab/apputils-extension:announcements >/dev/null 2>&1 || true; done
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.news_url=None \
+		--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 ## make lint: formatting and lint of lib and tests (CI runs it before make test)
 lint: $(STAMP)

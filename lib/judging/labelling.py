@@ -273,7 +273,7 @@ class Agreement:
     judge_a: str
     judge_b: str
     n: int
-    kappa: float  # over all three labels
+    kappa: float  # over all labels (three; more where control prompts add theirs)
     percent_agree: float
     n_decisive_both: int  # completions both judges called deceptive or honest
     decisive_agree: float  # agreement on those (the study's "agreement on decisive samples")
@@ -285,8 +285,10 @@ def judge_agreement(labels: pd.DataFrame, judge_a: str, judge_b: str) -> Agreeme
     b = _one_judge(labels, judge_b).set_index("id")["label"]
     both = a.index.intersection(b.index)
     a, b = a.loc[both], b.loc[both]
+    # control prompts (version 2 scenario files) add their own labels
+    cats = list(LABELS) + [c for c in CONTROL_LABELS if c in set(a) | set(b)]
     confusion = pd.crosstab(
-        pd.Categorical(a, categories=LABELS), pd.Categorical(b, categories=LABELS), dropna=False
+        pd.Categorical(a, categories=cats), pd.Categorical(b, categories=cats), dropna=False
     )
     confusion.index.name, confusion.columns.name = judge_a, judge_b
     dec = a.isin(DECISIVE) & b.isin(DECISIVE)
@@ -295,7 +297,7 @@ def judge_agreement(labels: pd.DataFrame, judge_a: str, judge_b: str) -> Agreeme
         judge_a,
         judge_b,
         len(both),
-        cohen_kappa(list(a), list(b)),
+        cohen_kappa(list(a), list(b), cats),
         float((a.values == b.values).mean()) if len(both) else float("nan"),
         n_dec,
         float((a[dec].values == b[dec].values).mean()) if n_dec else float("nan"),
