@@ -95,6 +95,7 @@ class Judge:
 
 # ==== keyword judge ============================================================================
 KEYWORD_VERSION = "kw1"
+FIRST_WORD_VERSION = "first-word-1"
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ class FirstWordJudge(Judge):
 
     name = "first_word"
     model = None
-    prompt_version = "first-word-1"
+    prompt_version = FIRST_WORD_VERSION
 
     def judge(self, scenario: Scenario, completion: str) -> Verdict:
         self.summary.items += 1

@@ -52,7 +52,7 @@ from lib.core.fileio import (
 from lib.core.rundir import RunDir, file_stamp, fingerprint, read_label_rows
 from lib.core.scenarios import scenarios_for
 from lib.judging.gemini import PROMPT_VERSION
-from lib.judging.judges import KEYWORD_VERSION
+from lib.judging.judges import FIRST_WORD_VERSION, KEYWORD_VERSION
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,8 @@ def judge_version(cfg: RunConfig, judge: str) -> tuple[str | None, str]:
     """``(model, prompt_version)`` a judge's current labels carry (as :func:`label_run` writes)."""
     if judge == "keyword":
         return None, f"{KEYWORD_VERSION}-w{cfg.judge.keyword_window}"
+    if judge == "first_word":
+        return None, FIRST_WORD_VERSION
     return cfg.judge.gemini_model, PROMPT_VERSION
 
 
