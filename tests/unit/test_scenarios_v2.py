@@ -97,3 +97,15 @@ def test_held_out_folds_hold_out_whole_families_in_the_controls_run():
     assert scenario_groups(load_config("organism"))("insider_trading__swapped") == (
         "insider_trading__swapped"
     )
+
+
+def test_the_labels_check_knows_every_judges_version():
+    from lib.judging.judges import FirstWordJudge, KeywordJudge
+    from lib.pipeline.stages import judge_version
+
+    cfg = load_config("smollm2-controls")
+    assert judge_version(cfg, "first_word") == (None, FirstWordJudge().prompt_version)
+    assert judge_version(cfg, "keyword") == (
+        None,
+        KeywordJudge(cfg.judge.keyword_window).prompt_version,
+    )
