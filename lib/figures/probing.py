@@ -39,48 +39,58 @@ def _curve(profile, cv, feature, metric):
     return d.dropna(subset=["value"]).sort_values("layer")
 
 
-def _offsets(cells) -> dict:
-    """x-offsets within +-0.25 of the layer, one per (arch, condition)."""
-    cells = sorted(cells, key=lambda c: (ARCH_ORDER.index(c[0]) if c[0] in ARCH_ORDER else 9, c[1]))
-    if len(cells) == 1:
-        return {cells[0]: 0.0}
-    return {c: -0.25 + 0.5 * i / (len(cells) - 1) for i, c in enumerate(cells)}
+CONDITION_ORDER = tuple(CONDITION_NAMES)
 
 
-def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling="mean", n=None):
-    """Deception probe ``metric`` by layer: one panel per pooled feature, both CV modes with 95%
-    CIs, the wording baselines as lines (colour: CV mode; style: baseline), and (``sae``: per-seed rows of ``sae_probes.csv``) the
-    grid SAE probes beside their layer on the panel of the raw vector they are compared with.
+def _cell_order(cell) -> tuple:
+    arch, cond = cell
+    return (
+        ARCH_ORDER.index(arch) if arch in ARCH_ORDER else 9,
+        CONDITION_ORDER.index(cond) if cond in CONDITION_ORDER else 9,
+        cond,
+    )
 
-    SAE markers: colour = architecture, shape = training condition, filled = stratified folds,
-    hollow = held-out scenarios; the marker is the mean over seeds, the bar spans the seeds.
-    """
-    features = [f for f in ("last", "mean") if f in set(profile.feature)]
-    width = 6.2 * len(features) if len(features) > 1 else 9.0  # one panel: room for 30 layers
-    fig, axes = plt.subplots(1, len(features), figsize=(width, 4.2), sharey=True, squeeze=False)
-    for ax, feature in zip(axes[0], features, strict=True):
+
+#: x-offset of each CV mode inside an SAE cell's slot (filled: stratified, hollow: held-out)
+CV_DODGE = {"stratified": -0.2, "scenario": 0.2}
+
+
+def _sae_panel(ax, grid, profile, feature, metric) -> list[int]:
+    """The grid SAE probes of one pooled feature, one slot per (architecture, condition) in one
+    group per layer, beside the raw probe of that layer (lines and 95% CI bands across the
+    group); each CV mode dodged in its slot, marker = mean over seeds, bar = seed range. Returns
+    the layers drawn."""
+    cells = sorted(
+        {(a, c) for a, c in zip(grid.arch, grid.condition, strict=True)}, key=_cell_order
+    )
+    layers = sorted({int(x) for x in grid.layer})
+    width = len(cells) + 1  # one empty slot between layer groups
+    for g, layer in enumerate(layers):
+        x0, x1 = g * width - 0.5, g * width + len(cells) - 0.5
         for cv in ("stratified", "scenario"):
-            d = _curve(profile, cv, feature, metric)
-            if d.empty:
-                continue
-            ax.plot(d.layer, d.value, CV_STYLES[cv], color=CV_COLOURS[cv], marker="o", ms=4, lw=1.6)
-            ax.fill_between(
-                d.layer.astype(float), d.ci_low, d.ci_high, color=CV_COLOURS[cv], alpha=0.12, lw=0
-            )
-            for baseline, ls in WORDING_STYLES.items():  # lines, no bands: the raw CIs stay visible
-                base = _curve(profile, cv, baseline, metric)
-                if len(base):
-                    ax.axhline(base.value.iloc[0], color=CV_COLOURS[cv], lw=1.0, ls=ls, alpha=0.9)
-        ax.axhline(0.5 if metric != "recall_at_1fpr" else 0.01, color="#999999", lw=0.8)
-        if sae is not None and metric == "bal_acc" and len(sae):
-            grid = sae[(sae.sae_source == "grid") & (sae.raw_feature == feature)].dropna(
-                subset=["bal_acc"]
-            )
-            offsets = _offsets({(a, c) for a, c in zip(grid.arch, grid.condition, strict=True)})
-            for (layer, arch, cond, cv), d in grid.groupby(["layer", "arch", "condition", "cv"]):
-                x = layer + offsets[(arch, cond)] + (0.0 if cv == "stratified" else 0.04)
-                colour = ARCH_COLOURS.get(arch, "#555555")
-                ax.plot([x, x], [d.bal_acc.min(), d.bal_acc.max()], color=colour, lw=0.8, alpha=0.8)
+            raw = _curve(profile, cv, feature, metric)
+            raw = raw[raw.layer == layer]
+            if len(raw):
+                r = raw.iloc[0]
+                ax.fill_between(
+                    [x0, x1], r.ci_low, r.ci_high, color=CV_COLOURS[cv], alpha=0.12, lw=0
+                )
+                ax.plot([x0, x1], [r.value] * 2, CV_STYLES[cv], color=CV_COLOURS[cv], lw=1.4)
+        if g:
+            ax.axvline(x0 - 0.5, color="#bbbbbb", lw=0.8)
+        for i, (arch, cond) in enumerate(cells):
+            colour = ARCH_COLOURS.get(arch, "#555555")
+            for cv in ("stratified", "scenario"):
+                d = grid[
+                    (grid.layer == layer)
+                    & (grid.arch == arch)
+                    & (grid.condition == cond)
+                    & (grid.cv == cv)
+                ]
+                if d.empty:
+                    continue
+                x = g * width + i + CV_DODGE[cv]
+                ax.plot([x, x], [d.bal_acc.min(), d.bal_acc.max()], color=colour, lw=1.0, zorder=3)
                 ax.plot(
                     x,
                     d.bal_acc.mean(),
@@ -89,10 +99,94 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
                     ms=5,
                     mfc=colour if cv == "stratified" else "white",
                     mew=1.1,
+                    zorder=4,
                 )
-        ax.set(xlabel="layer (residual stream after the block)", title=f"{feature} pooling")
+    ax.set_xlim(-0.7, (len(layers) - 1) * width + len(cells) - 0.3)
+    ax.set_xticks([g * width + (len(cells) - 1) / 2 for g in range(len(layers))])
+    ax.set_xticklabels([f"layer {x}" for x in layers])
+    ax.grid(axis="x", visible=False)
+    return layers
+
+
+def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling="mean", n=None):
+    """Deception probe ``metric`` by layer: one panel per pooled feature, both CV modes with 95%
+    CI bands, the wording baselines as thin horizontal lines (colour: CV mode; style: baseline);
+    with ``sae`` (per-seed rows of ``sae_probes.csv``) a panel to the right of the profile(s)
+    shows every grid SAE probe beside the raw probe of its layer.
+
+    SAE panel: one slot per (architecture, training condition) in one group per layer; colour =
+    architecture, shape = training condition, filled = stratified folds, hollow = held-out
+    scenarios; the marker is the mean over seeds, the bar spans the seeds; the raw probe of the
+    layer (line and 95% CI band, both CV modes) runs across its group. Triangles on the top edge of
+    a profile panel mark the layers that have SAEs.
+    """
+    features = [f for f in ("last", "mean") if f in set(profile.feature)]
+    grid = None
+    if sae is not None and metric == "bal_acc" and len(sae):
+        grid = sae[(sae.sae_source == "grid") & sae.raw_feature.isin(features)].dropna(
+            subset=["bal_acc"]
+        )
+        grid = grid if len(grid) else None
+    sae_features = [f for f in features if grid is not None and (grid.raw_feature == f).any()]
+    # the profile(s) on top; the SAE probes (if any) in a full-width row below, same y axis
+    fig = plt.figure(figsize=(12.6, 7.6 if sae_features else 4.4))
+    gs = fig.add_gridspec(
+        2 if sae_features else 1, 1, height_ratios=[1.1, 1] if sae_features else None
+    )
+    top = gs[0].subgridspec(1, len(features))
+    first = fig.add_subplot(top[0])
+    profile_axes = [first] + [
+        fig.add_subplot(top[i], sharey=first) for i in range(1, len(features))
+    ]
+    sae_axes = []
+    if sae_features:
+        below = gs[1].subgridspec(1, len(sae_features))
+        sae_axes = [fig.add_subplot(below[i], sharey=first) for i in range(len(sae_features))]
+    for ax in profile_axes[1:]:
+        ax.tick_params(axis="y", labelleft=False)
+    chance = 0.5 if metric != "recall_at_1fpr" else 0.01
+    for ax, feature in zip(profile_axes, features, strict=True):
+        for cv in ("stratified", "scenario"):
+            d = _curve(profile, cv, feature, metric)
+            if d.empty:
+                continue
+            ax.plot(d.layer, d.value, CV_STYLES[cv], color=CV_COLOURS[cv], marker="o", ms=4, lw=1.6)
+            ax.fill_between(
+                d.layer.astype(float), d.ci_low, d.ci_high, color=CV_COLOURS[cv], alpha=0.12, lw=0
+            )
+            for (
+                baseline,
+                ls,
+            ) in WORDING_STYLES.items():  # thin lines, no bands: the raw CIs stay visible
+                base = _curve(profile, cv, baseline, metric)
+                if len(base):
+                    ax.axhline(base.value.iloc[0], color=CV_COLOURS[cv], lw=0.9, ls=ls, alpha=0.85)
+        ax.axhline(chance, color="#999999", lw=0.8)
+        if feature in sae_features:  # where the SAE panel's layers are
+            for layer in sorted({int(x) for x in grid[grid.raw_feature == feature].layer}):
+                ax.plot(
+                    layer,
+                    1.0,
+                    "v",
+                    color="#555555",
+                    ms=6,
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                    zorder=5,
+                )
+        ax.set_xlabel("layer (residual stream after the block)")
+        ax.set_title(f"raw probe, {feature} pooling", pad=9)
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    axes[0][0].set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (95% CI)")
+    for ax, feature in zip(sae_axes, sae_features, strict=True):
+        _sae_panel(ax, grid[grid.raw_feature == feature], profile, feature, metric)
+        ax.axhline(chance, color="#999999", lw=0.8)
+        ax.set_title(
+            f"SAE probes beside the raw probe of their layer ({feature} pooling); "
+            "one slot per architecture x training condition",
+            fontsize=10,
+        )
+        ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)}")
+    profile_axes[0].set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (95% CI)")
     handles = [
         Line2D(
             [],
@@ -101,7 +195,7 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
             ls=CV_STYLES[cv],
             marker="o",
             ms=4,
-            label=f"raw, {CV_LABELS[cv]}",
+            label=f"raw probe, {CV_LABELS[cv]}",
         )
         for cv in ("stratified", "scenario")
     ]
@@ -110,8 +204,8 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
         for b, ls in WORDING_STYLES.items()
         if b in set(profile.feature)
     ]
-    if sae is not None and metric == "bal_acc" and len(sae):
-        archs = [a for a in ARCH_ORDER if a in set(sae.arch)]
+    if grid is not None:
+        archs = [a for a in ARCH_ORDER if a in set(grid.arch)]
         handles += [Patch(color=ARCH_COLOURS[a], label=f"{ARCH_LABELS[a]} SAE") for a in archs]
         handles += [
             Line2D(
@@ -120,10 +214,10 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
                 color="#555555",
                 ls="none",
                 marker=CONDITION_MARKERS[c],
-                label=f"trained on: {CONDITION_NAMES[c]}",
+                label=f"SAE trained on: {CONDITION_NAMES[c]}",
             )
             for c in CONDITION_NAMES
-            if c in set(sae.condition)
+            if c in set(grid.condition)
         ]
         handles += [
             Line2D(
@@ -131,28 +225,49 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
                 [],
                 color="#555555",
                 ls="none",
-                marker="s",
-                mfc=mfc,
-                label=f"SAE probe, {CV_SHORT[cv]} (filled / hollow)",
-            )
-            for cv, mfc in (("stratified", "#555555"), ("scenario", "white"))
+                marker="o",
+                mfc="#555555",
+                label="filled: SAE probe, stratified folds",
+            ),
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                ls="none",
+                marker="o",
+                mfc="white",
+                label="hollow: SAE probe, held-out scenarios",
+            ),
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                ls="none",
+                marker="v",
+                ms=6,
+                label="layer with SAEs (lower panel)",
+            ),
         ]
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     fig.suptitle(
         title(f"Deception probe {METRIC_LABELS.get(metric, metric)} by layer", model_label)
     )
-    note = n_text(*n) + "; " if n else ""
+    note = n_text(*n) + ". " if n else ""
     note += (
-        "CIs: completions resampled within class (stratified folds), whole scenarios resampled "
-        "(held-out scenarios); wording baselines' CIs in results/layer_profile.csv."
+        "Bands: 95% CIs of the raw probe (completions resampled within class for stratified folds, "
+        "whole scenarios resampled for held-out scenarios). Thin horizontal lines: wording "
+        "baselines (no activations), coloured by CV mode like the raw curves; their CIs are in "
+        "results/layer_profile.csv."
     )
-    if sae is not None and len(sae):
+    if grid is not None:
         pooling_text = {"mean": "mean-pooled", "max": "max-pooled", "last": "last-token"}.get(
             pooling, pooling
         )
+        n_seeds = int(grid.groupby(["layer", "arch", "condition", "cv"]).size().max())
         note += (
             f" SAE probes: the SAE's codes of every response token, {pooling_text} per completion "
-            "(SAEs trained on tokens); marker = mean over seeds, bar = seed range."
+            f"(SAEs trained on tokens); marker = mean over {n_seeds} seeds, bar = seed range; "
+            "each layer's raw probe runs across its group for comparison."
         )
     caption(fig, note)
     return fig
