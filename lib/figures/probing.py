@@ -273,26 +273,31 @@ def plot_layer_profile(profile, model_label, sae=None, metric="bal_acc", pooling
     return fig
 
 
+def _ink(rgba) -> str:
+    """Black or white text, whichever reads better on the colour ``rgba`` (relative luminance)."""
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3])
+    return "#111111" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.30 else "white"
+
+
 def plot_sae_vs_raw(verdicts, model_label, source="grid", n=None):
     """Heatmaps of SAE minus raw balanced accuracy (points, mean over seeds), one panel per CV
-    mode: rows are architecture x training condition, columns layers. Cells whose paired test
-    survives Holm are coloured and starred; the others are grey with the number in grey."""
+    mode: rows are architecture x training condition, columns layers. Every cell is coloured by
+    its delta (diverging palette centred at 0); a cell whose paired test survives Holm within its
+    family gets a thick black outline and a star; text is black or white by the cell's shade."""
     v = verdicts[verdicts.sae_source == source]
     modes = [m for m in ("stratified", "scenario") if (v.cv == m).any()]
-    rows = sorted(
-        {(a, c) for a, c in zip(v.arch, v.condition, strict=True)},
-        key=lambda t: (ARCH_ORDER.index(t[0]) if t[0] in ARCH_ORDER else 9, t[1]),
-    )
+    rows = sorted({(a, c) for a, c in zip(v.arch, v.condition, strict=True)}, key=_cell_order)
     layers = sorted(set(v.layer))
     lim = max(float(np.nanmax(np.abs(v.delta))) * 100 if v.delta.notna().any() else 1.0, 1.0)
     fig, axes = plt.subplots(
         1,
         max(len(modes), 1),
-        figsize=(2.0 + 1.3 * len(layers) * max(len(modes), 1) + 2.5, 0.45 * len(rows) + 1.9),
+        figsize=(2.0 + 1.3 * len(layers) * max(len(modes), 1) + 2.5, 0.45 * len(rows) + 2.1),
         sharey=True,
         squeeze=False,
     )
     cmap = plt.get_cmap("RdBu_r")
+    norm = plt.Normalize(-lim, lim)
     for ax, mode in zip(axes[0], modes, strict=False):
         sub = v[v.cv == mode]
         ax.set_xlim(-0.5, len(layers) - 0.5)
@@ -301,41 +306,57 @@ def plot_sae_vs_raw(verdicts, model_label, source="grid", n=None):
             i, j = rows.index((r.arch, r.condition)), layers.index(r.layer)
             val = r.delta * 100
             sig = r.verdict in ("win", "loss")
-            face = (
-                cmap(0.5 + 0.5 * np.clip(val / lim, -1, 1))
-                if sig and np.isfinite(val)
-                else "#eeeeee"
-            )
-            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color=face, lw=0.5, ec="white"))
-            label = "no result" if not np.isfinite(val) else f"{val:+.1f}{'*' if sig else ''}"
-            ink = "white" if sig and abs(val) > 0.6 * lim else ("#222222" if sig else "#888888")
+            face = cmap(norm(val)) if np.isfinite(val) else (0.93, 0.93, 0.93, 1.0)
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fc=face, ec="white", lw=1.0))
+            if sig:  # inset so that neighbouring outlines do not merge
+                ax.add_patch(
+                    plt.Rectangle(
+                        (j - 0.45, i - 0.42), 0.9, 0.84, fill=False, ec="black", lw=2.2, zorder=3
+                    )
+                )
+            label = "no result" if not np.isfinite(val) else f"{val:+.1f}{' *' if sig else ''}"
             ax.text(
                 j,
                 i,
                 label,
                 ha="center",
                 va="center",
-                fontsize=8,
-                color=ink,
+                fontsize=9,
+                color=_ink(face),
                 fontweight="bold" if sig else "normal",
+                zorder=4,
             )
+        n_sig = int(sub.verdict.isin(["win", "loss"]).sum())
         ax.set_xticks(range(len(layers)), [f"layer {x}" for x in layers])
         ax.set_yticks(
             range(len(rows)),
             [f"{ARCH_LABELS.get(a, a)}, {CONDITION_NAMES.get(c, c)}" for a, c in rows],
         )
-        ax.set_title(CV_LABELS[mode], fontsize=10)
+        ax.set_title(
+            f"{CV_LABELS[mode]}\n{n_sig} of {sub.delta.notna().sum()} cells significant after Holm",
+            fontsize=10,
+        )
         ax.grid(False)
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(-lim, lim))
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=norm)
     fig.colorbar(
-        sm, ax=axes[0].tolist(), label="SAE minus raw balanced accuracy (points)", shrink=0.85
+        sm,
+        ax=axes[0].tolist(),
+        label="SAE minus raw balanced accuracy (points)\nred: SAE probe higher, blue: lower",
+        shrink=0.85,
     )
     fig.suptitle(
         title("SAE probes against the raw probe of their layer (mean over seeds)", model_label)
     )
-    note = (n_text(*n) + "; " if n else "") + (
-        "* and colour: the paired test over completions and seeds survives Holm within its family "
-        "(p < 0.05); grey: no significant difference."
+    any_sig = v.verdict.isin(["win", "loss"]).any()
+    note = (n_text(*n) + ". " if n else "") + (
+        "Colour and number: SAE minus raw balanced accuracy in points, every cell. "
+        + (
+            "Black outline and *: the paired test over completions and seeds survives Holm "
+            "within its family (p < 0.05); no outline: not significant."
+            if any_sig
+            else "No cell's paired test (over completions and seeds) survives Holm within its "
+            "family (p < 0.05): the differences are within noise."
+        )
     )
     caption(fig, note)
     return fig
