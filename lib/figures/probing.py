@@ -475,19 +475,33 @@ def plot_leakage(leak, model_label, n=None):
 
 def plot_ste_vs_topk(ste, model_label, n=None):
     """A forest plot of the paired STE JumpReLU minus TopK difference (mean over seeds) with its
-    95% CI per (layer, condition), both CV modes, with both architectures' measured L0."""
+    95% CI per (layer, condition), both CV modes, with both architectures' measured L0. A star
+    marks a comparison whose paired test survives Holm within its CV mode; the caption explains
+    the star only when one is drawn, and otherwise says that none survives."""
     d = ste[ste.arch_b == "topk"].dropna(subset=["delta"]).copy()
     d["label"] = [
         f"L{int(r.layer)}, {CONDITION_NAMES.get(r.condition, r.condition)}" for r in d.itertuples()
     ]
     labels = list(dict.fromkeys(d.sort_values(["layer", "condition"]).label))
     fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(labels) + 2.0))
+    n_star = 0
     for s, y in _forest(ax, d, labels, ("delta", "ci_low", "ci_high"), 5, 1.1):
         for yy, (_, r) in zip(y, s.iterrows(), strict=True):
             if r.verdict in ("win", "loss"):
                 ax.plot(
-                    100 * r.delta, yy, "*", color="#f1c40f", ms=9, mec="#444444", mew=0.5, zorder=4
+                    100 * r.delta,
+                    yy,
+                    "*",
+                    color="#f1c40f",
+                    ms=11,
+                    mec="#444444",
+                    mew=0.6,
+                    zorder=4,
+                    label="survives Holm" if not n_star else None,
                 )
+                n_star += 1
+    if n_star:  # the star joins the legend only when it is drawn
+        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     l0 = d[d.cv == "stratified"].drop_duplicates("label").set_index("label")
     right = ax.secondary_yaxis("right")
     right.set_yticks(
@@ -501,10 +515,23 @@ def plot_ste_vs_topk(ste, model_label, n=None):
     fig.suptitle(
         title("STE JumpReLU against TopK, paired, per (layer, training condition)", model_label)
     )
+    counts = "; ".join(
+        f"{CV_SHORT[cv]}: {int(d[d.cv == cv].verdict.isin(['win', 'loss']).sum())} of "
+        f"{int((d.cv == cv).sum())}"
+        for cv in ("stratified", "scenario")
+        if (d.cv == cv).any()
+    )
+    verdict = (
+        f"Star: the paired test survives Holm within its CV mode ({counts})."
+        if n_star
+        else f"No paired test survives Holm within its CV mode ({counts} significant)."
+    )
     caption(
         fig,
-        (n_text(*n) + "; " if n else "") + "star: the paired test survives Holm within its "
-        "CV mode; right: mean active latents (STE vs TopK) on the probe's own inputs.",
+        (n_text(*n) + ". " if n else "")
+        + verdict
+        + " The bars are per-comparison 95% CIs, not adjusted for multiple comparisons. "
+        "Right: mean active latents (STE vs TopK) on the probe's own inputs.",
     )
     return fig
 
