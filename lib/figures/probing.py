@@ -454,22 +454,88 @@ def _forest(ax, d, labels, columns, ms, lw, tick_size=None) -> list:
 
 def plot_leakage(leak, model_label, n=None):
     """Leakage per SAE cell: balanced accuracy with an SAE that saw the test completions minus
-    with SAEs that did not (same budget and seeds), with the paired 95% CI, per CV mode."""
+    with SAEs that did not (same budget and seeds), with the paired 95% CI, per CV mode.
+
+    The bars are per-comparison CIs; the verdict is the Holm-adjusted p-value (Holm within each
+    CV mode), printed at the right of every row; a star marks a row that survives Holm."""
     d = leak.dropna(subset=["leakage"]).copy()
     d["label"] = [
         f"L{int(r.layer)} {ARCH_LABELS.get(r.arch, r.arch)}, {CONDITION_NAMES.get(r.condition, r.condition)}"
         for r in d.itertuples()
     ]
     labels = list(dict.fromkeys(d.sort_values(["layer", "arch", "condition"]).label))
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(labels) + 1.8))
-    _forest(ax, d, labels, ("leakage", "leakage_ci_low", "leakage_ci_high"), 4, 1, tick_size=8)
-    ax.set_xlabel("leakage: SAE saw the test completions minus it did not (points, 95% CI)")
+    fig, ax = plt.subplots(figsize=(8.2, 0.42 * len(labels) + 1.9))
+    drawn = _forest(
+        ax, d, labels, ("leakage", "leakage_ci_low", "leakage_ci_high"), 4, 1, tick_size=8
+    )
+    has_p = "p_holm" in d and d.p_holm.notna().any()
+    n_star = 0
+    for (s, y), cv in zip(drawn, ("stratified", "scenario"), strict=True):
+        for yy, (_, r) in zip(y, s.iterrows(), strict=True):
+            if not has_p or not np.isfinite(r.p_holm):
+                continue
+            sig = r.p_holm < 0.05
+            ax.text(
+                1.02,
+                yy,
+                f"{r.p_holm:.3f}",
+                transform=ax.get_yaxis_transform(),
+                ha="left",
+                va="center",
+                fontsize=7.5,
+                color=CV_COLOURS[cv],
+                fontweight="bold" if sig else "normal",
+            )
+            if sig:
+                ax.plot(
+                    100 * r.leakage,
+                    yy,
+                    "*",
+                    color="#f1c40f",
+                    ms=11,
+                    mec="#444444",
+                    mew=0.6,
+                    zorder=4,
+                    label="survives Holm (p < 0.05)" if not n_star else None,
+                )
+                n_star += 1
+    if has_p:
+        ax.text(
+            1.02,
+            1.0,
+            "p (Holm)",
+            transform=ax.transAxes,
+            ha="left",
+            va="bottom",
+            fontsize=8,
+            color="#444444",
+        )
+    if n_star:  # the star joins the legend only when it is drawn
+        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    ax.set_xlabel(
+        "leakage: SAE saw the test completions minus it did not\n"
+        "(points; bars: per-comparison 95% CIs, not Holm-adjusted)"
+    )
     budget = d.budget.iloc[0] if len(d) else ""
     fig.suptitle(title("Leakage of SAE training data into the probe's test folds", model_label))
-    caption(
-        fig,
-        (n_text(*n) + "; " if n else "") + f"both SAEs trained for {budget} with the same seeds.",
-    )
+    note = (
+        n_text(*n) + ". " if n else ""
+    ) + f"Both SAEs trained for {budget} with the same seeds. "
+    if has_p:
+        counts = "; ".join(
+            f"{CV_SHORT[cv]}: {int((d[d.cv == cv].p_holm < 0.05).sum())} of {int((d.cv == cv).sum())}"
+            for cv in ("stratified", "scenario")
+            if (d.cv == cv).any()
+        )
+        note += (
+            "Each bar is the 95% CI of one comparison on its own, not adjusted for the "
+            "multiple comparisons: a bar can exclude 0 while the comparison is not significant. "
+            "Significance is the Holm-adjusted p-value (Holm within each CV mode), printed at "
+            f"the right of each row; p < 0.05 (starred) in {counts}."
+        )
+    else:
+        note += "Bars: per-comparison 95% CIs, not adjusted for multiple comparisons."
+    caption(fig, note)
     return fig
 
 
