@@ -198,40 +198,71 @@ def plot_l0_histogram(l0_per_example, d_sae: int, model_label: str, arch: str, n
     return fig
 
 
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks from the largest one <= ``lo`` to the smallest one >= ``hi``."""
+    ladder = [m * 10.0**e for e in range(-4, 6) for m in (1, 2, 5)]
+    first = max([t for t in ladder if t <= lo], default=ladder[0])
+    last = min([t for t in ladder if t >= hi], default=ladder[-1])
+    return [t for t in ladder if first <= t <= last]
+
+
+#: horizontal dodge in decades of L0: per training condition, and per seed within it
+CONDITION_DODGE = {"mixed": 0.0, "deceptive_only": -0.075, "honest_only": 0.075}
+SEED_DODGE = 0.02
+
+
 def plot_sae_grid(metrics, model_label: str):
-    """Every trained SAE of a run, one panel per layer: held-out FVU against L0 (log scale).
+    """Every trained SAE of a run, one panel per layer: held-out FVU against L0 (log-log).
 
     ``metrics``: :func:`lib.sae.train_grid.grid_metrics` (one row per SAE and seed). Colour =
-    architecture, shape = training condition; every seed is a point.
+    architecture, shape = training condition; every seed is its own hollow marker, the seeds of a
+    cell joined by a thin line. Markers are dodged horizontally (by condition, then by seed; the
+    shift is stated in the caption) so that SAEs with the same L0 (TopK: exactly k) stay visible;
+    the axes run from a tick below the smallest value to a tick above the largest.
     """
     layers = sorted(set(metrics.layer))
     fig, axes = plt.subplots(
-        1, len(layers), figsize=(4.2 * len(layers) + 2.2, 3.8), sharey=True, squeeze=False
+        1, len(layers), figsize=(4.2 * len(layers) + 2.4, 4.0), sharey=True, squeeze=False
     )
-    ticks = [
-        t
-        for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-        if metrics.l0.min() / 1.5 <= t <= metrics.l0.max() * 1.5
-    ]
+    seeds = sorted(set(metrics.seed_index)) if "seed_index" in metrics else [0]
+    mid = (len(seeds) - 1) / 2
+    max_shift = max(abs(v) for v in CONDITION_DODGE.values()) + SEED_DODGE * mid
+    xticks = _log_ticks(metrics.l0.min(), metrics.l0.max())
+    # the axis holds every dodged marker and the ticks on both sides of the data
+    xlim = (
+        min(xticks[0], metrics.l0.min() / 10**max_shift) / 1.12,
+        max(xticks[-1], metrics.l0.max() * 10**max_shift) * 1.12,
+    )
+    yticks = _log_ticks(metrics.fvu.min(), metrics.fvu.max())
     for ax, layer in zip(axes[0], layers, strict=True):
         d = metrics[metrics.layer == layer]
         for (arch, cond), rows in d.groupby(["architecture", "condition"]):
+            rows = rows.sort_values("seed_index") if "seed_index" in rows else rows
+            seed = rows.seed_index if "seed_index" in rows else np.zeros(len(rows))
+            shift = CONDITION_DODGE.get(cond, 0.0) + SEED_DODGE * (np.asarray(seed) - mid)
+            x = rows.l0.to_numpy() * 10**shift
+            colour = ARCH_COLOURS.get(arch)
+            ax.plot(x, rows.fvu, "-", color=colour, lw=0.8, alpha=0.7)
             ax.plot(
-                rows.l0,
+                x,
                 rows.fvu,
                 ls="none",
                 marker=CONDITION_MARKERS.get(cond, "o"),
-                ms=6,
-                color=ARCH_COLOURS.get(arch),
-                alpha=0.85,
+                ms=5.5,
+                mfc="white",
+                mec=colour,
+                mew=1.3,
             )
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(xlabel="mean active latents (held-out L0)", title=f"layer {layer}")
-    axes[0][0].set_ylabel("fraction of variance unexplained (held-out)")
+        for ax_, ticks, name in ((ax.xaxis, xticks, "x"), (ax.yaxis, yticks, "y")):
+            getattr(ax, f"set_{name}scale")("log")
+            ax_.set_major_locator(FixedLocator(ticks))
+            ax_.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax_.set_minor_locator(NullLocator())
+            ax_.set_minor_formatter(NullFormatter())
+        ax.set_xlim(*xlim)
+        ax.set_ylim(yticks[0] / 1.15, yticks[-1] * 1.15)
+        ax.set(xlabel="mean active latents (held-out L0, log)", title=f"layer {layer}")
+    axes[0][0].set_ylabel("fraction of variance unexplained\n(held-out, log)")
     archs = [a for a in ("topk", "jumprelu", "jumprelu_ste") if a in set(metrics.architecture)]
     handles = [
         Line2D([], [], ls="none", marker="s", color=ARCH_COLOURS[a], label=ARCH_LABELS[a])
@@ -243,12 +274,26 @@ def plot_sae_grid(metrics, model_label: str):
             [],
             ls="none",
             marker=CONDITION_MARKERS[c],
-            color="#555555",
+            mfc="white",
+            mec="#555555",
+            mew=1.3,
             label=f"trained on: {CONDITION_NAMES[c]}",
         )
         for c in CONDITION_NAMES
         if c in set(metrics.condition)
     ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color="#555555",
+            lw=0.8,
+            marker="o",
+            mfc="white",
+            ms=4,
+            label="seeds of one SAE cell",
+        )
+    )
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     n_seeds = int(metrics.groupby(["layer", "architecture", "condition"]).size().max())
     fig.suptitle(
@@ -256,5 +301,30 @@ def plot_sae_grid(metrics, model_label: str):
             f"Sparsity and reconstruction of every SAE ({len(metrics)} SAEs, {n_seeds} seeds per cell)",
             model_label,
         )
+    )
+    pct = round(100 * (10**max_shift - 1))
+    note = ""
+    if {"n_completions", "n_heldout_completions", "n_eval_vectors"} <= set(metrics.columns):
+        sizes = metrics.groupby("condition")[
+            ["n_completions", "n_heldout_completions", "n_eval_vectors"]
+        ].max()
+        order = [c for c in CONDITION_NAMES if c in sizes.index]
+        sizes = sizes.reindex(order + [c for c in sizes.index if c not in order])
+        note = (
+            "Completions per training condition (of them held out for FVU and L0, and their "
+            "token vectors): "
+            + "; ".join(
+                f"{CONDITION_NAMES.get(c, c)} n = {int(r.n_completions)} "
+                f"({int(r.n_heldout_completions)} held out, {int(r.n_eval_vectors)} vectors)"
+                for c, r in sizes.iterrows()
+            )
+            + ". "
+        )
+    caption(
+        fig,
+        note + "Lower left is better (fewer active latents, less variance left unexplained). One "
+        "hollow marker per SAE seed, the seeds of a cell joined by a line; markers are dodged "
+        f"horizontally by training condition and seed (at most {pct}% of L0) so that SAEs "
+        "with the same L0 do not hide each other (TopK's L0 is exactly its k).",
     )
     return fig
