@@ -7,8 +7,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
 
+from lib.core import stats
 from lib.figures.style import (
     ARCH_COLOURS,
     ARCH_LABELS,
@@ -89,20 +90,31 @@ def plot_layer_norms(norms, model_label: str):
     return fig
 
 
+def _sign_free_auroc(labels, scores) -> float:
+    """AUROC of deceptive vs honest along ``scores`` whichever way the axis points (>= 0.5)."""
+    m = np.isin(labels, ("deceptive", "honest"))
+    a = stats.auroc((labels[m] == "deceptive").astype(int), scores[m])
+    return float(max(a, 1 - a)) if np.isfinite(a) else float("nan")
+
+
 def plot_label_geometry(
     vectors: dict, labels, model_label: str, feature: str = "mean", seed: int = 0
 ):
-    """For a few layers: a 2-D PCA of the pooled vectors coloured by label (left), and the
-    projection of held-out completions on the deceptive-minus-honest mean difference estimated on
-    the other half (right): does a single direction separate the labels on unseen completions?
+    """For a few layers: is the label where the variance is, or along one direction?
+
+    Left: a 2-D PCA of the pooled vectors coloured by label, with the class means and the
+    (sign-free) AUROC of deceptive vs honest along PC1 and PC2: how much of the label the largest
+    directions of variance carry. Right: the projection of held-out completions on the
+    deceptive-minus-honest mean difference estimated on the other half, as outlined histograms
+    (no blended overlap colour; integer count ticks) with its held-out AUROC.
 
     ``vectors``: layer -> ``[n, d]``; ``labels``: label strings (ambiguous ones drawn grey in the
-    PCA and left out of the projection).
+    PCA and left out of the projection and of every AUROC).
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     half = rng.random(len(labels)) < 0.5
-    fig, axes = plt.subplots(len(vectors), 2, figsize=(9.5, 2.9 * len(vectors)), squeeze=False)
+    fig, axes = plt.subplots(len(vectors), 2, figsize=(10.0, 3.3 * len(vectors)), squeeze=False)
     for (ax_pca, ax_proj), (layer, x) in zip(axes, vectors.items(), strict=True):
         x = np.asarray(x, dtype=np.float64)
         xc = x - x.mean(0)
@@ -110,11 +122,29 @@ def plot_label_geometry(
         pc, explained = u[:, :2] * s[:2], 100 * s[:2] ** 2 / (s**2).sum()
         for lab in ("ambiguous", "honest", "deceptive"):
             m = labels == lab
-            ax_pca.scatter(pc[m, 0], pc[m, 1], s=8, alpha=0.6, c=LABEL_COLOURS[lab], lw=0)
+            faint = lab == "ambiguous"
+            ax_pca.scatter(
+                pc[m, 0],
+                pc[m, 1],
+                s=5 if faint else 8,
+                alpha=0.3 if faint else 0.6,
+                c=LABEL_COLOURS[lab],
+                lw=0,
+            )
+        for lab in ("honest", "deceptive"):
+            m = labels == lab
+            if m.any():
+                ax_pca.plot(
+                    *pc[m].mean(0), "X", ms=11, color=LABEL_COLOURS[lab], mec="black", mew=1.0
+                )
+        auc1, auc2 = (_sign_free_auroc(labels, pc[:, i]) for i in range(2))
         ax_pca.set(
             xlabel=f"PC1 ({explained[0]:.0f}% of variance)", ylabel=f"PC2 ({explained[1]:.0f}%)"
         )
-        ax_pca.set_title(f"layer {layer}: PCA", fontsize=10)
+        ax_pca.set_title(
+            f"layer {layer}: top 2 principal components\nlabel AUROC along PC1 {auc1:.2f}, PC2 {auc2:.2f}",
+            fontsize=10,
+        )
         fit, test = half & (labels != "ambiguous"), ~half & (labels != "ambiguous")
         direction = x[fit & (labels == "deceptive")].mean(0) - x[fit & (labels == "honest")].mean(0)
         direction /= np.linalg.norm(direction) + 1e-12
@@ -122,15 +152,41 @@ def plot_label_geometry(
         bins = np.histogram_bin_edges(proj[test], 25)
         for lab in ("honest", "deceptive"):
             m = test & (labels == lab)
-            ax_proj.hist(proj[m], bins=bins, color=LABEL_COLOURS[lab], alpha=0.6)
+            ax_proj.hist(proj[m], bins=bins, histtype="step", lw=1.8, color=LABEL_COLOURS[lab])
+        auc = _sign_free_auroc(labels[test], proj[test])
         ax_proj.set(
             xlabel="projection on the deceptive-minus-honest direction",
             ylabel="held-out completions",
         )
-        ax_proj.set_title(f"layer {layer}: one direction, held-out half", fontsize=10)
+        ax_proj.yaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in (ax_pca, ax_proj):  # no crowded tick labels on wide ranges
+            ax.xaxis.set_major_locator(MaxNLocator(5, steps=[1, 2, 5, 10]))
+        ax_proj.set_title(
+            f"layer {layer}: one direction, held-out half\nheld-out AUROC {auc:.2f}", fontsize=10
+        )
     handles = [
-        Line2D([], [], ls="none", marker="o", color=LABEL_COLOURS[lab], label=lab)
-        for lab in LABEL_ORDER
+        Line2D([], [], marker="o", ls="-", lw=1.8, color=LABEL_COLOURS[lab], label=lab)
+        for lab in ("deceptive", "honest")
+    ]
+    handles += [
+        Line2D(
+            [],
+            [],
+            ls="none",
+            marker="o",
+            color=LABEL_COLOURS["ambiguous"],
+            label="ambiguous (PCA only)",
+        ),
+        Line2D(
+            [],
+            [],
+            ls="none",
+            marker="X",
+            ms=9,
+            color="#888888",
+            mec="black",
+            label="class mean (PCA)",
+        ),
     ]
     fig.legend(handles=handles, loc="outside right center")
     pooling = {"mean": "mean over the response", "last": "last response token"}.get(
@@ -138,11 +194,17 @@ def plot_label_geometry(
     )
     fig.suptitle(title(f"Label geometry of the residual stream ({pooling})", model_label))
     n_dec, n_hon = int((labels == "deceptive").sum()), int((labels == "honest").sum())
+    test = ~half & (labels != "ambiguous")
     caption(
         fig,
         f"n = {len(labels)} completions ({n_dec} deceptive, {n_hon} honest, "
-        f"{len(labels) - n_dec - n_hon} ambiguous). Right: the "
-        "direction is the difference of class means on a random half; histograms show the other half.",
+        f"{len(labels) - n_dec - n_hon} ambiguous). Left: the two directions of largest variance; "
+        "AUROC of deceptive vs honest along each (0.5: no separation; sign-free, so >= 0.5). "
+        "Right: the direction is the difference of class means on a random half; the histograms "
+        f"(outlines) and the AUROC are on the other half ({int((test & (labels == 'deceptive')).sum())} "
+        f"deceptive, {int((test & (labels == 'honest')).sum())} honest). Where the right AUROC is "
+        "far above the left ones, the label lies along a direction that is not where most of "
+        "the variance is.",
     )
     return fig
 
