@@ -7,8 +7,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
 
+from lib.core import stats
 from lib.figures.style import (
     ARCH_COLOURS,
     ARCH_LABELS,
@@ -89,20 +90,31 @@ def plot_layer_norms(norms, model_label: str):
     return fig
 
 
+def _sign_free_auroc(labels, scores) -> float:
+    """AUROC of deceptive vs honest along ``scores`` whichever way the axis points (>= 0.5)."""
+    m = np.isin(labels, ("deceptive", "honest"))
+    a = stats.auroc((labels[m] == "deceptive").astype(int), scores[m])
+    return float(max(a, 1 - a)) if np.isfinite(a) else float("nan")
+
+
 def plot_label_geometry(
     vectors: dict, labels, model_label: str, feature: str = "mean", seed: int = 0
 ):
-    """For a few layers: a 2-D PCA of the pooled vectors coloured by label (left), and the
-    projection of held-out completions on the deceptive-minus-honest mean difference estimated on
-    the other half (right): does a single direction separate the labels on unseen completions?
+    """For a few layers: is the label where the variance is, or along one direction?
+
+    Left: a 2-D PCA of the pooled vectors coloured by label, with the class means and the
+    (sign-free) AUROC of deceptive vs honest along PC1 and PC2: how much of the label the largest
+    directions of variance carry. Right: the projection of held-out completions on the
+    deceptive-minus-honest mean difference estimated on the other half, as outlined histograms
+    (no blended overlap colour; integer count ticks) with its held-out AUROC.
 
     ``vectors``: layer -> ``[n, d]``; ``labels``: label strings (ambiguous ones drawn grey in the
-    PCA and left out of the projection).
+    PCA and left out of the projection and of every AUROC).
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     half = rng.random(len(labels)) < 0.5
-    fig, axes = plt.subplots(len(vectors), 2, figsize=(9.5, 2.9 * len(vectors)), squeeze=False)
+    fig, axes = plt.subplots(len(vectors), 2, figsize=(10.0, 3.3 * len(vectors)), squeeze=False)
     for (ax_pca, ax_proj), (layer, x) in zip(axes, vectors.items(), strict=True):
         x = np.asarray(x, dtype=np.float64)
         xc = x - x.mean(0)
@@ -110,11 +122,29 @@ def plot_label_geometry(
         pc, explained = u[:, :2] * s[:2], 100 * s[:2] ** 2 / (s**2).sum()
         for lab in ("ambiguous", "honest", "deceptive"):
             m = labels == lab
-            ax_pca.scatter(pc[m, 0], pc[m, 1], s=8, alpha=0.6, c=LABEL_COLOURS[lab], lw=0)
+            faint = lab == "ambiguous"
+            ax_pca.scatter(
+                pc[m, 0],
+                pc[m, 1],
+                s=5 if faint else 8,
+                alpha=0.3 if faint else 0.6,
+                c=LABEL_COLOURS[lab],
+                lw=0,
+            )
+        for lab in ("honest", "deceptive"):
+            m = labels == lab
+            if m.any():
+                ax_pca.plot(
+                    *pc[m].mean(0), "X", ms=11, color=LABEL_COLOURS[lab], mec="black", mew=1.0
+                )
+        auc1, auc2 = (_sign_free_auroc(labels, pc[:, i]) for i in range(2))
         ax_pca.set(
             xlabel=f"PC1 ({explained[0]:.0f}% of variance)", ylabel=f"PC2 ({explained[1]:.0f}%)"
         )
-        ax_pca.set_title(f"layer {layer}: PCA", fontsize=10)
+        ax_pca.set_title(
+            f"layer {layer}: top 2 principal components\nlabel AUROC along PC1 {auc1:.2f}, PC2 {auc2:.2f}",
+            fontsize=10,
+        )
         fit, test = half & (labels != "ambiguous"), ~half & (labels != "ambiguous")
         direction = x[fit & (labels == "deceptive")].mean(0) - x[fit & (labels == "honest")].mean(0)
         direction /= np.linalg.norm(direction) + 1e-12
@@ -122,15 +152,41 @@ def plot_label_geometry(
         bins = np.histogram_bin_edges(proj[test], 25)
         for lab in ("honest", "deceptive"):
             m = test & (labels == lab)
-            ax_proj.hist(proj[m], bins=bins, color=LABEL_COLOURS[lab], alpha=0.6)
+            ax_proj.hist(proj[m], bins=bins, histtype="step", lw=1.8, color=LABEL_COLOURS[lab])
+        auc = _sign_free_auroc(labels[test], proj[test])
         ax_proj.set(
             xlabel="projection on the deceptive-minus-honest direction",
             ylabel="held-out completions",
         )
-        ax_proj.set_title(f"layer {layer}: one direction, held-out half", fontsize=10)
+        ax_proj.yaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in (ax_pca, ax_proj):  # no crowded tick labels on wide ranges
+            ax.xaxis.set_major_locator(MaxNLocator(5, steps=[1, 2, 5, 10]))
+        ax_proj.set_title(
+            f"layer {layer}: one direction, held-out half\nheld-out AUROC {auc:.2f}", fontsize=10
+        )
     handles = [
-        Line2D([], [], ls="none", marker="o", color=LABEL_COLOURS[lab], label=lab)
-        for lab in LABEL_ORDER
+        Line2D([], [], marker="o", ls="-", lw=1.8, color=LABEL_COLOURS[lab], label=lab)
+        for lab in ("deceptive", "honest")
+    ]
+    handles += [
+        Line2D(
+            [],
+            [],
+            ls="none",
+            marker="o",
+            color=LABEL_COLOURS["ambiguous"],
+            label="ambiguous (PCA only)",
+        ),
+        Line2D(
+            [],
+            [],
+            ls="none",
+            marker="X",
+            ms=9,
+            color="#888888",
+            mec="black",
+            label="class mean (PCA)",
+        ),
     ]
     fig.legend(handles=handles, loc="outside right center")
     pooling = {"mean": "mean over the response", "last": "last response token"}.get(
@@ -138,11 +194,17 @@ def plot_label_geometry(
     )
     fig.suptitle(title(f"Label geometry of the residual stream ({pooling})", model_label))
     n_dec, n_hon = int((labels == "deceptive").sum()), int((labels == "honest").sum())
+    test = ~half & (labels != "ambiguous")
     caption(
         fig,
         f"n = {len(labels)} completions ({n_dec} deceptive, {n_hon} honest, "
-        f"{len(labels) - n_dec - n_hon} ambiguous). Right: the "
-        "direction is the difference of class means on a random half; histograms show the other half.",
+        f"{len(labels) - n_dec - n_hon} ambiguous). Left: the two directions of largest variance; "
+        "AUROC of deceptive vs honest along each (0.5: no separation; sign-free, so >= 0.5). "
+        "Right: the direction is the difference of class means on a random half; the histograms "
+        f"(outlines) and the AUROC are on the other half ({int((test & (labels == 'deceptive')).sum())} "
+        f"deceptive, {int((test & (labels == 'honest')).sum())} honest). Where the right AUROC is "
+        "far above the left ones, the label lies along a direction that is not where most of "
+        "the variance is.",
     )
     return fig
 
@@ -198,40 +260,71 @@ def plot_l0_histogram(l0_per_example, d_sae: int, model_label: str, arch: str, n
     return fig
 
 
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks from the largest one <= ``lo`` to the smallest one >= ``hi``."""
+    ladder = [m * 10.0**e for e in range(-4, 6) for m in (1, 2, 5)]
+    first = max([t for t in ladder if t <= lo], default=ladder[0])
+    last = min([t for t in ladder if t >= hi], default=ladder[-1])
+    return [t for t in ladder if first <= t <= last]
+
+
+#: horizontal dodge in decades of L0: per training condition, and per seed within it
+CONDITION_DODGE = {"mixed": 0.0, "deceptive_only": -0.075, "honest_only": 0.075}
+SEED_DODGE = 0.02
+
+
 def plot_sae_grid(metrics, model_label: str):
-    """Every trained SAE of a run, one panel per layer: held-out FVU against L0 (log scale).
+    """Every trained SAE of a run, one panel per layer: held-out FVU against L0 (log-log).
 
     ``metrics``: :func:`lib.sae.train_grid.grid_metrics` (one row per SAE and seed). Colour =
-    architecture, shape = training condition; every seed is a point.
+    architecture, shape = training condition; every seed is its own hollow marker, the seeds of a
+    cell joined by a thin line. Markers are dodged horizontally (by condition, then by seed; the
+    shift is stated in the caption) so that SAEs with the same L0 (TopK: exactly k) stay visible;
+    the axes run from a tick below the smallest value to a tick above the largest.
     """
     layers = sorted(set(metrics.layer))
     fig, axes = plt.subplots(
-        1, len(layers), figsize=(4.2 * len(layers) + 2.2, 3.8), sharey=True, squeeze=False
+        1, len(layers), figsize=(4.2 * len(layers) + 2.4, 4.0), sharey=True, squeeze=False
     )
-    ticks = [
-        t
-        for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-        if metrics.l0.min() / 1.5 <= t <= metrics.l0.max() * 1.5
-    ]
+    seeds = sorted(set(metrics.seed_index)) if "seed_index" in metrics else [0]
+    mid = (len(seeds) - 1) / 2
+    max_shift = max(abs(v) for v in CONDITION_DODGE.values()) + SEED_DODGE * mid
+    xticks = _log_ticks(metrics.l0.min(), metrics.l0.max())
+    # the axis holds every dodged marker and the ticks on both sides of the data
+    xlim = (
+        min(xticks[0], metrics.l0.min() / 10**max_shift) / 1.12,
+        max(xticks[-1], metrics.l0.max() * 10**max_shift) * 1.12,
+    )
+    yticks = _log_ticks(metrics.fvu.min(), metrics.fvu.max())
     for ax, layer in zip(axes[0], layers, strict=True):
         d = metrics[metrics.layer == layer]
         for (arch, cond), rows in d.groupby(["architecture", "condition"]):
+            rows = rows.sort_values("seed_index") if "seed_index" in rows else rows
+            seed = rows.seed_index if "seed_index" in rows else np.zeros(len(rows))
+            shift = CONDITION_DODGE.get(cond, 0.0) + SEED_DODGE * (np.asarray(seed) - mid)
+            x = rows.l0.to_numpy() * 10**shift
+            colour = ARCH_COLOURS.get(arch)
+            ax.plot(x, rows.fvu, "-", color=colour, lw=0.8, alpha=0.7)
             ax.plot(
-                rows.l0,
+                x,
                 rows.fvu,
                 ls="none",
                 marker=CONDITION_MARKERS.get(cond, "o"),
-                ms=6,
-                color=ARCH_COLOURS.get(arch),
-                alpha=0.85,
+                ms=5.5,
+                mfc="white",
+                mec=colour,
+                mew=1.3,
             )
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(xlabel="mean active latents (held-out L0)", title=f"layer {layer}")
-    axes[0][0].set_ylabel("fraction of variance unexplained (held-out)")
+        for ax_, ticks, name in ((ax.xaxis, xticks, "x"), (ax.yaxis, yticks, "y")):
+            getattr(ax, f"set_{name}scale")("log")
+            ax_.set_major_locator(FixedLocator(ticks))
+            ax_.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax_.set_minor_locator(NullLocator())
+            ax_.set_minor_formatter(NullFormatter())
+        ax.set_xlim(*xlim)
+        ax.set_ylim(yticks[0] / 1.15, yticks[-1] * 1.15)
+        ax.set(xlabel="mean active latents (held-out L0, log)", title=f"layer {layer}")
+    axes[0][0].set_ylabel("fraction of variance unexplained\n(held-out, log)")
     archs = [a for a in ("topk", "jumprelu", "jumprelu_ste") if a in set(metrics.architecture)]
     handles = [
         Line2D([], [], ls="none", marker="s", color=ARCH_COLOURS[a], label=ARCH_LABELS[a])
@@ -243,12 +336,26 @@ def plot_sae_grid(metrics, model_label: str):
             [],
             ls="none",
             marker=CONDITION_MARKERS[c],
-            color="#555555",
+            mfc="white",
+            mec="#555555",
+            mew=1.3,
             label=f"trained on: {CONDITION_NAMES[c]}",
         )
         for c in CONDITION_NAMES
         if c in set(metrics.condition)
     ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color="#555555",
+            lw=0.8,
+            marker="o",
+            mfc="white",
+            ms=4,
+            label="seeds of one SAE cell",
+        )
+    )
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     n_seeds = int(metrics.groupby(["layer", "architecture", "condition"]).size().max())
     fig.suptitle(
@@ -256,5 +363,30 @@ def plot_sae_grid(metrics, model_label: str):
             f"Sparsity and reconstruction of every SAE ({len(metrics)} SAEs, {n_seeds} seeds per cell)",
             model_label,
         )
+    )
+    pct = round(100 * (10**max_shift - 1))
+    note = ""
+    if {"n_completions", "n_heldout_completions", "n_eval_vectors"} <= set(metrics.columns):
+        sizes = metrics.groupby("condition")[
+            ["n_completions", "n_heldout_completions", "n_eval_vectors"]
+        ].max()
+        order = [c for c in CONDITION_NAMES if c in sizes.index]
+        sizes = sizes.reindex(order + [c for c in sizes.index if c not in order])
+        note = (
+            "Completions per training condition (of them held out for FVU and L0, and their "
+            "token vectors): "
+            + "; ".join(
+                f"{CONDITION_NAMES.get(c, c)} n = {int(r.n_completions)} "
+                f"({int(r.n_heldout_completions)} held out, {int(r.n_eval_vectors)} vectors)"
+                for c, r in sizes.iterrows()
+            )
+            + ". "
+        )
+    caption(
+        fig,
+        note + "Lower left is better (fewer active latents, less variance left unexplained). One "
+        "hollow marker per SAE seed, the seeds of a cell joined by a line; markers are dodged "
+        f"horizontally by training condition and seed (at most {pct}% of L0) so that SAEs "
+        "with the same L0 do not hide each other (TopK's L0 is exactly its k).",
     )
     return fig

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lib.figures.style import CV_LABELS, CV_STYLES, LABEL_COLOURS, title
+from lib.figures.style import (
+    CV_LABELS,
+    CV_STYLES,
+    JUDGE_LABELS,
+    JUDGE_NOTES,
+    LABEL_COLOURS,
+    caption,
+    title,
+)
 
 PROBE_COLOURS = {"k_sparse": "#e67e22", "dense_sae": "#16a085", "raw": "#212121"}
 
@@ -91,53 +101,149 @@ def plot_latent_histograms(report, model_label: str, per_row: int = 5):
 
 def _direction_style(name: str, i: int) -> dict:
     if name == "diff_means":
-        return {"color": "#212121", "marker": "o", "lw": 2.0, "label": "difference of means"}
+        return {
+            "color": "#212121",
+            "marker": "o",
+            "lw": 2.0,
+            "label": "difference of means (the raw probe's direction)",
+        }
     if name.startswith("random_"):
-        return {"color": "#a6acaf", "marker": "x", "ls": "--", "label": f"random ({name})"}
+        return {
+            "color": "#a6acaf",
+            "marker": "x",
+            "ls": "--",
+            "label": "random unit directions (controls)",
+        }
     oranges = ["#e67e22", "#d35400", "#f0b27a", "#ba4a00", "#f5cba7"]
     idx = name.rsplit("_", 1)[-1]
-    return {"color": oranges[i % len(oranges)], "marker": "s", "label": f"latent {idx}"}
+    return {
+        "color": oranges[i % len(oranges)],
+        "marker": "s",
+        "label": f"SAE latent {idx} (its decoder row)",
+    }
+
+
+#: the conditions without a steering strength: the SAE's reconstruction replaces the layer output
+SWAPS = ("reconstruction", "ablate")
+
+
+def _swap_name(direction: str) -> tuple[str, str]:
+    """``(short label, SAE id)`` of an ablation / reconstruction condition."""
+    kind, _, sae_id = direction.partition("_")
+    if kind.startswith("ablate"):
+        k = kind.removeprefix("ablate_top").removeprefix("ablate")
+        if not k:  # ablate_top5_<sae>: the k sits in the second part
+            head, _, sae_id = sae_id.partition("_")
+            k = head.removeprefix("top")
+        return f"ablate top {k}\nlatents", sae_id
+    return "SAE recon-\nstruction", sae_id
 
 
 def plot_dose_response(df, layer: int, model_label: str):
     """Deceptive rate against alpha (units of the layer's mean token norm) per direction, with
-    95% CIs, one panel per judge; ablation and plain reconstruction as points on the right."""
+    95% CIs, one panel per judge; beside each, a small panel with the conditions that have no
+    alpha (the layer output replaced by the SAE's reconstruction, plain and with its top
+    deceptive-high latents zeroed). The unsteered rate (alpha 0) runs through both panels."""
     sub = df[df["layer"] == layer]
     judges = list(dict.fromkeys(sub["judge"]))
+    swaps = [d for d in dict.fromkeys(sub["direction"]) if d.startswith(SWAPS)]
+    swaps.sort(key=lambda d: not d.startswith("reconstruction"))  # the control first
+    ratios = [4.2, 0.5 + 0.75 * len(swaps)] if swaps else [4.2]
     fig, axes = plt.subplots(
-        1, len(judges), figsize=(6.4 * len(judges), 4.4), squeeze=False, constrained_layout=True
+        len(judges),
+        len(ratios),
+        figsize=(sum(ratios) + 4.4, 3.5 * len(judges) + 0.6),
+        squeeze=False,
+        sharey=True,
+        sharex="col",
+        gridspec_kw={"width_ratios": ratios},
     )
-    for ax, judge in zip(axes[0], judges, strict=True):
+    handles: dict[str, object] = {}
+    sae_ids = set()
+    for k, judge in enumerate(judges):
+        ax = axes[k][0]
         j = sub[sub["judge"] == judge]
-        steer = [d for d in dict.fromkeys(j["direction"]) if not d.startswith(("ablate", "recon"))]
+        steer = [d for d in dict.fromkeys(j["direction"]) if not d.startswith(SWAPS)]
         latent_i = 0
         for d in steer:
             s = j[j["direction"] == d].sort_values("alpha")
             style = _direction_style(d, latent_i)
             latent_i += d.startswith("latent_")
             err = np.vstack([s["deceptive_rate"] - s["ci_low"], s["ci_high"] - s["deceptive_rate"]])
-            ax.errorbar(s["alpha"], s["deceptive_rate"], yerr=err, capsize=3, **style)
-        top = j["alpha"].max()
-        for k, d in enumerate(
-            x for x in dict.fromkeys(j["direction"]) if x.startswith(("ablate", "recon"))
-        ):
-            r = j[j["direction"] == d].iloc[0]
-            x = top + 0.25 * (k + 1)
-            ax.errorbar(
-                [x],
-                [r["deceptive_rate"]],
-                yerr=[[r["deceptive_rate"] - r["ci_low"]], [r["ci_high"] - r["deceptive_rate"]]],
-                marker="D",
-                color="#8e44ad" if d.startswith("ablate") else "#7f8c8d",
-                capsize=3,
-                ls="none",
-                label=d.split("_organism")[0].split("_tinyllama")[0].replace("_", " "),
-            )
+            h = ax.errorbar(s["alpha"], s["deceptive_rate"], yerr=err, capsize=3, **style)
+            handles.setdefault(style["label"], h)
+        base = j[(j["alpha"] == 0) & ~j["direction"].str.startswith(SWAPS)]
         n = int(j["n"].iloc[0])
-        ax.set_xlabel("alpha (x the layer's mean token norm)")
-        ax.set_ylabel("deceptive rate (share of samples)")
+        alphas = sorted(set(j.loc[~j["direction"].str.startswith(SWAPS), "alpha"]))
+        if 0 < len(alphas) <= 12:  # the strengths that were run, no in-between ticks
+            ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+        if k == len(judges) - 1:
+            ax.set_xlabel("alpha (x the layer's mean token norm)")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"judge: {judge} (n={n} samples per condition)", fontsize=10)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.set_title(
+            f"{JUDGE_LABELS.get(judge, judge)}: steering (n={n} samples per condition)",
+            fontsize=10,
+        )
+        ax.set_ylabel("deceptive rate\n(share of samples)")
+        ref_axes = [ax]
+        if swaps:
+            ax_s = axes[k][1]
+            ref_axes.append(ax_s)
+            names = []
+            for x, d in enumerate(swaps):
+                r = j[j["direction"] == d]
+                name, sae_id = _swap_name(d)
+                names.append(name)
+                sae_ids.add(sae_id)
+                if r.empty:
+                    continue
+                r = r.iloc[0]
+                ablate = d.startswith("ablate")
+                h = ax_s.errorbar(
+                    [x],
+                    [r["deceptive_rate"]],
+                    yerr=[
+                        [r["deceptive_rate"] - r["ci_low"]],
+                        [r["ci_high"] - r["deceptive_rate"]],
+                    ],
+                    marker="D",
+                    ms=7,
+                    color="#8e44ad" if ablate else "#7f8c8d",
+                    capsize=3,
+                    ls="none",
+                )
+                handles.setdefault(
+                    "ablation: the SAE's reconstruction with its top deceptive-high latents zeroed"
+                    if ablate
+                    else "reconstruction: the layer output replaced by the SAE's reconstruction "
+                    "(the ablation's control)",
+                    h,
+                )
+            ax_s.set_xlim(-0.6, len(swaps) - 0.4)
+            ax_s.set_xticks(range(len(swaps)), names, fontsize=8)
+            ax_s.set_title("no alpha:\nSAE swapped in", fontsize=9)
+            ax_s.grid(axis="x", visible=False)
+        if len(base):
+            rate = float(base["deceptive_rate"].iloc[0])
+            for a in ref_axes:
+                h = a.axhline(rate, color="#7f8c8d", ls=":", lw=1.2, zorder=0)
+            handles.setdefault("unsteered rate (alpha 0)", h)
+    fig.legend(
+        list(handles.values()),
+        [textwrap.fill(label, 34) for label in handles],
+        loc="outside right center",
+        fontsize=9,
+        labelspacing=0.9,
+    )
     fig.suptitle(title(f"Steering and ablation at layer {layer}", model_label))
+    notes = [JUDGE_NOTES.get(jd, JUDGE_LABELS.get(jd, jd)) for jd in judges]
+    text = (
+        "Steering adds alpha x (the layer's mean response-token norm) x a unit direction at every "
+        "position; 95% CIs: bootstrap over samples, stratified by scenario. Judges: "
+        + "; ".join(notes)
+        + "."
+    )
+    if sae_ids:
+        text += f" Latents, reconstruction and ablation from SAE {', '.join(sorted(sae_ids))}."
+    caption(fig, text)
     return fig

@@ -47,7 +47,19 @@ CV_STYLES = {"stratified": "-", "scenario": "--"}
 CV_COLOURS = {"stratified": "#212121", "scenario": "#c0392b"}
 CV_LABELS = {"stratified": "stratified 5-fold (the study's)", "scenario": "held-out scenarios"}
 CV_SHORT = {"stratified": "stratified folds", "scenario": "held-out scenarios"}
-JUDGE_LABELS = {"keyword": "keyword judge", "gemini": "Gemini judge"}
+JUDGE_LABELS = {
+    "keyword": "keyword judge",
+    "gemini": "Gemini judge",
+    "organism_followup": "follow-up judge",
+}
+#: what each judge reads, for a caption
+JUDGE_NOTES = {
+    "keyword": "keyword judge: the scenario's cue words at the start of the completion (on the "
+    "organism, its opener)",
+    "gemini": "Gemini judge: an LLM reads the scenario and the completion",
+    "organism_followup": "follow-up judge (organism runs only): the follow-up sentence written "
+    "after the opener, which depends on the state the model is in",
+}
 METRIC_LABELS = {
     "bal_acc": "balanced accuracy",
     "auroc": "AUROC",

@@ -300,21 +300,15 @@ def plot_cross_model(
     )
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     pubs = published_models()
+    pending: list[tuple] = []  # (ax, [(x, y, text)]) labelled once the layout is final
     for ax, cv in zip(axes[0], cvs, strict=True):
-        placed: list[tuple[float, float]] = []
+        items = []
         for pub in pubs.values() if cv == "stratified" else ():  # the study used stratified folds
             x = float(relative_depth(pub.peak_layer, pub.n_layers))
             ax.plot(x, pub.bal_acc, "D", mfc="white", mec="#9a9a9a", ms=5, zorder=2)
-            crowded = any(abs(x - px) < 0.08 and abs(pub.bal_acc - py) < 0.015 for px, py in placed)
-            placed.append((x, pub.bal_acc))
-            ax.annotate(
-                pub.label + ("~" if pub.approximate else ""),
-                (x, pub.bal_acc),
-                xytext=(4, -9 if crowded else 2),
-                textcoords="offset points",
-                fontsize=6.5,
-                color="#7a7a7a",
-            )
+            items.append((x, pub.bal_acc, pub.label + ("~" if pub.approximate else "")))
+        if items:
+            pending.append((ax, items))
         for i, rp in enumerate(profiles):
             c = colours[i % len(colours)]
             d = rp.profile[rp.profile["cv"] == cv].sort_values("layer")
@@ -356,4 +350,73 @@ def plot_cross_model(
     fig.suptitle(
         f"Raw-activation deception probe by relative depth, {feature} pooling\n{names}", fontsize=10
     )
+    for ax, items in pending:
+        _place_labels(ax, items)
     return fig
+
+
+def _place_labels(ax, items, fontsize: float = 6.5, colour: str = "#7a7a7a", pad: float = 1.5):
+    """Write each ``(x, y, text)`` beside its point without overlapping another label or a
+    marker of the axes: the label goes right of its point, else left, nudged up or down in small
+    steps until its box is free (a thin leader line then joins it to its point).
+
+    Positions are measured on the drawn figure (the layout must be final), in points, so they
+    hold at any dpi."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_px = fig.dpi / 72.0
+    box = ax.get_window_extent(renderer)
+    obstacles = []  # pixel boxes (x0, y0, x1, y1) of every marker drawn so far
+    for line in ax.get_lines():
+        if line.get_marker() in (None, "", "None", " ") or not line.get_visible():
+            continue
+        half = (line.get_markersize() / 2 + 1) * to_px
+        xy = ax.transData.transform(np.column_stack([line.get_xdata(), line.get_ydata()]))
+        obstacles += [(px - half, py - half, px + half, py + half) for px, py in xy]
+
+    def free(b) -> bool:
+        inside = box.x0 <= b[0] and b[2] <= box.x1 and box.y0 <= b[1] and b[3] <= box.y1
+        return inside and not any(
+            b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in obstacles
+        )
+
+    step, gap = 3.5, 4.0  # points
+    shifts = [0.0] + [s * k * step for k in range(1, 9) for s in (1, -1)]
+    for x, y, text in sorted(items, key=lambda t: (-t[1], t[0])):
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        ext = probe.get_window_extent(renderer)
+        probe.remove()
+        w, h = ext.width + 2 * pad * to_px, ext.height + 2 * pad * to_px
+        px, py = ax.transData.transform((x, y))
+        best = None
+        for dy in shifts:
+            for side in (1, -1):
+                x0 = px + gap * to_px if side > 0 else px - gap * to_px - w
+                cy = py + dy * to_px
+                b = (x0, cy - h / 2, x0 + w, cy + h / 2)
+                if free(b):
+                    best = (side, dy, b)
+                    break
+            if best:
+                break
+        if best is None:  # nowhere free: the default place
+            x0 = px + gap * to_px
+            best = (1, 0.0, (x0, py - h / 2, x0 + w, py + h / 2))
+        side, dy, b = best
+        ax.annotate(
+            text,
+            (x, y),
+            xytext=(side * gap, dy),
+            textcoords="offset points",
+            ha="left" if side > 0 else "right",
+            va="center",
+            fontsize=fontsize,
+            color=colour,
+            arrowprops=(
+                {"arrowstyle": "-", "color": "#b0b0b0", "lw": 0.6, "shrinkA": 0, "shrinkB": 3}
+                if abs(dy) > 4
+                else None
+            ),
+        )
+        obstacles.append(b)

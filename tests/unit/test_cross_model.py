@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.transforms import Bbox
 
 from lib.core.config import config_to_yaml, load_config
 from lib.core.fileio import RunDirError
@@ -147,3 +150,24 @@ def test_a_run_with_one_probed_layer_is_untestable_not_an_error(tmp_path):
     assert (table["steps"] == 0).all() and table["rho"].isna().all()
     assert table["peak_bal_acc"].iloc[0] == pytest.approx(0.8)
     plot_cross_model([one])  # draws a single point per cv mode
+
+
+def test_published_peak_labels_do_not_overlap(tmp_path):
+    _fake_run(tmp_path, "org", "organism", 8, np.linspace(0.6, 0.9, 8))
+    fig = plot_cross_model(load_profiles(["org"], runs_root=tmp_path))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].texts]
+    assert len(boxes) >= 9  # every published model is labelled (Qwen3 and Phi-4 sit side by side)
+    for a, b in itertools.combinations(boxes, 2):
+        assert not a.overlaps(b)
+    ax = fig.axes[0]
+    half = 2.5 * fig.dpi / 72  # half the published diamond (ms=5), in pixels
+    diamonds = [
+        Bbox.from_extents(x - half, y - half, x + half, y + half)
+        for line in ax.get_lines()
+        if line.get_marker() == "D"
+        for x, y in ax.transData.transform(line.get_xydata())
+    ]
+    for box, diamond in itertools.product(boxes, diamonds):  # no label covers a peak
+        assert not box.overlaps(diamond)
