@@ -25,6 +25,7 @@ from scipy.stats import spearmanr
 from lib.core.config import RunConfig
 from lib.core.fileio import atomic_write_text
 from lib.core.rundir import RunDir
+from lib.core.vocabulary import SAEKey
 from lib.probing.layer_profile import profile_values, read_layer_profile
 from lib.probing.layer_verdicts import peak_summary, read_layer_tests
 from lib.probing.matched_sparsity import at_matched_l0, ste_points
@@ -32,6 +33,7 @@ from lib.probing.sae_probes import read_sae_probes
 from lib.probing.sae_verdicts import class_counts, read_sae_leakage, read_sae_verdicts
 from lib.probing.ste_comparison import read_ste_comparison, study_claim
 from lib.probing.wording import WORDING
+from lib.sae.model import read_metrics
 from lib.study.claims import claim_texts, published_for
 
 CLAIMS = {
@@ -139,7 +141,21 @@ def _seed_df(rows: pd.DataFrame) -> str:
     return f"; seed SD pooled over the family, {int(rows.seed_df.max())} df"
 
 
-def _ste_claim(ste: pd.DataFrame | None, cv: str) -> str:
+def unconverged(run: RunDir, arch: str = "jumprelu_ste") -> tuple[int, int]:
+    """``(not converged, trained)`` SAEs of one architecture: L0 still moving by more than the
+    trainer's tolerance over the last 10% of steps (``converged`` in each ``metrics.json``)."""
+    flags = []
+    for folder in sorted(run.saes.glob("*")) if run.saes.exists() else []:
+        try:
+            key = SAEKey.parse(folder.name)
+        except ValueError:
+            continue
+        if key.arch == arch and (folder / "metrics.json").exists():
+            flags.append(read_metrics(folder).get("converged"))
+    return sum(f is False for f in flags), len(flags)
+
+
+def _ste_claim(ste: pd.DataFrame | None, cv: str, run: RunDir | None = None) -> str:
     if ste is None or ste.empty:
         return NA
     c = study_claim(ste, cv)
@@ -150,7 +166,15 @@ def _ste_claim(ste: pd.DataFrame | None, cv: str) -> str:
         f"STE higher in {c['ste_higher']} of {c['n']}; {class_counts(rows.get('verdict_class'))} "
         f"(Holm over {c['n']}); mean {_pct(c['mean_ste'])} vs {_pct(c['mean_other'])}; "
         f"L0 {rows.l0_a.mean():.0f} vs {rows.l0_b.mean():.0f} (not matched)"
+        + _convergence_note(run)
     )
+
+
+def _convergence_note(run: RunDir | None) -> str:
+    if run is None:
+        return ""
+    bad, n = unconverged(run)
+    return f"; {bad} of {n} STE SAEs not converged (L0 still falling)" if bad else ""
 
 
 def _matched_claim(run: RunDir) -> str:
@@ -227,7 +251,7 @@ def summarise_run(run: RunDir, cfg: RunConfig, feature: str = "mean") -> pd.Data
         values = {}
         if source == "grid":
             values.update(_raw_claims(profile, tests, cv, feature))
-            values["ste_vs_topk"] = _ste_claim(ste, cv)
+            values["ste_vs_topk"] = _ste_claim(ste, cv, run)
             if cv == "stratified":
                 values["ste_matched_l0"] = _matched_claim(run)
         else:

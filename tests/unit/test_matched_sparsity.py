@@ -37,3 +37,23 @@ def test_topk_is_read_at_the_ste_l0_in_log_l0():
     assert "+1.5 points at matched sparsity" in describe(sweep, points, 3, "mixed")
     far = points.assign(l0=500.0)
     assert "extrapolated" in describe(sweep, far, 3, "mixed")
+
+
+def test_the_summary_counts_the_ste_saes_that_did_not_converge(tmp_path):
+    import json
+
+    from lib.core.rundir import RunDir
+    from lib.report.summary import unconverged
+
+    run = RunDir(tmp_path / "run")
+    for sae_id, ok in [
+        ("m_jumprelu_ste_L3_mixed", False),
+        ("m_jumprelu_ste_L3_mixed_s1", True),
+        ("m_jumprelu_ste_L5_mixed", False),
+        ("m_topk_L3_mixed", False),
+        ("not-an-sae-id", False),
+    ]:
+        (run.saes / sae_id).mkdir(parents=True)
+        (run.saes / sae_id / "metrics.json").write_text(json.dumps({"converged": ok}))
+    assert unconverged(run) == (2, 3)
+    assert unconverged(run, "topk") == (1, 1)
