@@ -20,8 +20,8 @@ CONTROL_LINES = (
 
 
 def _x(layers: pd.Series) -> np.ndarray:
-    """``embed`` (the response's input embeddings) at -1, then the layers."""
-    return np.array([-1 if str(v) == "embed" else int(v) for v in layers])
+    """``embed`` (the response's input embeddings) at -2, apart from layer 0, then the layers."""
+    return np.array([-2 if str(v) == "embed" else int(v) for v in layers])
 
 
 def plot_wording_controls(df: pd.DataFrame, model_label: str, n_note: str = ""):
@@ -53,9 +53,11 @@ def plot_wording_controls(df: pd.DataFrame, model_label: str, n_note: str = ""):
         )
     ax.set_ylim(0, 1.04)
     ax.set_ylabel("AUROC (band: cluster bootstrap over families,\nBonferroni over layers)")
-    ax.set_xlabel("layer (-1: input embeddings of the response)")
+    ax.set_xlabel("layer (emb: the response's input embeddings, no model computation)")
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= x.max()]
+    ax.set_xticks([-2, *ticks], ["emb", *[f"{t:g}" for t in ticks]])
     ax.set_title(title("Deception or the answer word?", model_label), fontsize=11)
-    ax.legend(fontsize=7.5, loc="lower left", ncol=1)
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     if "monitor_recall" in df:
         mon.plot(
             x,
@@ -74,13 +76,14 @@ def plot_wording_controls(df: pd.DataFrame, model_label: str, n_note: str = ""):
             label="flagged: held-out neutral prompts",
         )
         mon.axhline(0.01, color="#2471a3", lw=0.8, ls=":")
-        mon.set_ylim(0, 1)
+        top = np.nanmax(df[["monitor_recall", "monitor_fpr"]].to_numpy(dtype=float))
+        mon.set_ylim(0, max(0.1, 1.3 * top) if np.isfinite(top) else 1)
         mon.set_xlabel("layer")
         mon.set_ylabel("share of completions flagged")
         mon.set_title(
             "1%-FPR monitor, threshold from neutral prompts\n(Apollo's rule)", fontsize=10
         )
-        mon.legend(fontsize=7.5, loc="upper right")
+        mon.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
     caption(
         fig,
         "Probes on mean-pooled resid_post; folds hold out whole scenario families. A probe that "

@@ -420,6 +420,18 @@ def n_note(cs: ControlSet) -> str:
     )
 
 
+def _span(names: list[str]) -> str:
+    """``0-4, 7, 9-11`` for layer names (``embed`` and others listed as they are)."""
+    nums = sorted(int(n) for n in names if str(n).isdigit())
+    parts, start = [], None
+    for i, n in enumerate(nums):
+        start = n if start is None else start
+        if i + 1 == len(nums) or nums[i + 1] != n + 1:
+            parts.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(parts + [str(n) for n in names if not str(n).isdigit()])
+
+
 def describe(profile: pd.DataFrame, model_label: str) -> str:
     """One plain paragraph: which layers read deception beyond the words, and what the word does."""
     layers = profile[profile["layer"].astype(str) != "embed"]
@@ -431,9 +443,9 @@ def describe(profile: pd.DataFrame, model_label: str) -> str:
     lines = [
         f"{model_label}: {len(beyond)} of {len(layers)} layers read deception beyond the answer "
         f"word (both polarity transfers and both same-word AUROCs above 0.5 at the adjusted level)"
-        + (f": {', '.join(beyond)}." if beyond else "."),
+        + (f": {_span(beyond)}." if beyond else "."),
         f"{len(words)} layers fall below chance when the polarity swaps (they read the word)"
-        + (f": {', '.join(words)}." if words else "."),
+        + (f": {_span(words)}." if words else "."),
     ]
     if best is not None:
         lines.append(
