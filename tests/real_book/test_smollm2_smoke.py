@@ -164,3 +164,16 @@ def test_the_studys_published_smollm2_saes_probe_on_this_run_and_refuse_another_
     assert out["input_l0"] > 1  # pooled inputs: the threshold-0 SAE is a ReLU SAE, half active
     with pytest.raises(SAEFormatError, match=r"d_in=640 but the activations have width 576"):
         probe_published_sae(run, cfg, _study_sae(tmp_path / "gemma_sized", 640, 4))
+
+
+def test_the_wording_controls_cover_every_layer_and_the_embeddings(book):
+    """Notebook 11 on a real model: one row per layer and one for the input embeddings, every
+    control measured on the completions it needs, a verdict from the allowed three."""
+    _, run = book
+    df = pd.read_csv(run.result("wording_controls.csv"))
+    assert list(df["layer"].astype(str)) == ["embed", *map(str, range(N_LAYERS))]
+    assert set(df["verdict"]) <= {"beyond the words", "the words", "inconclusive"}
+    for col in ("transfer_direct_to_swapped", "transfer_swapped_to_direct", "answer_word"):
+        assert df[col].between(0, 1).all() and (df[f"n_{col}"] > 0).all()
+    assert (df["transfer_direct_to_swapped_low"] <= df["transfer_direct_to_swapped"]).all()
+    assert (run.figures / "wording_controls.png").exists()
