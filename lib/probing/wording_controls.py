@@ -452,6 +452,29 @@ def describe(profile: pd.DataFrame, model_label: str) -> str:
             f'The answer word itself ("no" vs "yes") is read best at layer {best["layer"]} '
             f"(AUROC {best['answer_word']:.2f})."
         )
+    for word in ("no", "yes"):
+        col = f"same_word_{word}"
+        up = layers[layers[f"{col}_low"] > 0.5]
+        top = layers.loc[layers[col].idxmax()] if layers[col].notna().any() else None
+        lines.append(
+            f'Among answers opening "{word}", lies score above truths at the adjusted level at '
+            + (f"layers {_span(up['layer'].astype(str).tolist())}" if len(up) else "no layer")
+            + (f" (best AUROC {top[col]:.2f} at layer {top['layer']})." if top is not None else ".")
+        )
+    up = layers[layers["falsehood_low"] > 0.5]
+    lines.append(
+        "Sincere false answers (contradiction prompts) score above true ones at "
+        + (f"layers {_span(up['layer'].astype(str).tolist())}" if len(up) else "no layer")
+        + " at the adjusted level."
+    )
+    if layers["monitor_recall"].notna().any():
+        lines.append(
+            "The 1%-FPR monitor with its threshold from neutral prompts catches "
+            f"{100 * layers['monitor_recall'].min():.1f}-{100 * layers['monitor_recall'].max():.1f}% "
+            f"of held-out lies across layers, at a realised FPR of "
+            f"{100 * layers['monitor_fpr'].min():.1f}-{100 * layers['monitor_fpr'].max():.1f}% on the "
+            "other neutral prompts."
+        )
     emb = profile[profile["layer"].astype(str) == "embed"]
     if len(emb):
         e = emb.iloc[0]

@@ -39,6 +39,7 @@ from lib.probing.layer_profile import read_layer_profile
 from lib.probing.layer_verdicts import read_layer_tests
 from lib.probing.sae_verdicts import read_sae_verdicts
 from lib.probing.ste_comparison import read_ste_comparison
+from lib.probing.wording_controls import describe as describe_controls
 from lib.report import facts as report
 from lib.report.summary import n_facts, to_markdown
 
@@ -77,6 +78,9 @@ README_FIGURES = {
     "probe_controls": "shuffled labels and scenario identity",
     "label_counts": "judge labels per scenario",
     "label_geometry": "label geometry of the residual stream",
+    "wording_controls": "deception or the answer word: polarity transfer, same-word AUROC, falsehood, "
+    "a neutral-calibrated monitor",
+    "k_sweep": "STE against TopK at matched sparsity: a TopK k sweep",
 }
 
 
@@ -201,12 +205,19 @@ def whole_book_time(run: RunDir) -> dict | None:
     return whole[-1] if whole else None
 
 
-def run_prose(run: RunDir) -> list[str]:
-    """The run's findings in sentences (:mod:`lib.report.facts`), generated from its result files."""
+def run_prose(run: RunDir, model_label: str = "This run") -> list[str]:
+    """The run's findings in sentences (:mod:`lib.report.facts`), generated from its result files:
+    the layer profile, the SAEs, STE against TopK, and the wording controls where notebook 11 ran."""
     out = [report.describe_profile(read_layer_profile(run), read_layer_tests(run))]
     if run.result("sae_verdicts.csv").exists():
         out.append(report.describe_saes(read_sae_verdicts(run)))
     out.append(report.describe_ste(read_ste_comparison(run)))
+    controls = run.result("wording_controls.csv")
+    if controls.exists():
+        out.append(
+            "Wording controls (notebook 11): "
+            + describe_controls(pd.read_csv(controls), model_label)
+        )
     return [p for p in out if p]
 
 
@@ -263,7 +274,7 @@ def publish(config: str = "organism", run_name: str | None = None, notebooks: bo
     facts = {
         **n_facts(run),
         "model_label": cfg.label,
-        "prose": run_prose(run),
+        "prose": run_prose(run, cfg.label),
         "book": whole_book_time(run),
     }
     (tmp / "facts.json").write_text(json.dumps(facts, indent=2) + "\n")
