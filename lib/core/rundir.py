@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
@@ -51,6 +52,7 @@ from lib.core.fileio import (
 from lib.core.runlock import acquire
 from lib.core.runtime import cpu_has_fast_bf16
 
+T = TypeVar("T")
 RUNS_ROOT = REPO_ROOT / "data" / "runs"
 VERSIONED_PACKAGES = ("torch", "transformers", "sae-lens", "scikit-learn", "google-genai", "numpy")
 
@@ -61,7 +63,8 @@ class RunDir:
 
     @classmethod
     def for_config(cls, cfg: RunConfig, runs_root: Path | str | None = None) -> RunDir:
-        return cls(Path(runs_root or os.environ.get("DECEPTION_SAES_RUNS", RUNS_ROOT)) / cfg.name)
+        root = runs_root or os.environ.get("DECEPTION_SAES_RUNS") or RUNS_ROOT
+        return cls(Path(root) / cfg.name)
 
     # ----- paths -------------------------------------------------------------------------------
     @property
@@ -170,7 +173,7 @@ def environment_versions() -> dict[str, str]:
     return out
 
 
-def host_facts() -> dict:
+def host_facts() -> dict[str, Any]:
     """The machine a run is made on: what moves its speed and its floating point."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -240,16 +243,17 @@ def init_run(
     return run
 
 
-def _with_defaults(key: str, value):
+def _with_defaults(key: str, value: Any) -> Any:
     """A section of an older run's ``config.yaml`` with the fields added to the config since
     filled in with their defaults (a run made before a field existed was made with its default)."""
     field = RunConfig.model_fields[key]
     if not isinstance(value, dict) or field.default_factory is None:
         return value
-    return {**field.default_factory().model_dump(mode="json"), **value}
+    default = field.default_factory()  # type: ignore[call-arg]  # pydantic: no-argument factories
+    return {**default.model_dump(mode="json"), **value}
 
 
-def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """``key: old -> new`` for every dotted key whose value differs (provenance ignored)."""
     out = []
     for k in sorted(set(old) | set(new)):
@@ -274,11 +278,14 @@ def guard_sae_write(run: RunDir, cfg: RunConfig, sae_id: str) -> None:
     old = yaml.safe_load(run.config.read_text()) or {}
     new = cfg.model_dump(mode="json")
     sched = ("fan_out", "n_jobs")  # how the grid is scheduled does not change an SAE
-    pick = lambda d: {  # noqa: E731
-        "sae": {k: v for k, v in (d.get("sae") or {}).items() if k not in sched},
-        "seed": d.get("seed"),
-        "judge": {"primary": (d.get("judge") or {}).get("primary")},
-    }
+
+    def pick(d: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "sae": {k: v for k, v in (d.get("sae") or {}).items() if k not in sched},
+            "seed": d.get("seed"),
+            "judge": {"primary": (d.get("judge") or {}).get("primary")},
+        }
+
     diff = config_differences(pick(old), pick(new))
     if diff:
         raise RunDirError(
@@ -288,14 +295,14 @@ def guard_sae_write(run: RunDir, cfg: RunConfig, sae_id: str) -> None:
         )
 
 
-def iter_batches(items: list, size: int) -> Iterator[list]:
+def iter_batches(items: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
 
-def read_results_csv(run: RunDir, name: str, stage: str):
+def read_results_csv(run: RunDir, name: str, stage: str) -> Any:
     """``results/<name>`` as a DataFrame (``note`` as text, never NaN); says which stage makes it."""
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]  # no stubs pinned
 
     df = pd.read_csv(run.require(run.result(name), stage), dtype={"note": object})
     if "note" in df:
@@ -303,13 +310,13 @@ def read_results_csv(run: RunDir, name: str, stage: str):
     return df
 
 
-def read_label_rows(run: RunDir) -> dict[tuple[str, str], dict]:
+def read_label_rows(run: RunDir) -> dict[tuple[str, str], dict[str, Any]]:
     """``(completion id, judge) -> row`` of ``labels.jsonl``; a later row replaces an earlier one.
 
     ``labels.jsonl`` is append-only: a completion judged again (a failed verdict retried, a new
     prompt version) gets a new row, and the last row written for a pair is its current label.
     """
-    out: dict[tuple[str, str], dict] = {}
+    out: dict[tuple[str, str], dict[str, Any]] = {}
     for r in read_jsonl(run.labels):
         out[(r["id"], r["judge"])] = r
     return out
@@ -320,12 +327,12 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def fingerprint(obj) -> str:
+def fingerprint(obj: Any) -> str:
     """sha256 of the canonical JSON of ``obj`` (sorted keys; non-JSON values by ``str``)."""
     return sha256_text(json.dumps(obj, sort_keys=True, default=str))
 
 
-def stable_seed(*parts) -> int:
+def stable_seed(*parts: object) -> int:
     """A 31-bit seed that depends only on ``parts`` (ints and strings), never on the process."""
     ints = [int(sha256_text(str(p))[:8], 16) for p in parts]
     return int(np.random.SeedSequence(ints).generate_state(1)[0] & 0x7FFFFFFF)
@@ -338,7 +345,7 @@ def file_stamp(path: Path) -> list[int]:
 
 
 # ----- keyed caches -------------------------------------------------------------------------------
-def read_cached(path: Path, key: str) -> dict | None:
+def read_cached(path: Path, key: str) -> dict[str, Any] | None:
     """The JSON object at ``path`` when it was written with ``key``; else None (also if unreadable)."""
     if not Path(path).exists():
         return None
@@ -349,14 +356,14 @@ def read_cached(path: Path, key: str) -> dict | None:
     return obj if isinstance(obj, dict) and obj.get("key") == key else None
 
 
-def write_cached(path: Path, key: str, payload: dict) -> None:
+def write_cached(path: Path, key: str, payload: dict[str, Any]) -> None:
     write_json(path, {"key": key, **payload})
 
 
-def jsonable_rows(rows: list[dict]) -> list[dict]:
+def jsonable_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Result rows with numpy scalars made plain and NaN/inf made ``null`` (strict JSON)."""
 
-    def conv(v):
+    def conv(v: Any) -> Any:
         if isinstance(v, (np.floating, float)):
             return None if not math.isfinite(float(v)) else float(v)
         if isinstance(v, np.integer):
@@ -371,7 +378,7 @@ def jsonable_rows(rows: list[dict]) -> list[dict]:
 def open_run(
     config: str = "organism",
     run_name: str | None = None,
-    overrides: dict | None = None,
+    overrides: dict[str, Any] | None = None,
     runs_root: Path | str | None = None,
     *,
     write: bool = True,
