@@ -166,10 +166,13 @@ lab: $(STAMP)
 		--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
 		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-## make lint: formatting and lint of lib and tests (CI runs it before make test)
+## make lint: formatting and lint of lib and tests, and mypy --strict on the modules every stage
+## relies on (CI runs it before make test)
+TYPED := lib/core/vocabulary.py lib/core/rundir.py lib/pipeline/stages.py
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check lib tests
 	$(VENV)/bin/ruff check lib tests
+	$(VENV)/bin/mypy --strict --follow-imports=silent $(TYPED)
 
 ## make rehearsal: the whole study at TinyLlama-1.1B's real shapes with random weights and small
 ## counts (configs/rehearsal.yaml: 22 layers captured, 39 SAEs of 2048 -> 8192, probes on every

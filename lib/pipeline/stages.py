@@ -40,6 +40,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from lib.core.config import RunConfig
 from lib.core.fileio import (
@@ -65,6 +66,9 @@ class Check:
 
 
 OK = Check(True, True)
+#: a cell's papermill parameters (layer, arch, condition, all_cells, ...)
+Params = dict[str, Any]
+R = TypeVar("R")
 
 
 def invalid(why: str) -> Check:
@@ -77,9 +81,9 @@ class Stage:
     (their digest decides whether later stages must run again)."""
 
     produces: str
-    check: Callable[[Inspector, dict], Check]
-    outputs: Callable[[Inspector, dict], list[Path]]
-    digest: Callable[[Inspector, dict], str] | None = None
+    check: Callable[[Inspector, Params], Check]
+    outputs: Callable[[Inspector, Params], list[Path]]
+    digest: Callable[[Inspector, Params], str] | None = None
 
 
 class Inspector:
@@ -88,17 +92,17 @@ class Inspector:
     def __init__(self, run: RunDir, cfg: RunConfig, stages: dict[str, Stage] | None = None):
         self.run, self.cfg = run, cfg
         self.stages = STAGES if stages is None else stages
-        self._memo: dict = {}
+        self._memo: dict[str, tuple[Any, Any]] = {}
 
-    def _cached(self, name: str, paths: list[Path], fn):
+    def _cached(self, name: str, paths: list[Path], fn: Callable[[], R]) -> R:
         stamp = tuple(tuple(file_stamp(p)) if p.exists() else None for p in paths)
         hit = self._memo.get(name)
         if hit is None or hit[0] != stamp:
             hit = (stamp, fn())
             self._memo[name] = hit
-        return hit[1]
+        return cast(R, hit[1])
 
-    def check(self, notebook: str, params: dict | None = None) -> Check:
+    def check(self, notebook: str, params: Params | None = None) -> Check:
         """The state of a notebook's outputs (a notebook the table does not know always passes)."""
         stage = self.stages.get(notebook)
         if stage is None:
@@ -108,7 +112,7 @@ class Inspector:
         except RunDirError as e:
             return invalid(str(e))
 
-    def digest(self, notebook: str, params: dict | None = None) -> str:
+    def digest(self, notebook: str, params: Params | None = None) -> str:
         """A digest of a notebook's outputs: a rerun that changes it invalidates later stages."""
         stage = self.stages.get(notebook)
         if stage is None:
@@ -125,11 +129,11 @@ class Inspector:
         path = self.run.completions
         return self._cached("ids", [path], lambda: [r["id"] for r in read_jsonl(path)])
 
-    def label_rows(self) -> dict:
+    def label_rows(self) -> dict[tuple[str, str], dict[str, Any]]:
         return self._cached("labels", [self.run.labels], lambda: read_label_rows(self.run))
 
     def sae_fingerprint(self) -> str:
-        def compute():
+        def compute() -> str:
             from lib.capture.labelled import labelled_rows  # lazy: torch; only SAE checks need it
             from lib.sae.train_grid import training_fingerprint  # lazy: torch, as above
 
@@ -163,7 +167,7 @@ def planned_ids(cfg: RunConfig) -> list[str]:
     return [completion_id(s.id, i) for s in scenarios_for(cfg) for i in range(n)]
 
 
-def _check_sampling(ins: Inspector, params: dict) -> Check:
+def _check_sampling(ins: Inspector, params: Params) -> Check:
     if not ins.run.completions.exists():
         return invalid("completions.jsonl is missing")
     ids = ins.completion_ids()
@@ -189,7 +193,7 @@ def judge_version(cfg: RunConfig, judge: str) -> tuple[str | None, str]:
     return cfg.judge.gemini_model, PROMPT_VERSION
 
 
-def _check_labels(ins: Inspector, params: dict) -> Check:
+def _check_labels(ins: Inspector, params: Params) -> Check:
     if not ins.run.labels.exists():
         return invalid("labels.jsonl is missing")
     rows, ids = ins.label_rows(), ins.completion_ids()
@@ -219,13 +223,13 @@ def _check_labels(ins: Inspector, params: dict) -> Check:
     return Check(True, not pending, "; ".join(pending))
 
 
-def _labels_digest(ins: Inspector, params: dict) -> str:
+def _labels_digest(ins: Inspector, params: Params) -> str:
     """Only the labels matter downstream: a failed verdict that fails again changes nothing."""
     return fingerprint(sorted((k[0], k[1], r["label"]) for k, r in ins.label_rows().items()))
 
 
 # ----- 03 ---------------------------------------------------------------------------------------
-def _check_activations(ins: Inspector, params: dict) -> Check:
+def _check_activations(ins: Inspector, params: Params) -> Check:
     run = ins.run
     if not run.activation_index.exists():
         return invalid("activations/index.json is missing")
@@ -244,13 +248,15 @@ def _check_activations(ins: Inspector, params: dict) -> Check:
         if problem:
             return invalid(f"activations/{problem}")
         shapes = safetensors_shapes(path)
-        rows = {k: (shapes.get(k) or [None])[0] for k in ("last", "mean", "tokens")}
+        rows: dict[str, int | None] = {
+            k: (shapes[k][0] if shapes.get(k) else None) for k in ("last", "mean", "tokens")
+        }
         if rows != {"last": n, "mean": n, "tokens": t}:
             return invalid(f"activations/{path.name} has rows {rows}, the index says {n} and {t}")
     return OK
 
 
-def _activation_outputs(ins: Inspector, params: dict) -> list[Path]:
+def _activation_outputs(ins: Inspector, params: Params) -> list[Path]:
     run = ins.run
     files = [run.activation_index]
     if run.activation_index.exists():
@@ -269,7 +275,7 @@ def _sae_files() -> tuple[str, str, str]:
     return CFG_FILENAME, WEIGHTS_FILENAME, METRICS_FILENAME
 
 
-def _sae_dirs(ins: Inspector, params: dict) -> list[Path]:
+def _sae_dirs(ins: Inspector, params: Params) -> list[Path]:
     """Every SAE folder a notebook-04 cell promises: its cell (or the whole grid, ``all_cells``),
     every seed."""
     cfg = ins.cfg
@@ -281,7 +287,7 @@ def _sae_dirs(ins: Inspector, params: dict) -> list[Path]:
     return [ins.run.sae_dir(cfg.sae_id(*c, i)) for c in cells for i in range(cfg.sae.seeds)]
 
 
-def _check_sae(ins: Inspector, params: dict) -> Check:
+def _check_sae(ins: Inspector, params: Params) -> Check:
     files = _sae_files()  # config, weights, metrics (written last)
     for path in _sae_dirs(ins, params):
         name = f"saes/{path.name}"
@@ -297,13 +303,13 @@ def _check_sae(ins: Inspector, params: dict) -> Check:
     return OK
 
 
-def _sae_outputs(ins: Inspector, params: dict) -> list[Path]:
+def _sae_outputs(ins: Inspector, params: Params) -> list[Path]:
     _, weights, metrics = _sae_files()
     return [p / f for p in _sae_dirs(ins, params) for f in (metrics, weights)]
 
 
 # ----- 08 -----------------------------------------------------------------------------------------
-def _feature_ids(ins: Inspector, params: dict) -> list[str]:
+def _feature_ids(ins: Inspector, params: Params) -> list[str]:
     if params.get("all_saes"):
         return ins.cfg.analysed_saes()
     return [ins.cfg.sae_id(params["layer"], params["arch"], params["condition"])]
@@ -318,7 +324,7 @@ def _feature_files(ins: Inspector, sae_id: str) -> list[Path]:
     ]
 
 
-def _check_features(ins: Inspector, params: dict) -> Check:
+def _check_features(ins: Inspector, params: Params) -> Check:
     for sae_id in _feature_ids(ins, params):
         report, *tables = _feature_files(ins, sae_id)
         if not report.exists():
@@ -346,7 +352,7 @@ def csv_problem(path: Path) -> str | None:
 
 
 def _results(*names: str) -> Stage:
-    def check(ins: Inspector, params: dict) -> Check:
+    def check(ins: Inspector, params: Params) -> Check:
         for name in names:
             problem = csv_problem(ins.run.result(name))
             if problem:
