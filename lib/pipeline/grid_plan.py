@@ -18,23 +18,12 @@ from lib.core.rundir import RunDir, fingerprint
 from lib.core.scenarios import has_controls
 from lib.models.registry import converted_config, is_gguf_spec
 from lib.pipeline.jupyter_kernels import check_parameters as _check_parameters
-from lib.pipeline.stages import Inspector
+from lib.pipeline.stages import STAGES, Inspector
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-#: the notebooks each notebook reads outputs of (directly; the rest follows transitively)
-NEEDS: dict[str, tuple[str, ...]] = {
-    "01_sampling": (),
-    "02_classification": ("01_sampling",),
-    "03_activation_capture": ("02_classification",),
-    "04_sae_training": ("03_activation_capture",),
-    "05_layer_profile_probing": ("04_sae_training",),
-    "08_features": ("04_sae_training",),
-    "06_ste_comparison": ("05_layer_profile_probing",),
-    "09_steering": ("08_features",),
-    "07_summary": ("05_layer_profile_probing", "06_ste_comparison"),
-    "10_cross_model": ("05_layer_profile_probing",),
-    "11_wording_controls": ("03_activation_capture",),
-}
+#: the notebooks each notebook reads outputs of (directly; the rest follows transitively), as
+#: each stage of :data:`lib.pipeline.stages.STAGES` declares them
+NEEDS: dict[str, tuple[str, ...]] = {name: stage.needs for name, stage in STAGES.items()}
 #: stages whose failure leaves nothing for the notebooks after them to read
 BLOCKING = ("01_sampling", "02_classification", "03_activation_capture")
 

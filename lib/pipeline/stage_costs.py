@@ -21,21 +21,10 @@ from lib.core.fileio import read_json, read_jsonl
 from lib.core.rundir import RunDir, read_label_rows
 from lib.core.scenarios import scenarios_for
 from lib.pipeline.process_costs import cost_row, dir_bytes, upsert_rows
+from lib.pipeline.stages import STAGES
 
-#: the unit each stage's throughput counts
-UNITS = {
-    "01_sampling": "completion tokens",
-    "02_classification": "verdicts",
-    "03_activation_capture": "tokens captured",
-    "04_sae_training": "SAE steps",
-    "05_layer_profile_probing": "probes",
-    "06_ste_comparison": "comparisons",
-    "07_summary": "claims",
-    "08_features": "SAEs analysed",
-    "09_steering": "completions sampled",
-    "10_cross_model": "runs drawn",
-    "11_wording_controls": "layers controlled",
-}
+#: the unit each stage's throughput counts (declared by its stage)
+UNITS = {name: stage.unit for name, stage in STAGES.items()}
 
 
 def _sae_ids(cfg: RunConfig, params: dict) -> list[str]:

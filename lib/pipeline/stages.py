@@ -77,13 +77,17 @@ def invalid(why: str) -> Check:
 
 @dataclass(frozen=True)
 class Stage:
-    """A notebook's promise: ``check`` its outputs; ``outputs`` are the files a rerun may change
-    (their digest decides whether later stages must run again)."""
+    """A notebook's promise, declared once: ``check`` its outputs; ``outputs`` are the files a
+    rerun may change (their digest decides whether later stages must run again); ``needs`` the
+    notebooks whose outputs it reads (the grid's schedule, :data:`lib.pipeline.grid_plan.NEEDS`);
+    ``unit`` what its throughput counts (:mod:`lib.pipeline.stage_costs`)."""
 
     produces: str
     check: Callable[[Inspector, Params], Check]
     outputs: Callable[[Inspector, Params], list[Path]]
     digest: Callable[[Inspector, Params], str] | None = None
+    needs: tuple[str, ...] = ()
+    unit: str = ""
 
 
 class Inspector:
@@ -351,7 +355,7 @@ def csv_problem(path: Path) -> str | None:
     return None
 
 
-def _results(*names: str) -> Stage:
+def _results(*names: str, needs: tuple[str, ...] = (), unit: str = "") -> Stage:
     def check(ins: Inspector, params: Params) -> Check:
         for name in names:
             problem = csv_problem(ins.run.result(name))
@@ -363,6 +367,8 @@ def _results(*names: str) -> Stage:
         ", ".join(f"results/{n}" for n in names),
         check,
         lambda ins, params: [ins.run.result(n) for n in names],
+        needs=needs,
+        unit=unit,
     )
 
 
@@ -371,35 +377,59 @@ STAGES: dict[str, Stage] = {
         "completions.jsonl with the planned ids",
         _check_sampling,
         lambda ins, params: [ins.run.completions],
+        unit="completion tokens",
     ),
     "02_classification": Stage(
         "a label per completion and judge; primary judge's failed verdicts within the limit",
         _check_labels,
         lambda ins, params: [ins.run.labels],
         _labels_digest,
+        needs=("01_sampling",),
+        unit="verdicts",
     ),
     "03_activation_capture": Stage(
         "activations/index.json and every layer file with the right rows",
         _check_activations,
         _activation_outputs,
+        needs=("02_classification",),
+        unit="tokens captured",
     ),
-    "04_sae_training": Stage("saes/<sae_id>/ complete and current", _check_sae, _sae_outputs),
+    "04_sae_training": Stage(
+        "saes/<sae_id>/ complete and current",
+        _check_sae,
+        _sae_outputs,
+        needs=("03_activation_capture",),
+        unit="SAE steps",
+    ),
     "05_layer_profile_probing": _results(
         "layer_profile.csv",
         "probe_controls.csv",
         "layer_tests.csv",
         "sae_probes.csv",
         "sae_verdicts.csv",
+        needs=("04_sae_training",),
+        unit="probes",
     ),
-    "06_ste_comparison": _results("ste_comparison.csv"),
-    "07_summary": _results("summary.csv"),
     "08_features": Stage(
         "features/<sae_id>/report.json, results/latents/ and k_sparse/<sae_id>.csv",
         _check_features,
         lambda ins, params: [p for i in _feature_ids(ins, params) for p in _feature_files(ins, i)],
+        needs=("04_sae_training",),
+        unit="SAEs analysed",
     ),
-    "09_steering": _results("steering.csv", "latents.csv", "k_sparse.csv"),
-    "11_wording_controls": _results("wording_controls.csv"),
+    "06_ste_comparison": _results(
+        "ste_comparison.csv", needs=("05_layer_profile_probing",), unit="comparisons"
+    ),
+    "09_steering": _results(
+        "steering.csv",
+        "latents.csv",
+        "k_sparse.csv",
+        needs=("08_features",),
+        unit="completions sampled",
+    ),
+    "07_summary": _results(
+        "summary.csv", needs=("05_layer_profile_probing", "06_ste_comparison"), unit="claims"
+    ),
     "10_cross_model": Stage(
         "figures/layer_profiles_by_depth.png of the first run",
         lambda ins, params: (
@@ -408,5 +438,10 @@ STAGES: dict[str, Stage] = {
             else invalid("figures/layer_profiles_by_depth.png is missing")
         ),
         lambda ins, params: [ins.run.figures / "layer_profiles_by_depth.png"],
+        needs=("05_layer_profile_probing",),
+        unit="runs drawn",
+    ),
+    "11_wording_controls": _results(
+        "wording_controls.csv", needs=("03_activation_capture",), unit="layers controlled"
     ),
 }

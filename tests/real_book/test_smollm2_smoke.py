@@ -158,7 +158,11 @@ def test_the_studys_published_smollm2_saes_probe_on_this_run_and_refuse_another_
 
     cfg, run = book
     out = probe_published_sae(run, cfg, _study_sae(tmp_path / "smollm2_jumprelu_L4_mixed", 576, 4))
-    labels = [r for r in read_jsonl(run.labels) if r["label"] in ("deceptive", "honest")]
+    labels = [
+        r
+        for r in read_jsonl(run.labels)
+        if r["judge"] == cfg.judge.primary and r["label"] in ("deceptive", "honest")
+    ]
     assert (out["sae_id"], out["layer"], out["n"]) == ("smollm2_jumprelu_L4_mixed", 4, len(labels))
     assert 0.0 <= out["bal_acc"] <= 1.0 and 0.0 <= out["raw_bal_acc"] <= 1.0
     assert out["input_l0"] > 1  # pooled inputs: the threshold-0 SAE is a ReLU SAE, half active
