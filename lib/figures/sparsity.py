@@ -35,8 +35,8 @@ def plot_k_sweep(sweep, points, model_label: str, raw_bal_acc: float | None = No
             f"k={int(k)}",
             (r["l0"], 100 * r["bal_acc"]),
             textcoords="offset points",
-            xytext=(0, -13),
-            ha="center",
+            xytext=(8, -3),
+            ha="left",
             fontsize=7,
             color=ARCH_COLOURS["topk"],
         )
@@ -60,8 +60,17 @@ def plot_k_sweep(sweep, points, model_label: str, raw_bal_acc: float | None = No
         )
     ax.set_xscale("log")
     ticks = {int(round(v)) for v in means["l0"]}
-    if len(ste):  # one tick at the STE SAEs' mean L0 (seeds differ by a latent or two)
-        ticks.add(int(round(ste["l0"].mean())))
+    if len(ste):  # the STE SAEs' mean L0, named beside their points (a tick would collide)
+        l0 = float(ste["l0"].mean())
+        ax.annotate(
+            f"STE, L0 {l0:.0f}",
+            (l0, 100 * ste["bal_acc"].max()),
+            textcoords="offset points",
+            xytext=(0, 9),
+            ha="center",
+            fontsize=8,
+            color=ARCH_COLOURS["jumprelu_ste"],
+        )
     ticks = sorted(ticks)
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
