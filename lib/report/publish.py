@@ -47,7 +47,7 @@ README = REPO_ROOT / "README.md"
 DOCS = REPO_ROOT / "docs"
 #: where a published run's results section lives: the real models' in the README, the
 #: organism's (a pipeline check, not a finding) in its own page
-SECTION_FILES = {"organism": DOCS / "organism.md"}
+SECTION_FILES = {"organism": DOCS / "organism.md", "gemma-3-270m": DOCS / "models.md"}
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
 
@@ -89,6 +89,12 @@ def section_file(figures_name: str) -> Path:
     return SECTION_FILES.get(figures_name, README)
 
 
+def figures_link(figures_name: str) -> str:
+    """``figures/<name>`` as its section's file links it (``../figures/<name>`` from docs/)."""
+    target = REPO_ROOT / "figures" / figures_name
+    return os.path.relpath(target, section_file(figures_name).parent)
+
+
 def shown_figures(folder: Path) -> list[str]:
     """The :data:`README_FIGURES` a published folder has (a run without leakage-free SAEs has no
     leakage figure), in the README's order."""
@@ -96,7 +102,11 @@ def shown_figures(folder: Path) -> list[str]:
 
 
 def render_results_markdown(
-    summary: pd.DataFrame, facts: dict, figures_dir: str, figures: list[str] | None = None
+    summary: pd.DataFrame,
+    facts: dict,
+    figures_dir: str,
+    figures: list[str] | None = None,
+    link: str | None = None,
 ) -> str:
     """The README's results section for a summary table and its counts (``facts``: ``n``,
     ``n_deceptive``, ``n_honest``, ``n_saes``, ``n_cells``, ``model_label``); ``figures``: the
@@ -122,7 +132,7 @@ def render_results_markdown(
         "",
     ]
     for stem in README_FIGURES if figures is None else figures:
-        lines.append(f"![{README_FIGURES[stem]}]({figures_dir}/{stem}.png)")
+        lines.append(f"![{README_FIGURES[stem]}]({link or figures_dir}/{stem}.png)")
     return "\n".join(lines)
 
 
@@ -283,7 +293,11 @@ def publish(config: str = "organism", run_name: str | None = None, notebooks: bo
     tmp.rename(dest)
     figures_dir = str(dest.relative_to(REPO_ROOT))
     body = render_results_markdown(
-        read_published_summary(dest), facts, figures_dir, shown_figures(dest)
+        read_published_summary(dest),
+        facts,
+        figures_dir,
+        shown_figures(dest),
+        figures_link(cfg.figures_name),
     )
     target = section_file(cfg.figures_name)
     text = replace_section(target.read_text(), body, *results_markers(cfg.figures_name))

@@ -15,6 +15,7 @@ from lib.report.publish import (
     TRAINER_END,
     TRAINER_FILE,
     TRAINER_RESULTS,
+    figures_link,
     parse_trainer_results,
     read_published_summary,
     readme_section,
@@ -40,6 +41,7 @@ def test_readme_results_equal_the_render_of_the_committed_summary(name):
         facts,
         str(folder.relative_to(REPO_ROOT)),
         shown_figures(folder),
+        figures_link(name),
     )
     assert readme_section(section_file(name).read_text(), *results_markers(name)) == expected
 
@@ -54,11 +56,14 @@ def test_every_figure_the_readme_shows_is_committed_in_both_formats(name):
     shown = re.findall(r"\]\(([^)]+\.png)\)", section)
     folder = REPO_ROOT / "figures" / name
     # every README figure the run has (a run without leakage SAEs or wording controls lacks those)
-    assert shown == [f"figures/{name}/{s}.png" for s in shown_figures(folder)]
-    assert f"figures/{name}/layer_profile.png" in shown
+    link = figures_link(name)  # relative to the file the section is in (docs/ or the README)
+    assert shown == [f"{link}/{s}.png" for s in shown_figures(folder)]
+    assert f"{link}/layer_profile.png" in shown
+    for png in shown:  # every link resolves from the section's own file, as GitHub reads it
+        assert (section_file(name).parent / png).exists(), png
     for png in shown:
-        assert (REPO_ROOT / png).exists(), png
-        assert (REPO_ROOT / png).with_suffix(".pdf").exists(), png
+        path = (section_file(name).parent / png).resolve()
+        assert path.exists() and path.with_suffix(".pdf").exists(), png
 
 
 def test_a_changed_summary_changes_the_section():
