@@ -34,6 +34,7 @@ REAL = {
     "smollm2-smoke": 30,
     "smollm2-controls": 30,
     "gemma-3-270m": 18,
+    "gemma-3-270m-controls": 18,
 }
 FAMILY = {
     "tinyllama": "LlamaForCausalLM",
