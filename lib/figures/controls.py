@@ -27,7 +27,7 @@ def _x(layers: pd.Series) -> np.ndarray:
 def plot_wording_controls(df: pd.DataFrame, model_label: str, n_note: str = ""):
     """AUROC of each control by layer with its Bonferroni-adjusted cluster-bootstrap band (left),
     and the neutral-calibrated 1%-FPR monitor (right)."""
-    df = df.copy()
+    df = df[df["pooling"] == "mean"].copy() if "pooling" in df else df.copy()
     x = _x(df["layer"])
     order = np.argsort(x)
     df, x = df.iloc[order], x[order]

@@ -57,6 +57,10 @@ from lib.probing.probe import study_probe
 
 N_FOLDS = 5
 ALPHA = 0.05
+#: response tokens left out of the cue-excluded pooling (``after_4``): the opening answer word and
+#: what follows it, which the judges read (the keyword judge's 60 characters are ~12 tokens: the
+#: first word and its clause carry the label in most completions)
+CUE_TOKENS = 4
 #: the metrics of one layer, in the order of the table and the figure
 METRICS = (
     "transfer_direct_to_swapped",
@@ -94,6 +98,15 @@ class ControlSet:
                 want = (want,) if isinstance(want, str) else tuple(want)
                 m &= np.isin(getattr(self, field), want)
         return m
+
+    def subset(self, keep: np.ndarray) -> ControlSet:
+        """The completions where ``keep`` is true (rows of the activation files kept as they are)."""
+        return ControlSet(
+            *(
+                getattr(self, f)[keep]
+                for f in ("rows", "family", "variant", "label", "answer", "scenario")
+            )
+        )
 
     def counts(self) -> pd.DataFrame:
         """Completions by variant and label: what each control rests on."""
@@ -312,7 +325,9 @@ def controls_profile(
 
     path = run.result("wording_controls.csv")
     if path.exists():
-        return pd.read_csv(path)
+        old = pd.read_csv(path)
+        if "pooling" in old:
+            return old
     cs = control_set(run, cfg)
     if cs.mask(label=("deceptive", "honest")).sum() < 20:
         raise ControlsError("fewer than 20 decisive completions: nothing to control")
@@ -320,19 +335,47 @@ def controls_profile(
     rows = []
     emb = read_input_embeddings(run)
     sources = [("embed", None)] + [(str(layer), layer) for layer in layers]
+    after = f"after_{CUE_TOKENS}"
     for name, layer in progress(sources, desc="controls", unit="layer"):
         if layer is None:
             if emb is None:
                 continue
-            X = emb.float().numpy()
+            pooled = {"mean": emb.float().numpy()}
         else:
-            X = read_layer(run, layer).mean.float().numpy()
-        rows.append({"layer": name, **layer_controls(X, cs, n_boot, level, seed)})
+            data = read_layer(run, layer)
+            pooled = {"mean": data.mean.float().numpy(), after: pooled_after(data, CUE_TOKENS)}
+        for pooling, X in pooled.items():
+            keep = np.isfinite(X).all(axis=1)  # completions too short to pool after the cue
+            row = layer_controls(X[keep], cs.subset(keep), n_boot, level, seed)
+            rows.append({"layer": name, "pooling": pooling, **row})
     df = pd.DataFrame(rows)
     df["level"] = level
     df["verdict"] = df.apply(verdict, axis=1)
     atomic_write_text(path, df.to_csv(index=False))
     return df
+
+
+def pooled_after(data, k: int) -> np.ndarray:
+    """Mean of each completion's response-token vectors from its ``k``-th token on (0-based), so
+    the tokens the judges decide on (the opening answer word and the few after it) are left out;
+    NaN rows for completions of ``k`` tokens or fewer. ``data``: a layer's
+    :class:`lib.capture.labelled.LayerData`."""
+    owner = data.token_owner.numpy().astype(np.int64)
+    tokens = data.tokens.float().numpy()
+    n = len(data.ids)
+    out = np.full((n, tokens.shape[1]), np.nan, dtype=np.float32)
+    if not len(owner):
+        return out
+    # tokens are grouped by completion, in generation order: position = index - first index
+    starts = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, len(owner)]))
+    late = (np.arange(len(owner)) - first) >= k
+    sums = np.zeros((n, tokens.shape[1]), dtype=np.float64)
+    np.add.at(sums, owner[late], tokens[late])
+    counts = np.bincount(owner[late], minlength=n)
+    has = counts > 0
+    out[has] = (sums[has] / counts[has, None]).astype(np.float32)
+    return out
 
 
 # ----- what notebook 11 shows beside the profile --------------------------------------------------
@@ -433,7 +476,28 @@ def _span(names: list[str]) -> str:
 
 
 def describe(profile: pd.DataFrame, model_label: str) -> str:
-    """One plain paragraph: which layers read deception beyond the words, and what the word does."""
+    """One plain paragraph: which layers read deception beyond the words, and what the word does
+    (mean pooling), then the same verdicts with the cue tokens left out of the pooling."""
+    if "pooling" in profile:
+        rest = profile[profile["pooling"] != "mean"]
+        text = _describe_mean(profile[profile["pooling"] == "mean"], model_label)
+        for pooling, part in rest.groupby("pooling", sort=False):
+            k = str(pooling).removeprefix("after_")
+            beyond = part[part["verdict"] == "beyond the words"]["layer"].astype(str).tolist()
+            words = part[part["verdict"] == "the words"]["layer"].astype(str).tolist()
+            text += (
+                f" Pooled without the first {k} response tokens (the answer word and its clause, "
+                f"which the judges read): {len(beyond)} of {len(part)} layers read deception beyond the word"
+                + (f" ({_span(beyond)})" if beyond else "")
+                + f", {len(words)} still fall below chance when the polarity swaps; transfer AUROC "
+                f"{part['transfer_direct_to_swapped'].min():.2f}-"
+                f"{part['transfer_direct_to_swapped'].max():.2f} (lie = no to lie = yes)."
+            )
+        return text
+    return _describe_mean(profile, model_label)
+
+
+def _describe_mean(profile: pd.DataFrame, model_label: str) -> str:
     layers = profile[profile["layer"].astype(str) != "embed"]
     beyond = layers[layers["verdict"] == "beyond the words"]["layer"].astype(str).tolist()
     words = layers[layers["verdict"] == "the words"]["layer"].astype(str).tolist()

@@ -174,8 +174,11 @@ def test_the_wording_controls_cover_every_layer_and_the_embeddings(book):
     """Notebook 11 on a real model: one row per layer and one for the input embeddings, every
     control measured on the completions it needs, a verdict from the allowed three."""
     _, run = book
-    df = pd.read_csv(run.result("wording_controls.csv"))
+    both = pd.read_csv(run.result("wording_controls.csv"))
+    df = both[both["pooling"] == "mean"]
     assert list(df["layer"].astype(str)) == ["embed", *map(str, range(N_LAYERS))]
+    after = both[both["pooling"] != "mean"]  # the cue tokens left out: every layer, no embeddings
+    assert list(after["layer"].astype(str)) == list(map(str, range(N_LAYERS)))
     assert set(df["verdict"]) <= {"beyond the words", "the words", "inconclusive"}
     for col in ("transfer_direct_to_swapped", "transfer_swapped_to_direct", "answer_word"):
         assert df[col].between(0, 1).all() and (df[f"n_{col}"] > 0).all()

@@ -135,3 +135,20 @@ def test_the_controls_are_reproducible(kind):
     X, cs = planted(kind, seed=5)
     a, b = layer_controls(X, cs, n_boot=50, seed=1), layer_controls(X, cs, n_boot=50, seed=1)
     assert a == pytest.approx(b, nan_ok=True)
+
+
+def test_cue_excluded_pooling_averages_only_the_tokens_after_the_cue():
+    import torch
+
+    from lib.capture.labelled import LayerData
+    from lib.probing.wording_controls import pooled_after
+
+    owner = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2])
+    tokens = torch.arange(13, dtype=torch.float32)[:, None].repeat(1, 2)  # token i holds i
+    n = 3
+    data = LayerData(0, ["a", "b", "c"], torch.zeros(n, 2), torch.zeros(n, 2), tokens, owner)
+    out = pooled_after(data, 4)
+    assert out[0].tolist() == [4.0, 4.0]  # completion a: its 5th token only
+    assert np.isnan(out[1]).all()  # completion b: 2 tokens, nothing after the cue
+    assert out[2].tolist() == [11.5, 11.5]  # completion c: its 5th and 6th tokens (11, 12)
+    assert np.allclose(pooled_after(data, 0)[1], [5.5, 5.5])  # k = 0 is the ordinary mean
