@@ -138,7 +138,7 @@ check-perturbation: $(STAMP)
 ## compares) and copy each finished run's figures and summary into figures/<run>/, regenerating
 ## its results section (the real models' in the README, the organism's in docs/organism.md); the
 ## only target that changes tracked files
-PUBLISHED_MODELS := smollm2-135m-instruct gemma-3-270m smollm2-controls
+PUBLISHED_MODELS := smollm2-135m-instruct gemma-3-270m smollm2-controls gemma-3-270m-controls
 publish: $(STAMP)
 	$(BATCH) $(PY) -m lib.report.publish --config organism
 	@for m in $(PUBLISHED_MODELS); do \

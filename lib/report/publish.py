@@ -47,7 +47,11 @@ README = REPO_ROOT / "README.md"
 DOCS = REPO_ROOT / "docs"
 #: where a published run's results section lives: the real models' in the README, the
 #: organism's (a pipeline check, not a finding) in its own page
-SECTION_FILES = {"organism": DOCS / "organism.md", "gemma-3-270m": DOCS / "models.md"}
+SECTION_FILES = {
+    "organism": DOCS / "organism.md",
+    "gemma-3-270m": DOCS / "models.md",
+    "gemma-3-270m-controls": DOCS / "models.md",
+}
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
 
