@@ -31,9 +31,7 @@ def plot_wording_controls(df: pd.DataFrame, model_label: str, n_note: str = ""):
     x = _x(df["layer"])
     order = np.argsort(x)
     df, x = df.iloc[order], x[order]
-    fig, (ax, mon) = plt.subplots(
-        1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2.2, 1]}, sharex=True
-    )
+    fig, (ax, mon) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2.2, 1]})
     for col, label, colour, ls in CONTROL_LINES:
         if col not in df or df[col].isna().all():
             continue
@@ -79,6 +77,9 @@ def plot_wording_controls(df: pd.DataFrame, model_label: str, n_note: str = ""):
         top = np.nanmax(df[["monitor_recall", "monitor_fpr"]].to_numpy(dtype=float))
         mon.set_ylim(0, max(0.1, 1.3 * top) if np.isfinite(top) else 1)
         mon.set_xlabel("layer")
+        mon.set_xlim(ax.get_xlim())
+        every = [t for t in range(0, int(x.max()) + 1, 10)]  # fewer ticks: a narrow panel
+        mon.set_xticks([-2, *every[1:]], ["emb", *[str(t) for t in every[1:]]])
         mon.set_ylabel("share of completions flagged")
         mon.set_title(
             "1%-FPR monitor, threshold from neutral prompts\n(Apollo's rule)", fontsize=10
