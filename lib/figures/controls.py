@@ -92,3 +92,35 @@ def plot_wording_controls(df: pd.DataFrame, model_label: str, n_note: str = ""):
         "of one word. " + n_note,
     )
     return fig
+
+
+def plot_family_transfer(matrix: pd.DataFrame, model_label: str, layer: int, n_note: str = ""):
+    """The family transfer matrix as a heatmap: AUROC, white at 0.5 (chance)."""
+    n = len(matrix)
+    fig, ax = plt.subplots(figsize=(0.26 * n + 4.5, 0.26 * n + 2.5))
+    cmap = plt.get_cmap("RdBu_r").copy()
+    cmap.set_bad("#bdbdbd")  # the diagonal, and families with too few completions of a class
+    im = ax.imshow(matrix.to_numpy(dtype=float), cmap=cmap, vmin=0, vmax=1)
+    ax.set_xticks(range(n), matrix.columns, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), matrix.index, fontsize=7)
+    ax.set_xlabel("tested on (family)")
+    ax.set_ylabel("trained on (family)")
+    off = matrix.to_numpy(dtype=float)
+    off = off[np.isfinite(off)]
+    share = f"{(off > 0.5).mean():.0%}" if off.size else "n/a"
+    ax.set_title(
+        title(
+            f"Transfer across scenario families, layer {layer} (mean {np.mean(off):.2f}; "
+            f"{share} of cells above 0.5)",
+            model_label,
+        ),
+        fontsize=10,
+    )
+    fig.colorbar(im, ax=ax, shrink=0.7, label="AUROC (0.5: chance; blue: inverted)")
+    caption(
+        fig,
+        "One probe per family, trained on its direct and role-swapped decisive "
+        "completions (both polarities), scored on every other family; grey: too few "
+        "completions of a class. " + n_note,
+    )
+    return fig

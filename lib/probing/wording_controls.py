@@ -548,3 +548,30 @@ def _describe_mean(profile: pd.DataFrame, model_label: str) -> str:
             f"{e['same_word_yes']:.2f}."
         )
     return " ".join(lines)
+
+
+# ----- transfer across families -------------------------------------------------------------------
+def family_transfer(X: np.ndarray, cs: ControlSet, min_per_class: int = 3) -> pd.DataFrame:
+    """AUROC of a probe trained on one family's decisive completions (direct and swapped) and
+    scored on each other family's: rows train, columns test, NaN on the diagonal and where a
+    family lacks ``min_per_class`` completions of a class (to train) or a class (to test).
+
+    Both polarities of a family are in its training set, so a probe of one family cannot use the
+    answer word alone; a high off-diagonal AUROC means what it learned carries to a situation it
+    never saw."""
+    y = (cs.label == "deceptive").astype(np.int64)
+    both = cs.mask(("direct", "swapped"), ("deceptive", "honest"))
+    fams = sorted(set(cs.family[both]))
+    out = pd.DataFrame(np.nan, index=fams, columns=fams)
+    with blas_threads(1):
+        for f in fams:
+            tr = both & (cs.family == f)
+            if min(np.bincount(y[tr], minlength=2)) < min_per_class:
+                continue
+            probe = study_probe().fit(X[tr], y[tr])
+            for g in fams:
+                te = both & (cs.family == g)
+                if g != f and len(np.unique(y[te])) == 2:
+                    out.loc[f, g] = stats.auroc(y[te], probe.decision_function(X[te]))
+    out.index.name, out.columns.name = "trained on", "tested on"
+    return out

@@ -29,6 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lib.core.config import REPO_ROOT, load_config
@@ -84,6 +85,7 @@ README_FIGURES = {
     "label_geometry": "label geometry of the residual stream",
     "wording_controls": "deception or the answer word: polarity transfer, same-word AUROC, falsehood, "
     "a neutral-calibrated monitor",
+    "family_transfer": "transfer across scenario families (one probe per family, both polarities)",
     "k_sweep": "STE against TopK at matched sparsity: a TopK k sweep",
 }
 
@@ -232,6 +234,16 @@ def run_prose(run: RunDir, model_label: str = "This run") -> list[str]:
             "Wording controls (notebook 11): "
             + describe_controls(pd.read_csv(controls), model_label)
         )
+    matrix = run.result("family_transfer.csv")
+    if matrix.exists():
+        m = pd.read_csv(matrix, index_col=0).to_numpy(dtype=float)
+        m = m[np.isfinite(m)]
+        if m.size:
+            out.append(
+                "Across scenario families (one probe per family on both polarities, scored on every "
+                f"other family, middle layer): mean AUROC {m.mean():.2f}, {(m > 0.5).mean():.0%} of "
+                f"{m.size} pairs above 0.5."
+            )
     return [p for p in out if p]
 
 

@@ -152,3 +152,16 @@ def test_cue_excluded_pooling_averages_only_the_tokens_after_the_cue():
     assert np.isnan(out[1]).all()  # completion b: 2 tokens, nothing after the cue
     assert out[2].tolist() == [11.5, 11.5]  # completion c: its 5th and 6th tokens (11, 12)
     assert np.allclose(pooled_after(data, 0)[1], [5.5, 5.5])  # k = 0 is the ordinary mean
+
+
+def test_the_family_transfer_matrix_carries_meaning_and_not_the_word():
+    from lib.probing.wording_controls import family_transfer
+
+    X, cs = planted("meaning", seed=2)
+    m = family_transfer(X, cs)
+    off = m.to_numpy(dtype=float)
+    assert m.shape == (12, 12) and np.isnan(np.diag(off)).all()
+    assert np.nanmean(off) > 0.75  # a meaning direction learned in one family holds in the others
+    X, cs = planted("words", seed=2)
+    words = family_transfer(X, cs).to_numpy(dtype=float)
+    assert abs(np.nanmean(words) - 0.5) < 0.08  # both polarities in each family: the word is no cue
