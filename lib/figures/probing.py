@@ -452,6 +452,21 @@ def _forest(ax, d, labels, columns, ms, lw, tick_size=None) -> list:
     return drawn
 
 
+def _holm_star(ax, x: float, y: float, label: str, first: bool) -> None:
+    """The star of a forest row whose test survives Holm (labelled once, for the legend)."""
+    ax.plot(
+        x,
+        y,
+        "*",
+        color="#f1c40f",
+        ms=11,
+        mec="#444444",
+        mew=0.6,
+        zorder=4,
+        label=label if first else None,
+    )
+
+
 def plot_leakage(leak, model_label, n=None):
     """Leakage per SAE cell: balanced accuracy with an SAE that saw the test completions minus
     with SAEs that did not (same budget and seeds), with the paired 95% CI, per CV mode.
@@ -487,17 +502,7 @@ def plot_leakage(leak, model_label, n=None):
                 fontweight="bold" if sig else "normal",
             )
             if sig:
-                ax.plot(
-                    100 * r.leakage,
-                    yy,
-                    "*",
-                    color="#f1c40f",
-                    ms=11,
-                    mec="#444444",
-                    mew=0.6,
-                    zorder=4,
-                    label="survives Holm (p < 0.05)" if not n_star else None,
-                )
+                _holm_star(ax, 100 * r.leakage, yy, "survives Holm (p < 0.05)", first=not n_star)
                 n_star += 1
     if has_p:
         ax.text(
@@ -554,17 +559,7 @@ def plot_ste_vs_topk(ste, model_label, n=None):
     for s, y in _forest(ax, d, labels, ("delta", "ci_low", "ci_high"), 5, 1.1):
         for yy, (_, r) in zip(y, s.iterrows(), strict=True):
             if r.verdict in ("win", "loss"):
-                ax.plot(
-                    100 * r.delta,
-                    yy,
-                    "*",
-                    color="#f1c40f",
-                    ms=11,
-                    mec="#444444",
-                    mew=0.6,
-                    zorder=4,
-                    label="survives Holm" if not n_star else None,
-                )
+                _holm_star(ax, 100 * r.delta, yy, "survives Holm", first=not n_star)
                 n_star += 1
     if n_star:  # the star joins the legend only when it is drawn
         ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)

@@ -95,25 +95,12 @@ def k_sweep(
             x, "topk", sae_cfg, cfg.sae_seed(s), progress=False, meta={"train_on": cfg.sae.train_on}
         )
         feats = sae_features(sae, data, lab.rows, poolings=("mean",))
-        if not feats.features:
-            rows.append(
-                {
-                    "layer": layer,
-                    "condition": condition,
-                    "arch": "topk",
-                    "k": k,
-                    "seed": s,
-                    "l0": feats.input_l0,
-                    "bal_acc": np.nan,
-                    "auroc": np.nan,
-                    "fvu_note": feats.note,
-                    "key": key,
-                }
+        value, note = {}, feats.note  # refused features (off-distribution inputs): no probe
+        if feats.features:
+            res = cross_validate(
+                feats.features["mean"], lab.y, lab.scenario, "stratified", solver="exact"
             )
-            continue
-        res = cross_validate(
-            feats.features["mean"], lab.y, lab.scenario, "stratified", solver="exact"
-        )
+            value, note = res.value, res.note
         rows.append(
             {
                 "layer": layer,
@@ -122,9 +109,9 @@ def k_sweep(
                 "k": k,
                 "seed": s,
                 "l0": feats.input_l0,
-                "bal_acc": res.value.get("bal_acc", np.nan),
-                "auroc": res.value.get("auroc", np.nan),
-                "fvu_note": res.note,
+                "bal_acc": value.get("bal_acc", np.nan),
+                "auroc": value.get("auroc", np.nan),
+                "fvu_note": note,
                 "key": key,
             }
         )
