@@ -244,6 +244,147 @@ def verdict_class(
     return "inconclusive"
 
 
+def leave_one_cluster_out(clusters: np.ndarray) -> np.ndarray:
+    """``[G, n]`` weights: row ``g`` keeps every completion except those of the ``g``-th cluster
+    (clusters in sorted order), the jackknife's resampling plan."""
+    names, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    return (inverse[None, :] != np.arange(len(names))[:, None]).astype(np.int32)
+
+
+def jackknife_t(
+    point: float,
+    leave_out: np.ndarray,
+    level: float = 0.95,
+    extra_var: tuple[tuple[float, int], ...] = (),
+) -> dict:
+    """A t-interval from a delete-one-cluster jackknife: the cluster-level design the held-out
+    scenario comparisons need when clusters are few.
+
+    ``point`` is the statistic on all clusters and ``leave_out`` its ``G`` values with one cluster
+    left out. The jackknife variance ``(G-1)/G * sum (t_(-g) - mean)^2`` has ``G - 1`` degrees of
+    freedom; ``extra_var`` adds independent terms ``(variance, df)`` (a probe's seed spread), and
+    the degrees of freedom of the sum are Welch-Satterthwaite's. Returns ``se``, ``df``, the
+    ``level`` interval (``ci_low``, ``ci_high``), the 90% interval (``eq_low``, ``eq_high``, for
+    the equivalence test) and the two-sided ``p_value`` of "the statistic is 0".
+
+    Why not the percentile cluster bootstrap: with 9 clusters it covers 83-88% at nominal 95%
+    (measured, :mod:`lib.core.power`), because a resample of 9 clusters repeats some and drops
+    about a third, so its spread is that of a smaller experiment's, and percentiles carry no
+    small-sample correction. The jackknife's t with ``G - 1`` df does.
+    """
+    from scipy import stats as sps  # lazy: scipy's import costs 0.3 s, needed by cluster designs
+
+    vals = np.asarray(leave_out, dtype=float)
+    vals = vals[np.isfinite(vals)]
+    g = vals.size
+    nan = float("nan")
+    out = dict.fromkeys(("se", "ci_low", "ci_high", "eq_low", "eq_high", "p_value"), nan)
+    out["df"] = nan
+    if g < 2 or not np.isfinite(point):
+        return out
+    terms = [((g - 1) / g * float(np.sum((vals - vals.mean()) ** 2)), g - 1)]
+    terms += [(float(v), int(d)) for v, d in extra_var if np.isfinite(v) and v > 0 and d > 0]
+    var = sum(v for v, _ in terms)
+    if var <= 0:
+        return out
+    df = var**2 / sum(v**2 / d for v, d in terms)
+    se = float(np.sqrt(var))
+    out.update(se=se, df=float(df))
+    for lo, hi, lvl in (("ci_low", "ci_high", level), ("eq_low", "eq_high", 0.90)):
+        q = float(sps.t.ppf(0.5 + lvl / 2, df))
+        out[lo], out[hi] = point - q * se, point + q * se
+    out["p_value"] = float(2 * sps.t.sf(abs(point) / se, df))
+    return out
+
+
+def split_sample_peak(
+    y: np.ndarray, scores: np.ndarray, cluster: np.ndarray | None, rng: np.random.Generator
+) -> dict:
+    """The best layer's balanced accuracy estimated on data not used to choose it.
+
+    ``scores`` ``[L, n]``: out-of-fold scores of ``L`` layers. The completions are split in two
+    halves (whole ``cluster`` s when given, else completions within each class); the layer best
+    on one half is scored on the other, both ways, and the two honest estimates are averaged.
+    Returns ``bal_acc`` and the two chosen layer indices (``chosen``)."""
+    y = np.asarray(y)
+    if cluster is not None:
+        names = np.unique(cluster)
+        first = rng.permutation(names)[: len(names) // 2]
+        half = np.isin(cluster, first)
+    else:
+        half = np.zeros(len(y), bool)
+        for c in (0, 1):
+            idx = np.flatnonzero(y == c)
+            half[rng.permutation(idx)[: len(idx) // 2]] = True
+    estimates, chosen = [], []
+    for pick, score in ((half, ~half), (~half, half)):
+        acc = [balanced_accuracy(y[pick], s[pick]) for s in scores]
+        best = int(np.nanargmax(acc))
+        chosen.append(best)
+        estimates.append(balanced_accuracy(y[score], scores[best][score]))
+    return {"bal_acc": float(np.nanmean(estimates)), "chosen": tuple(chosen)}
+
+
+def best_set_pvalues(
+    y: np.ndarray,
+    scores: np.ndarray,
+    clusters: np.ndarray | None = None,
+    W: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> np.ndarray:
+    """Which of ``L`` probes are significantly below another, with the family-wise error rate
+    of all ``L (L - 1) / 2`` pairwise comparisons held at alpha: ``[L]`` p-values, probe ``j``
+    leaving the "not below the best" set when its p-value is below alpha.
+
+    ``p_j`` is the smallest adjusted p-value of a comparison in which another probe ``i`` has the
+    higher balanced accuracy. Adjusted: with completions resampled within class (``W`` or
+    ``n_boot`` draws), a max-t over all pairs (each difference studentised by its bootstrap SD;
+    ``p_ij`` the share of resamples whose largest centred |t| reaches ``t_ij``, which keeps the
+    correlation of the pairs); with ``clusters`` (held-out scenarios), Holm over the pairs'
+    jackknife t p-values (:func:`jackknife_t`). Since every exclusion needs a rejected pair, the
+    truly best probe stays with probability ``>= 1 - alpha``, and when all probes are equally
+    good none leaves in more than alpha of experiments, whichever probe the data make look best.
+    (Testing every probe against the *sample* maximum ignores that it was chosen on the same
+    data: with 8 equal layers that excludes one in 7-30% of runs, :mod:`lib.core.power`.)"""
+    y = np.asarray(y)
+    S = np.atleast_2d(scores)
+    k = len(S)
+    if k < 2:
+        return np.full(k, np.nan if k == 0 else 1.0)
+    point = np.array([balanced_accuracy(y, s) for s in S])
+    i_idx, j_idx = np.triu_indices(k, 1)
+    delta = point[i_idx] - point[j_idx]
+    if clusters is not None:
+        L = leave_one_cluster_out(clusters)
+        left = np.stack([balanced_accuracy(y, s, L) for s in S], axis=1)  # [G, k]
+        raw = np.array(
+            [
+                jackknife_t(d, left[:, i] - left[:, j])["p_value"]
+                for d, i, j in zip(delta, i_idx, j_idx, strict=True)
+            ]
+        )
+        adjusted = holm(raw)
+    else:
+        if W is None:
+            W = stratified_multiplicities(y, n_boot, np.random.default_rng(seed))
+        M = np.stack([balanced_accuracy(y, s, W) for s in S], axis=1)  # [B, k]
+        M = M[np.isfinite(M).all(1)]
+        D = M[:, i_idx] - M[:, j_idx]  # [B, pairs]
+        se = D.std(axis=0, ddof=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t_obs = np.where(se > 0, np.abs(delta) / se, 0.0)
+            t_max = np.nanmax(np.where(se > 0, np.abs(D - delta) / se, 0.0), axis=1)
+        adjusted = (1 + np.sum(t_max[:, None] >= t_obs[None, :], axis=0)) / (1 + len(t_max))
+    out = np.ones(k)
+    for d, i, j, p in zip(delta, i_idx, j_idx, adjusted, strict=True):
+        if not np.isfinite(p) or d == 0:
+            continue
+        lower = j if d > 0 else i
+        out[lower] = min(out[lower], p)
+    return out
+
+
 def pooled_seed_sd(per_seed: list[np.ndarray]) -> tuple[float, int]:
     """The seed-to-seed SD pooled over the cells of a family, and its degrees of freedom:
     ``sqrt(sum((S_i - 1) var_i) / sum(S_i - 1))`` over cells with ``S_i >= 2`` seeds. One cell's
@@ -290,6 +431,7 @@ def paired_seed_test(
     seed_sd_a: tuple[float, int] | None = None,
     seed_sd_b: tuple[float, int] | None = None,
     W: np.ndarray | None = None,
+    cluster_design: str = "jackknife_t",
 ) -> dict:
     """The book's one paired test: is probe A better than probe B on the same completions?
 
@@ -298,20 +440,26 @@ def paired_seed_test(
     different seeds; a raw probe has one row). The statistic is ``delta = mean_s metric(a_s) -
     mean_t metric(b_t)`` on the pooled scores. Its sampling distribution has two parts:
 
-    * the completions: a paired bootstrap (completions within class, or whole ``clusters`` such
-      as held-out scenarios) of the seed-mean difference, both probes on the same resamples;
+    * the completions: a paired bootstrap of the seed-mean difference (completions within
+      class, both probes on the same resamples); or, with ``clusters`` (held-out scenarios or
+      families), a delete-one-cluster jackknife with a t-interval on ``G - 1`` degrees of
+      freedom (:func:`jackknife_t`; ``cluster_design="percentile"`` keeps the percentile cluster
+      bootstrap, which under-covers with few clusters: kept for the simulations that show it);
     * the seeds: a probe with ``S > 1`` seeds adds ``sd_s / sqrt(S)`` times a Student-t draw with
       ``S - 1`` degrees of freedom, ``sd_s`` being the spread of its per-seed metric. (Resampling
       three seeds with replacement understates their variance; with ``S - 1`` degrees of freedom
       the t draw does not.) The per-seed spread also holds completion noise, so this errs on the
       conservative side. ``seed_sd_a = (sd, df)`` replaces A's own spread and ``S - 1`` by a
-      spread pooled over a family (:func:`pooled_seed_sd`); ``seed_sd_b`` likewise for B.
+      spread pooled over a family (:func:`pooled_seed_sd`); ``seed_sd_b`` likewise for B. Under
+      the jackknife the seed terms add their variance ``sd_s^2 / S`` with their degrees of
+      freedom (Welch-Satterthwaite).
     ``W``: precomputed ``[n_boot, n]`` multiplicities of the completions (the resampling above),
     shared by the tests of one family: the same resamples for every comparison, drawn once.
 
-    Returns ``delta``, the percentile CI (``ci_low``, ``ci_high``), the 90% interval for the
-    equivalence test (``eq_low``, ``eq_high``), the two-sided bootstrap ``p_value``
-    (:func:`bootstrap_pvalue`) and the per-seed spread (``sd_a``, ``sd_b``).
+    Returns ``delta``, the CI (``ci_low``, ``ci_high``), the 90% interval for the equivalence
+    test (``eq_low``, ``eq_high``), the two-sided ``p_value`` (bootstrap:
+    :func:`bootstrap_pvalue`; jackknife: the t distribution's, and its ``df``) and the per-seed
+    spread (``sd_a``, ``sd_b``).
     """
     y = np.asarray(y)
     A, B = np.atleast_2d(scores_a), np.atleast_2d(scores_b)
@@ -329,6 +477,24 @@ def paired_seed_test(
         "eq_high": float("nan"),
         "p_value": float("nan"),
     }
+    seed_terms = [
+        (sd[0], len(point_a), len(point_a) - 1, 1.0),
+        (sd[1], len(point_b), len(point_b) - 1, -1.0),
+    ]
+    if seed_sd_a is not None and len(point_a) > 1 and seed_sd_a[1] > 0:
+        seed_terms[0] = (seed_sd_a[0], len(point_a), seed_sd_a[1], 1.0)
+    if seed_sd_b is not None and len(point_b) > 1 and seed_sd_b[1] > 0:
+        seed_terms[1] = (seed_sd_b[0], len(point_b), seed_sd_b[1], -1.0)
+    if clusters is not None and cluster_design == "jackknife_t":
+        L = leave_one_cluster_out(clusters)
+        left_out = np.nanmean(_metric_matrix(metric, y, A, L), axis=1) - np.nanmean(
+            _metric_matrix(metric, y, B, L), axis=1
+        )
+        extra = tuple((s**2 / k, dof) for s, k, dof, _ in seed_terms if k > 1 and np.isfinite(s))
+        t = jackknife_t(out["delta"], left_out, level, extra)
+        out.update({k: t[k] for k in ("ci_low", "ci_high", "eq_low", "eq_high", "p_value")})
+        out["df"] = t["df"]
+        return out
     if n_boot <= 0:
         return out
     if W is not None:
@@ -340,12 +506,6 @@ def paired_seed_test(
     deltas = np.nanmean(_metric_matrix(metric, y, A, W), axis=1) - np.nanmean(
         _metric_matrix(metric, y, B, W), axis=1
     )
-    seed_terms = [
-        (sd[0], len(point_a), len(point_a) - 1, 1.0),
-        (sd[1], len(point_b), len(point_b) - 1, -1.0),
-    ]
-    if seed_sd_a is not None and len(point_a) > 1 and seed_sd_a[1] > 0:
-        seed_terms[0] = (seed_sd_a[0], len(point_a), seed_sd_a[1], 1.0)
     for s, k, dof, sign in seed_terms:
         if k > 1 and np.isfinite(s) and s > 0:
             deltas = deltas + sign * s / np.sqrt(k) * rng.standard_t(dof, size=n_boot)

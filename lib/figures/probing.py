@@ -23,6 +23,7 @@ from lib.figures.style import (
     n_text,
     title,
 )
+from lib.probing.sae_verdicts import DESCRIPTIVE
 from lib.probing.wording import WORDING
 
 ARCH_ORDER = ("topk", "jumprelu", "jumprelu_ste")
@@ -489,7 +490,7 @@ def plot_leakage(leak, model_label, n=None):
         for yy, (_, r) in zip(y, s.iterrows(), strict=True):
             if not has_p or not np.isfinite(r.p_holm):
                 continue
-            sig = r.p_holm < 0.05
+            sig = r.p_holm < 0.05 and r.get("verdict") != DESCRIPTIVE
             ax.text(
                 1.02,
                 yy,
@@ -526,7 +527,13 @@ def plot_leakage(leak, model_label, n=None):
     note = (
         n_text(*n) + ". " if n else ""
     ) + f"Both SAEs trained for {budget} with the same seeds. "
-    if has_p:
+    descriptive = "verdict" in d and (d.verdict == DESCRIPTIVE).all()
+    if has_p and descriptive:
+        note += (
+            "One SAE seed per cell: each bar is descriptive (a test of one fit leaves out the "
+            "fit's own variance), so no comparison is called significant; p (Holm) for reference."
+        )
+    elif has_p:
         counts = "; ".join(
             f"{CV_SHORT[cv]}: {int((d[d.cv == cv].p_holm < 0.05).sum())} of {int((d.cv == cv).sum())}"
             for cv in ("stratified", "scenario")

@@ -7,7 +7,8 @@ condition), so no SAE saw a completion it is tested on (``sae_source="per_fold"`
 ``scenario`` folds that means nine SAEs, none of which saw its held-out scenario.
 
 The reference it is compared with (``sae_source="refit_all"``) is an SAE of the same
-architecture, settings, training budget and seed trained on *all* labelled completions of the
+architecture, settings, training budget and seed (every fold's SAE starts from the reference's
+seed, so the two differ only in the data they saw) trained on *all* labelled completions of the
 condition, probed on exactly the same folds: the only difference between the two is whether the
 SAE saw the test completions. ``leakage = bal_acc(refit_all) - bal_acc(per_fold)``, with the
 book's paired test over completions (or scenarios) and seeds (:func:`lib.core.stats.paired_seed_test`).
@@ -131,7 +132,7 @@ def leakage_free_cv(
             )
             return CVResult.failed(mode, y, note), facts
         F, feats, fact = _fit_features(
-            layer, lab, train_pos, arch, sae_cfg, seed + int(k), pooling, train_sae
+            layer, lab, train_pos, arch, sae_cfg, seed, pooling, train_sae
         )
         if F is None:
             return CVResult.failed(mode, y, f"fold {k}: {feats.note}"), facts

@@ -140,6 +140,12 @@ def describe_profile(profile: pd.DataFrame, tests: pd.DataFrame, feature: str = 
                 f"{near} (paired test, Holm), and it is the best layer in "
                 f"{pk['argmax_share']:.0%} of bootstrap resamples."
             )
+            if np.isfinite(pk.get("split_bal_acc", float("nan"))):
+                out.append(
+                    f"Chosen on one half of the {'scenarios' if cv == 'scenario' else 'completions'}"
+                    f" and scored on the other, the best layer reaches {_pct(pk['split_bal_acc'])}"
+                    " (the peak's own figure is a maximum, and optimistic)."
+                )
         if np.isfinite(pk.get("wording_bal_acc", float("nan"))):
             out.append(
                 f"The strongest wording baseline, a probe on the {WORDING[pk['wording_feature']]}, "

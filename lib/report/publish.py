@@ -34,6 +34,7 @@ import pandas as pd
 
 from lib.core.config import REPO_ROOT, load_config
 from lib.core.fileio import atomic_write_text, read_jsonl
+from lib.core.markdown import to_markdown
 from lib.core.rundir import RunDir
 from lib.core.runtime import BATCH_ENV, temp_sibling
 from lib.probing.layer_profile import read_layer_profile
@@ -42,7 +43,7 @@ from lib.probing.sae_verdicts import read_sae_verdicts
 from lib.probing.ste_comparison import read_ste_comparison
 from lib.probing.wording_controls import describe as describe_controls
 from lib.report import facts as report
-from lib.report.summary import n_facts, to_markdown
+from lib.report.summary import n_facts
 
 README = REPO_ROOT / "README.md"
 DOCS = REPO_ROOT / "docs"

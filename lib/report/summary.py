@@ -24,13 +24,19 @@ from scipy.stats import spearmanr
 
 from lib.core.config import RunConfig
 from lib.core.fileio import atomic_write_text
+from lib.core.markdown import to_markdown as to_markdown  # re-exported: notebook 07 reads it here
 from lib.core.rundir import RunDir
 from lib.core.vocabulary import SAEKey
 from lib.probing.layer_profile import profile_values, read_layer_profile
 from lib.probing.layer_verdicts import peak_summary, read_layer_tests
 from lib.probing.matched_sparsity import at_matched_l0, ste_points
 from lib.probing.sae_probes import read_sae_probes
-from lib.probing.sae_verdicts import class_counts, read_sae_leakage, read_sae_verdicts
+from lib.probing.sae_verdicts import (
+    DESCRIPTIVE,
+    class_counts,
+    read_sae_leakage,
+    read_sae_verdicts,
+)
 from lib.probing.ste_comparison import read_ste_comparison, study_claim
 from lib.probing.wording import WORDING
 from lib.sae.model import read_metrics
@@ -91,7 +97,12 @@ def _raw_claims(profile: pd.DataFrame, tests: pd.DataFrame, cv: str, feature: st
             f"L{pk['layer']} of {pk['n_layers']} ({feature} pooling); not below it: "
             f"{_span(pk['not_below'])}; best in {pk['argmax_share']:.0%} of resamples"
         ),
-        "raw_peak_bal_acc": f"{_pct(at.value)}{_ci(at.ci_low, at.ci_high)}",
+        "raw_peak_bal_acc": f"{_pct(at.value)}{_ci(at.ci_low, at.ci_high)}"
+        + (
+            f"; {_pct(pk['split_bal_acc'])} on data not used to choose it"
+            if math.isfinite(pk.get("split_bal_acc", math.nan))
+            else ""
+        ),
         "raw_peak_auroc": f"{auc[auc.layer == pk['layer']].value.iloc[0]:.3f}" if len(auc) else NA,
         "profile": (
             f"rho={rho:.2f}; {_pct(curve.value.iloc[0])} at L{int(curve.layer.iloc[0])} to "
@@ -202,6 +213,11 @@ def _leakage_claim(leak: pd.DataFrame | None, cv: str) -> str:
     d = leak[leak.cv == cv].dropna(subset=["leakage"])
     if d.empty:
         return NA
+    if "verdict" in d and (d.verdict == DESCRIPTIVE).all():
+        return (
+            f"mean {100 * d.leakage.mean():+.1f} pp over {len(d)} SAEs; descriptive: one SAE seed "
+            f"per cell, so no test (its fit variance is unknown); budget {d.budget.iloc[0]}"
+        )
     sig = int(((d.p_holm < 0.05) & (d.leakage > 0)).sum())
     return (
         f"mean {100 * d.leakage.mean():+.1f} pp over {len(d)} SAEs; {sig} significant "
@@ -264,14 +280,6 @@ def summarise_run(run: RunDir, cfg: RunConfig, feature: str = "mean") -> pd.Data
     out = out.fillna(NA)
     atomic_write_text(run.result("summary.csv"), out.to_csv(index=False))
     return out
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table (no extra dependency)."""
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def read_summary(run: RunDir) -> pd.DataFrame:
