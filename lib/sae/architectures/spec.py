@@ -15,10 +15,17 @@ architecture for everything that differs between architectures, and branch on no
   :class:`lib.core.config.SAEConfig` fields it reads (``hyperparameters``).
 
 The training hooks receive the :class:`lib.sae.fused_step.FastSAETrainer` (typed ``Any`` here:
-that module imports this package). They work in its training space on its preallocated buffers;
-the shared ones are ``xc``, ``e``, ``g``, ``recon`` ``[B, d_in]`` and ``pre`` ``[B, d_sae]``, and
-``trainer.params`` lists the parameters Adam updates, each with a preallocated ``.grad`` that
-``loss_and_grads`` overwrites.
+that module imports this package) and work in its training space (inputs scaled to mean norm
+``sqrt(d_in)``). What they may use of it: ``cfg`` (the :class:`lib.core.config.SAEConfig`),
+``d_in``, ``d_sae``, ``k``; the parameters ``W_enc_T [d_sae, d_in]``, ``b_enc``, ``W_dec``,
+``b_dec`` and those ``prepare`` returned, listed in ``params`` (the order Adam sees), each with
+a preallocated ``.grad`` that ``loss_and_grads`` overwrites; the shared buffers ``xc``, ``e``,
+``g``, ``recon`` ``[B, d_in]`` and ``pre`` ``[B, d_sae]`` (views ``[:b]`` for a short batch);
+the matmul operands ``W_enc_mm``, ``W_dec_mm``, ``W_decT_mm`` (bfloat16 copies under ``sae.matmul_dtype:
+bfloat16``) and ``mm`` (a product in the configured precision), ``csr`` (a CSR matrix),
+``sparse`` (whether CSR kernels run here), ``dead_latents()``, ``mark_fired(ids)`` and
+``mark_fired_mask(mask)``. A spec may equally compute its loss with autograd on ``params`` (the
+test ``tests/unit/test_sae_registry.py`` adds SAELens's ``standard`` SAE that way).
 """
 
 from __future__ import annotations
