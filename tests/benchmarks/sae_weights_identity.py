@@ -12,7 +12,15 @@ kernels) on seeded ``torch.randn`` data, and, when the organism run exists
 (``data/runs/default``), one SAE per (architecture, condition) of its layer-2 and layer-5 cells
 on the run's own training vectors (the SAE stage's split and settings, without the language
 model's losses), read-only. Each line: ``<name> <sha256 of sae_weights.safetensors> <sha256 of
-cfg.json>``.
+cfg.json>``. (The organism lines also equal the run's own ``saes/<id>/sae_weights.safetensors``
+when the run was trained on this host.)
+
+The whole SAE stage (notebook 04's :func:`lib.sae.train_grid.train_grid`, every cell and seed,
+with the language model's losses) on a copy of a run, then ``cmp`` against the original::
+
+    mkdir -p COPY && cp -a RUN/{config.yaml,labels.jsonl,completions.jsonl,cache,activations} COPY/
+    python tests/benchmarks/sae_weights_identity.py --stage CHECKOUT COPY
+    for d in RUN/saes/*/; do cmp $d/sae_weights.safetensors COPY/saes/$(basename $d)/sae_weights.safetensors; done
 """
 
 from __future__ import annotations
@@ -21,13 +29,11 @@ import hashlib
 import sys
 from pathlib import Path
 
-CHECKOUT = Path(sys.argv[1]).resolve()
-OUT = Path(sys.argv[2]).resolve()
-RUN = (
-    Path(sys.argv[3])
-    if len(sys.argv) > 3
-    else Path(__file__).resolve().parents[2] / "data/runs/default"
-)
+STAGE = sys.argv[1] == "--stage"
+ARGS = sys.argv[2:] if STAGE else sys.argv[1:]
+CHECKOUT = Path(ARGS[0]).resolve()
+OUT = Path(ARGS[1]).resolve()
+RUN = Path(ARGS[2]) if len(ARGS) > 2 else Path(__file__).resolve().parents[2] / "data/runs/default"
 sys.path.insert(0, str(CHECKOUT))
 
 import torch  # noqa: E402
@@ -97,7 +103,26 @@ def organism_set() -> None:
                 export(f"organism_{arch}_L{layer}_{cond}", x, arch, cfg.sae, cfg.sae_seed(0))
 
 
+def stage(copy: Path) -> None:
+    """Notebook 04's SAE stage, forced, on the run copy ``copy`` (one process)."""
+    import yaml
+
+    from lib.core.config import RunConfig
+    from lib.core.rundir import RunDir
+    from lib.sae.train_grid import train_grid
+
+    data = yaml.safe_load((copy / "config.yaml").read_text())
+    data.pop("_provenance", None)
+    cfg = RunConfig.model_validate(data)
+    cfg = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"n_jobs": 1})})
+    for path in train_grid(RunDir(copy), cfg, progress=False, force=True):
+        print(path.name, sha(path / "sae_weights.safetensors"), flush=True)
+
+
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    random_set()
-    organism_set()
+    if STAGE:
+        stage(OUT)
+    else:
+        torch.set_num_threads(1)
+        random_set()
+        organism_set()
