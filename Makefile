@@ -167,8 +167,9 @@ lab: $(STAMP)
 		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 ## make lint: formatting and lint of lib and tests, and mypy --strict on the modules every stage
-## relies on (CI runs it before make test)
-TYPED := lib/core/vocabulary.py lib/core/rundir.py lib/pipeline/stages.py
+## relies on and on the SAE architectures' registry (CI runs it before make test)
+TYPED := lib/core/vocabulary.py lib/core/rundir.py lib/pipeline/stages.py \
+	lib/sae/architectures/__init__.py lib/sae/architectures/spec.py
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check lib tests
 	$(VENV)/bin/ruff check lib tests

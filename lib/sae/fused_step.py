@@ -12,35 +12,13 @@ plain PyTorch and sparsify in ``tests/benchmarks/bench_sae_train.py``.
 Parameters carry the SAE's names (:class:`lib.sae.model.SAE`; ``W_enc_T`` is ``W_enc`` transposed,
 ``[d_sae, d_in]``, so that one latent's gradient is a row, like the decoder's).
 
-Losses (per example, averaged over the batch, as SAELens): ``||x - x^||^2`` plus
-
-- ``topk``: AuxK on the latents that have not fired for one epoch of steps (at most 1000
-  steps, SAELens's window): ``e^`` decodes the top ``d_in // 2`` pre-activations among them (no
-  bias) and is fitted to the residual ``r = x - x^``. Two variants (``sae.topk_variant``):
-
-  * ``saelens`` (default; SAELens 6 and sparsify): ``aux_k_coefficient * min(n_dead / (d_in //
-    2), 1) * ||e^ - r||^2``, the selected pre-activations used as they are;
-  * ``openai`` (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", and their
-    reference code): ``aux_k_coefficient * V * sum_b ||e^_b - r_b||^2 / sum_b ||r_b - mean(r)||^2``,
-    the AuxK MSE normalised by the batch residual's variance (``V``, the training data's variance
-    per example, only expresses it in this loss's units), the selected values ReLU'd; and before
-    every Adam step the decoder gradient loses its component along each (unit-norm) decoder row,
-    ``G_j -= <G_j, W_j> W_j``, so the step moves rows along the sphere they are projected back to.
-
-- ``jumprelu`` (threshold fixed at 0): ``l1_coefficient * sum_j f_j``;
-- ``jumprelu_ste``: ``lambda * L0`` with the straight-through estimator of Rajamanoharan et
-  al. (2024): the threshold receives ``-(theta/eps) K((pre - theta)/eps)`` through the JumpReLU
-  and ``-(1/eps) K((pre - theta)/eps)`` through the step inside L0; no STE gradient reaches the
-  pre-activations (DeepMind's variant). ``K``: rectangle (default) or standard Gaussian. The
-  threshold is a direct (not log) parameter, clamped to ``>= 0`` after each step as in SAELens
-  6 (Adam moves a log threshold too little within a short run). Bandwidth and initial threshold
-  are given for inputs at unit mean norm, the L0 coefficient for an MSE at unit mean norm; in
-  the ``sqrt(d_in)`` training space they are multiplied by ``sqrt(d_in)``, ``sqrt(d_in)`` and
-  ``d_in``. (The JumpReLU paper's bandwidth 0.001 is for inputs at unit mean *squared* norm,
-  ``E||x||^2 = 1``: a factor ``sqrt(E||x||^2) / E||x||`` apart, 4-5% on the organism's tokens.)
-
-Decoder rows are renormalised to unit norm after every step, so SAELens's weighting of the L1
-penalty by decoder-row norms (``sum_j f_j * ||W_dec_j||``) equals the plain ``sum_j f_j`` here.
+Losses (per example, averaged over the batch, as SAELens): ``||x - x^||^2`` plus the
+architecture's penalty. Everything that differs between architectures (the loss, its forward
+and backward passes, the extra parameters and buffers, the encoder's initial gain) is the
+architecture's spec in :mod:`lib.sae.architectures` (``topk``: AuxK and the CSR step;
+``jumprelu``: L1 and the dense step; ``jumprelu_ste``: the STE threshold gradient and L0); this
+class owns what they share: the init, the buffers, the low-precision operands, Adam, the
+decoder-row renormalisation, the dead-latent record and the export.
 
 Devices and precision. The TopK step's CSR matrices have sorted column indices in every row
 (valid for ``check_invariants=True``). Where sparse kernels cannot run (:func:`csr_supported`
@@ -52,62 +30,18 @@ copies of the operands with float32 results; weights, gradients and Adam's state
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
 import torch
 
-from lib.core.config import SAEConfig, SteConfig
+from lib.core.config import SAEConfig
 from lib.core.runtime import fast_bf16
-from lib.sae.model import SAE, check_architecture
+from lib.sae.architectures import get_spec
+from lib.sae.model import SAE
 
 DEAD_WINDOW_MAX_STEPS = 1000
 MATMUL_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "auto": None}
-
-
-# ----- the STE pieces, shared by the step and the tests ------------------------------------------
-def kernel(u: torch.Tensor, name: str) -> torch.Tensor:
-    """The STE kernel ``K(u)``: rectangle ``1{-1/2 < u < 1/2}`` or the standard normal density."""
-    if name == "rectangle":
-        return ((u > -0.5) & (u < 0.5)).to(u.dtype)
-    if name == "gaussian":
-        return torch.exp(-0.5 * u * u) * (1.0 / math.sqrt(2.0 * math.pi))
-    raise ValueError(f"STE kernel={name!r}; allowed: ['rectangle', 'gaussian']")
-
-
-def ste_threshold_grad(
-    pre: torch.Tensor,
-    threshold: torch.Tensor,
-    grad_f: torch.Tensor,
-    bandwidth: float,
-    l0_coefficient: float,
-    kernel_name: str = "rectangle",
-) -> torch.Tensor:
-    """d loss / d threshold for ``loss = mean_b[ L(f_b) + l0_coefficient * ||f_b||_0 ]``.
-
-    ``pre`` ``[B, d_sae]`` pre-activations, ``grad_f`` ``[B, d_sae]`` the gradient of the batch
-    loss with respect to the JumpReLU outputs ``f`` (already divided by B). With
-    ``K_bj = K((pre_bj - theta_j) / eps)`` this is::
-
-        -(1/eps) * sum_b K_bj * (theta_j * grad_f_bj + l0_coefficient / B)
-
-    The L0 part is never positive: inside the window, raising a threshold lowers L0.
-    """
-    k = kernel((pre - threshold) / bandwidth, kernel_name)
-    b = pre.shape[0]
-    return -(threshold * (k * grad_f).sum(0) + (l0_coefficient / b) * k.sum(0)) / bandwidth
-
-
-def ste_hyperparameters(ste: SteConfig, d_in: int) -> dict[str, float]:
-    """Bandwidth, initial threshold (unit-mean-norm units) and L0 weight, in training space."""
-    r = math.sqrt(d_in)
-    return {
-        "bandwidth": ste.bandwidth * r,
-        "threshold_init": ste.threshold_init * r,
-        "l0_coefficient": ste.l0_coefficient * d_in,
-        "kernel": ste.kernel,
-    }
 
 
 def csr_supported(device: str | torch.device) -> bool:
@@ -154,12 +88,13 @@ class FastSAETrainer:
         sparse: bool | None = None,
         check_invariants: bool = False,
     ):
-        self.arch = check_architecture(architecture)
+        self.spec = spec = get_spec(architecture)
+        self.arch = spec.name
         self.device = dev = torch.device(device)
         self.cfg = sae_cfg
         self.d_in = d = int(d_in)
         self.d_sae = m = int(d_in * sae_cfg.expansion_factor)
-        self.k = int(sae_cfg.k) if architecture == "topk" else None
+        self.k = int(sae_cfg.k) if spec.uses_k else None
         if self.k is not None and self.k > m:
             raise ValueError(
                 f"sae.k={self.k} exceeds d_sae={m} (d_in={d} x {sae_cfg.expansion_factor})"
@@ -168,7 +103,8 @@ class FastSAETrainer:
         self.B = B = int(sae_cfg.batch_size)
         self.dead_window = max(1, int(dead_window))
         self.n_steps = 0
-        self.openai = self.arch == "topk" and sae_cfg.topk_variant == "openai"
+        self.openai = False  # the TopK paper's AuxK and decoder projection (set by topk)
+        self.ste: dict[str, Any] | None = None  # the STE's training-space settings (jumprelu_ste)
         self.data_variance = None if data_variance is None else float(data_variance)
         self.sparse = csr_supported(dev) if sparse is None else bool(sparse)
         self.check_invariants = bool(check_invariants)
@@ -179,10 +115,7 @@ class FastSAETrainer:
             W_dec = torch.randn(m, d, generator=gen, device="cpu").to(dev)
             W_dec /= torch.linalg.vector_norm(W_dec, dim=1, keepdim=True)
             self.W_dec = torch.nn.Parameter(W_dec)
-            # W_enc = c * W_dec^T. About half the latents of a (threshold-0 or small-threshold)
-            # JumpReLU SAE fire at init, so c = d_in / d_sae keeps the first reconstruction near
-            # the input's size instead of overshooting it; TopK (k << d_in) keeps c = 1.
-            c = 1.0 if self.arch == "topk" else d / m
+            c = spec.encoder_gain(d, m)  # W_enc = c * W_dec^T
             self.W_enc_T = torch.nn.Parameter(W_dec * c)
             self.b_enc = torch.nn.Parameter(torch.zeros(m))
             b0 = torch.zeros(d) if b_dec_init is None else b_dec_init.detach().float().to(dev)
@@ -191,13 +124,13 @@ class FastSAETrainer:
             self._allocate(d, m, B)
 
     def _allocate(self, d: int, m: int, B: int) -> None:
-        sae_cfg = self.cfg
+        sae_cfg, spec = self.cfg, self.spec
         params = [self.W_enc_T, self.b_enc, self.W_dec, self.b_dec]
-        self.ste = None
-        if self.arch == "jumprelu_ste":
-            self.ste = ste_hyperparameters(sae_cfg.ste, d)
-            self.threshold = torch.nn.Parameter(torch.full((m,), self.ste["threshold_init"]))
-            params.append(self.threshold)
+        extra = spec.prepare(self)
+        for name, p in extra.items():
+            setattr(self, name, p)
+            params.append(p)
+        self.extra_params = tuple(extra)
         for p in params:
             p.grad = torch.zeros_like(p)
         self.params = params
@@ -207,7 +140,7 @@ class FastSAETrainer:
         self.W_enc_mm, self.W_dec_mm, self.W_decT_mm = self.W_enc_T, self.W_dec, self.W_dec.t()
         if self.lp is not None:
             self.W_enc_mm = torch.empty(m, d, dtype=self.lp)
-            if self.arch != "topk":
+            if spec.dense_decode:
                 self.W_dec_mm = torch.empty(m, d, dtype=self.lp)
                 self.W_decT_mm = torch.empty(d, m, dtype=self.lp)
         # buffers (views [:b] serve short batches)
@@ -215,22 +148,7 @@ class FastSAETrainer:
         self.pre = torch.empty(B, m)
         self.last_fired = torch.zeros(m, dtype=torch.long)
         self.fired_epoch = torch.zeros(m, dtype=torch.bool)
-        if self.arch == "topk":
-            k, i32 = self.k, torch.int32
-            self.tv, self.tvs = torch.empty(B, k), torch.empty(B, k)
-            self.ti, self.si = (torch.empty(B, k, dtype=torch.long) for _ in range(2))
-            self.order = torch.empty(B, k, dtype=torch.long)
-            self.cols32 = torch.empty(B * k, dtype=i32)
-            self.crow_f = torch.arange(0, B * k + 1, k, dtype=i32)
-            self.crow_t = torch.zeros(m + 1, dtype=i32)
-            self.rows32 = torch.arange(B, dtype=i32).repeat_interleave(k)
-            if not self.sparse:
-                self.dense_f, self.dense_g = torch.empty(B, m), torch.empty(B, m)
-        else:
-            self.f, self.gf, self.mask = (torch.empty(B, m) for _ in range(3))
-            self.counts = torch.empty(m)
-            if self.arch == "jumprelu_ste":
-                self.kbuf = torch.empty(B, m)
+        spec.allocate(self, d, m, B)
 
     # ----- one step ------------------------------------------------------------------------
     @torch.no_grad()
@@ -241,28 +159,22 @@ class FastSAETrainer:
             if self.W_dec_mm is not self.W_dec:
                 self.W_dec_mm.copy_(self.W_dec)
                 self.W_decT_mm.copy_(self.W_dec_mm.t())
-        if self.arch != "topk":
-            return self._step_jumprelu(x)
-        out = self._step_topk(x)
-        if self.openai:  # the TopK paper: no gradient along the (unit-norm) decoder rows
-            W, G = self.W_dec, self.W_dec.grad
-            G.addcmul_(W, torch.einsum("md,md->m", G, W).unsqueeze(1), value=-1.0)
-        return out
+        return self.spec.loss_and_grads(self, x)
 
     @torch.no_grad()
     def step(self, x: torch.Tensor) -> dict[str, float]:
         """One Adam update on a training-space batch ``[b, d_in]``; returns its losses."""
         out = self.loss_and_grads(x)
         self.opt.step()
-        # unit-norm decoder rows (and a non-negative threshold)
+        # unit-norm decoder rows, then the architecture's constraints
         norms = torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True)
         self.W_dec.div_(norms.clamp_(min=1e-12))
-        if self.arch == "jumprelu_ste":
-            self.threshold.clamp_(min=0.0)
+        self.spec.after_step(self)
         self.n_steps += 1
         return out
 
-    def _mm(self, a, b, out, bias=None) -> torch.Tensor:
+    # ----- helpers of the architectures' steps --------------------------------------------------
+    def mm(self, a, b, out, bias=None) -> torch.Tensor:
         """``out = a @ b (+ bias)`` in float32, or from bfloat16 operands (``sae.matmul_dtype``)."""
         if self.lp is None:
             return torch.mm(a, b, out=out) if bias is None else torch.addmm(bias, a, b, out=out)
@@ -270,174 +182,30 @@ class FastSAETrainer:
         out.copy_(torch.mm(a if a.dtype == lp else a.to(lp), b if b.dtype == lp else b.to(lp)))
         return out if bias is None else out.add_(bias)
 
-    def _csr(self, crow, col, val, shape) -> torch.Tensor:
+    def csr(self, crow, col, val, shape) -> torch.Tensor:
         with warnings.catch_warnings():  # torch flags its whole CSR API as beta
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse_csr_tensor(
                 crow, col, val, shape, check_invariants=self.check_invariants
             )
 
-    def _dead_latents(self) -> torch.Tensor | None:
+    def dead_latents(self) -> torch.Tensor | None:
         """Indices of latents that have not fired within the dead window (SAELens's rule)."""
         if self.n_steps < self.dead_window:
             return None
         dead = torch.nonzero(self.n_steps - self.last_fired > self.dead_window).view(-1)
         return dead if dead.numel() else None
 
-    def _step_topk(self, x: torch.Tensor) -> dict[str, float]:
-        """TopK with the latents as a CSR matrix: every product touches the k chosen rows only.
-
-        Decode is ``F @ W_dec`` (F sparse ``[b, d_sae]`` with k entries per row, column indices
-        sorted); the latent gradient is F's sparsity pattern sampled from ``g @ W_dec^T``; the
-        decoder and encoder gradients are ``F^T @ g`` and ``F_g^T @ (x - b_dec)``, with ``F^T``
-        built once per step by a stable sort of the chosen latent ids (so each of its rows lists
-        batch rows in increasing order). Without CSR support, F and F_g are dense matrices.
-        """
-        b, m, k = x.shape[0], self.d_sae, self.k
-        W_enc_T, b_enc, W_dec, b_dec = self.W_enc_T, self.b_enc, self.W_dec, self.b_dec
-        g_W_dec, g_W_enc_T, g_b_enc, g_b_dec = W_dec.grad, W_enc_T.grad, b_enc.grad, b_dec.grad
-        xc = torch.sub(x, b_dec, out=self.xc[:b])
-        pre = self._mm(xc, self.W_enc_mm.t(), self.pre[:b], bias=b_enc)
-        tv, ti = torch.topk(pre, k, dim=1, sorted=False, out=(self.tv[:b], self.ti[:b]))
-        si, order = torch.sort(ti, dim=1, out=(self.si[:b], self.order[:b]))
-        tv = torch.gather(tv, 1, order, out=self.tvs[:b])  # values in sorted-id order
-        fv = tv.clamp(min=0.0)  # the ReLU comes after the selection
-        flat = si.view(-1)
-        if self.sparse:
-            cols = self.cols32[: b * k]
-            cols.copy_(flat)
-            F = self._csr(self.crow_f[: b + 1], cols, fv.view(-1), (b, m))
-            recon = torch.addmm(self.recon[:b], F, W_dec, beta=0.0, out=self.recon[:b])
-        else:
-            F = self.dense_f[:b].zero_().scatter_(1, si, fv)
-            recon = torch.mm(F, W_dec, out=self.recon[:b])
-        recon += b_dec
-        e = torch.sub(recon, x, out=self.e[:b])
-        ef = e.view(-1)
-        mse = float(torch.dot(ef, ef)) / b
-        g = torch.mul(e, 2.0 / b, out=self.g[:b])
-        if self.sparse:
-            gvals = torch.sparse.sampled_addmm(F, g, W_dec.t(), beta=0.0).values().view(b, k)
-        else:
-            gvals = torch.mm(g, W_dec.t()).gather(1, si)
-        gvals.mul_(tv > 0)
-        if self.sparse:
-            order_t = torch.argsort(flat, stable=True)
-            counts = torch.bincount(flat, minlength=m)
-            crow_t = self.crow_t
-            crow_t[1:].copy_(torch.cumsum(counts, 0))
-            rows_t = torch.index_select(self.rows32[: b * k], 0, order_t)
-            FT = self._csr(crow_t, rows_t, fv.view(-1).index_select(0, order_t), (m, b))
-            torch.addmm(g_W_dec, FT, g, beta=0.0, out=g_W_dec)
-            FT = self._csr(crow_t, rows_t, gvals.view(-1).index_select(0, order_t), (m, b))
-            torch.addmm(g_W_enc_T, FT, xc, beta=0.0, out=g_W_enc_T)
-        else:
-            torch.mm(F.t(), g, out=g_W_dec)
-            G = self.dense_g[:b].zero_().scatter_(1, si, gvals)
-            torch.mm(G.t(), xc, out=g_W_enc_T)
-        g_b_enc.zero_()
-        g_b_enc.index_add_(0, flat, gvals.view(-1))
-        aux = self._auxk(x, xc, pre, e, b) if self.cfg.aux_k_coefficient > 0 else 0.0
-        torch.sum(g, 0, out=g_b_dec)
-        g_b_dec.sub_(g_b_enc @ W_enc_T)
-        fired = torch.masked_select(flat, fv.view(-1) > 0)
-        self._mark_fired(fired)
-        l0 = float(fired.numel()) / b
-        return {"loss": mse + aux, "mse": mse, "l0": l0, "aux": aux}
-
-    def _auxk(self, x, xc, pre, e, b) -> float:
-        """AuxK on dead latents; adds its gradients in place. Cost grows with the dead count."""
-        dead = self._dead_latents()
-        if dead is None:
-            return 0.0
-        n_dead = dead.numel()
-        k_aux_full = max(self.d_in // 2, 1)
-        k_aux = min(k_aux_full, n_dead)
-        if self.openai:  # normalised by the residual's variance (e = -r), in this loss's units
-            r_var = float((e - e.mean(0)).pow(2).sum())
-            if not r_var > 0:
-                return 0.0
-            v = self.data_variance
-            v = float((x - x.mean(0)).pow(2).sum()) / b if v is None else v
-            coef = self.cfg.aux_k_coefficient * v * b / r_var
-        else:
-            coef = self.cfg.aux_k_coefficient * min(n_dead / k_aux_full, 1.0)
-        P = torch.index_select(pre, 1, dead)  # [b, n_dead]
-        if k_aux < n_dead:
-            av, ai = torch.topk(P, k_aux, dim=1, sorted=False)
-            A = torch.zeros_like(P).scatter_(1, ai, av)
-            sel = torch.zeros_like(P, dtype=torch.bool).scatter_(1, ai, True)
-        else:
-            A, sel = P, None
-        if self.openai:  # ReLU'd selection: unselected entries are 0 and stay out of the mask
-            sel = A > 0
-            A = A.clamp(min=0.0)
-        W_dec_dead = torch.index_select(self.W_dec, 0, dead)  # [n_dead, d]
-        diff = A @ W_dec_dead
-        diff += e  # e = x^ - x, so (e^ - (x - x^)) = e^ + e
-        aux = coef * float(torch.dot(diff.view(-1), diff.view(-1))) / b
-        g_aux = diff.mul_(2.0 * coef / b)
-        self.W_dec.grad.index_add_(0, dead, A.t() @ g_aux)
-        gA = g_aux @ W_dec_dead.t()
-        if sel is not None:
-            gA.mul_(sel)
-        self.W_enc_T.grad.index_add_(0, dead, gA.t() @ xc)
-        self.b_enc.grad.index_add_(0, dead, gA.sum(0))
-        return aux
-
-    def _step_jumprelu(self, x: torch.Tensor) -> dict[str, float]:
-        b = x.shape[0]
-        W_enc_T, b_enc, W_dec, b_dec = self.W_enc_T, self.b_enc, self.W_dec, self.b_dec
-        ste = self.arch == "jumprelu_ste"
-        xc = torch.sub(x, b_dec, out=self.xc[:b])
-        pre = self._mm(xc, self.W_enc_mm.t(), self.pre[:b], bias=b_enc)
-        mask = torch.gt(pre, self.threshold if ste else 0.0, out=self.mask[:b])  # float 0/1
-        f = torch.mul(pre, mask, out=self.f[:b])
-        recon = self._mm(f, self.W_decT_mm.t(), self.recon[:b], bias=b_dec)
-        e = torch.sub(recon, x, out=self.e[:b])
-        ef = e.view(-1)
-        mse = float(torch.dot(ef, ef)) / b
-        g = torch.mul(e, 2.0 / b, out=self.g[:b])
-        gf = self._mm(g, self.W_dec_mm.t(), self.gf[:b])
-        counts = torch.sum(mask, 0, out=self.counts)
-        l0 = float(counts.sum()) / b
-        if ste:
-            self._threshold_grad(pre, gf, b)
-            penalty = self.ste["l0_coefficient"] * l0
-        else:
-            l1 = self.cfg.l1_coefficient
-            penalty = l1 * float(f.sum()) / b
-            gf.add_(l1 / b)
-        self._mm(f.t(), g, W_dec.grad)
-        gpre = gf.mul_(mask)
-        self._mm(gpre.t(), xc, W_enc_T.grad)
-        torch.sum(gpre, 0, out=b_enc.grad)
-        torch.sum(g, 0, out=b_dec.grad)
-        b_dec.grad.sub_(b_enc.grad @ W_enc_T)
-        fired = counts > 0
-        self.last_fired.masked_fill_(fired, self.n_steps + 1)
-        self.fired_epoch |= fired
-        return {"loss": mse + penalty, "mse": mse, "l0": l0, "aux": penalty}
-
-    def _threshold_grad(self, pre: torch.Tensor, gf: torch.Tensor, b: int) -> None:
-        """:func:`ste_threshold_grad` into ``theta.grad`` in preallocated buffers; overwrites ``pre``."""
-        h, threshold = self.ste, self.threshold
-        eps = h["bandwidth"]
-        kmat = torch.sub(pre, threshold, out=self.kbuf[:b])
-        if h["kernel"] == "rectangle":
-            kmat.abs_()
-            torch.lt(kmat, 0.5 * eps, out=kmat)
-        else:
-            kmat.mul_(kmat).mul_(-0.5 / (eps * eps)).exp_().mul_(1.0 / math.sqrt(2.0 * math.pi))
-        ksum = kmat.sum(0)
-        kg = torch.mul(kmat, gf, out=pre).sum(0)
-        kg.mul_(threshold).add_(ksum, alpha=h["l0_coefficient"] / b).mul_(-1.0 / eps)
-        threshold.grad.copy_(kg)
-
     # ----- bookkeeping -------------------------------------------------------------------------
-    def _mark_fired(self, idx: torch.Tensor) -> None:  # TopK: ids of the latents that fired
+    def mark_fired(self, idx: torch.Tensor) -> None:
+        """Record that the latents with ids ``idx`` fired in this step."""
         self.last_fired.index_fill_(0, idx, self.n_steps + 1)
         self.fired_epoch.index_fill_(0, idx, True)
+
+    def mark_fired_mask(self, fired: torch.Tensor) -> None:
+        """Record that the latents where the bool ``fired [d_sae]`` is true fired in this step."""
+        self.last_fired.masked_fill_(fired, self.n_steps + 1)
+        self.fired_epoch |= fired
 
     def take_epoch_dead_fraction(self) -> float:
         """Fraction of latents that did not fire since the last call; resets the record."""
@@ -450,17 +218,18 @@ class FastSAETrainer:
     def training_space_sae(self) -> SAE:
         """The SAE as trained, for inputs multiplied by ``scale``."""
         sae = SAE(self.d_in, self.d_sae, self.arch, k=self.k)
-        for name in ("b_enc", "W_dec", "b_dec") + (("threshold",) if self.ste else ()):
+        for name in ("b_enc", "W_dec", "b_dec", *self.extra_params):
             getattr(sae, name).copy_(getattr(self, name))
         sae.W_enc.copy_(self.W_enc_T.t())
         return sae
 
     @torch.no_grad()
     def export(self, meta: dict[str, Any] | None = None) -> SAE:
-        """The raw-space SAE: ``s`` folded into ``b_enc``, ``b_dec`` and ``threshold``."""
+        """The raw-space SAE: ``s`` folded into ``b_enc``, ``b_dec`` and the trained per-latent
+        parameters (e.g. ``threshold``), all in pre-activation units."""
         sae = self.training_space_sae()
-        for p in (sae.b_enc, sae.b_dec) + ((sae.threshold,) if self.ste else ()):
-            p.div_(self.scale)
+        for name in ("b_enc", "b_dec", *self.extra_params):
+            getattr(sae, name).div_(self.scale)
         sae.meta.update(meta or {})
         return sae.eval()
 

@@ -1,29 +1,31 @@
 """Sparse autoencoders of the study: the model, and its SAELens 6 on-disk format.
 
-One class, :class:`SAE`, covers the three architectures of the book:
+One class, :class:`SAE`, covers every registered architecture; what differs between them lives
+in one module each under :mod:`lib.sae.architectures` (the registry by name):
 
-``topk``
+``topk`` (:mod:`lib.sae.architectures.topk`)
     keep the ``k`` largest pre-activations of each input, then ReLU them (SAELens 6 selects
     first and applies the ReLU to the selected values, so a selected negative pre-activation
     gives 0).
-``jumprelu``
+``jumprelu`` (:mod:`lib.sae.architectures.jumprelu`)
     the study's original JumpReLU: ``relu(pre) * (pre > threshold)`` with the threshold fixed at
     0 and trained with an L1 penalty, i.e. a ReLU SAE (the "threshold bug" of the study).
-``jumprelu_ste``
+``jumprelu_ste`` (:mod:`lib.sae.architectures.jumprelu_ste`)
     JumpReLU with a learned per-latent threshold (straight-through estimator and L0 penalty of
     Rajamanoharan et al. 2024). Same forward pass as ``jumprelu``; only training differs.
 
 Encode and decode are SAELens 6's, term for term::
 
     pre = (x - b_dec) @ W_enc + b_enc            # b_dec is subtracted when apply_b_dec_to_input
-    f   = topk-then-relu(pre)  |  relu(pre) * (pre > threshold)
+    f   = activation(pre)                        # the architecture's: topk-then-relu | jumprelu
     x^  = f @ W_dec + b_dec
 
 A folder written by :func:`save_sae` holds ``cfg.json`` and ``sae_weights.safetensors`` and loads
-with ``sae_lens.SAE.load_from_disk``; SAELens calls both JumpReLU kinds ``jumprelu`` and the
-study's own architecture name is kept in ``cfg.json`` under ``metadata.study_architecture``.
-:func:`load_sae` reads our folders and folders SAELens saved (``topk``, ``jumprelu``, and
-``standard`` ReLU SAEs, which are JumpReLU SAEs with a zero threshold).
+with ``sae_lens.SAE.load_from_disk``; the ``cfg.json`` architecture is the spec's SAELens name
+(SAELens calls both JumpReLU kinds ``jumprelu``) and the study's own architecture name is kept
+under ``metadata.study_architecture``. :func:`load_sae` reads our folders and folders SAELens
+saved in an architecture some spec reads (``topk``, ``jumprelu``, and ``standard`` ReLU SAEs,
+which are JumpReLU SAEs with a zero threshold).
 
 Every export takes raw activations: ``normalize_activations`` is ``none``, and the trainer's
 input scale is already folded into the weights. ``metadata.training_mean_norm`` (written by the
@@ -34,7 +36,8 @@ decoder rows and write ``rescale_acts_by_decoder_norm: true``, which for unit ro
 identity, so SAELens's ``sae.fold_W_dec_norm()`` works on them.
 
 The trainer lives in :mod:`lib.sae.trainer`, the grid stage of notebook 04 in
-:mod:`lib.sae.train_grid` and evaluation in :mod:`lib.sae.metrics`; this module imports none of them.
+:mod:`lib.sae.train_grid` and evaluation in :mod:`lib.sae.metrics`; this module imports none of
+them (the architectures' training steps are reached through their specs, by the trainer).
 """
 
 from __future__ import annotations
@@ -54,18 +57,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lib.core.runtime import temp_sibling, torch_threads, umask
-from lib.core.vocabulary import ARCHITECTURES
+from lib.sae.architectures import REGISTRY, default_for_saelens, get_spec, saelens_readable
+from lib.sae.architectures.spec import BASE_TENSORS, UNIT_ROW_ATOL, ArchitectureSpec, has_unit_rows
 
-# Our architecture name -> the one SAELens 6 knows.
-SAELENS_ARCHITECTURE = {"topk": "topk", "jumprelu": "jumprelu", "jumprelu_ste": "jumprelu"}
-# SAELens architectures load_sae can read (and the study architecture they become).
-LOADABLE_SAELENS = {"topk": "topk", "jumprelu": "jumprelu_ste", "standard": "jumprelu"}
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 METRICS_FILENAME = "metrics.json"
 FORMAT_VERSION = "6.0.0"  # the SAELens on-disk format written here
-#: decoder rows this close to norm 1 are unit rows (SAELens's decoder-norm rescaling is a no-op)
-UNIT_ROW_ATOL = 1e-5
 #: SAELens input normalisations: a fixed scalar (foldable given the scale) and per-input ones
 SCALAR_NORMALISATION = "expected_average_only_in"
 
@@ -83,17 +81,18 @@ def sae_lens_version() -> str:
 
 
 def check_architecture(architecture: str) -> str:
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture={architecture!r}; allowed: {list(ARCHITECTURES)}")
-    return architecture
+    """``architecture`` when it is registered (:mod:`lib.sae.architectures`); a ValueError else."""
+    return get_spec(architecture).name
 
 
 class SAE(nn.Module):
     """A sparse autoencoder in SAELens 6's parametrisation (see the module docstring).
 
     Parameters: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``,
-    ``b_dec [d_in]`` and, for both JumpReLU kinds, ``threshold [d_sae]``. ``meta`` is a free
-    dict of provenance (hook, layer, condition, training facts) written into ``cfg.json``.
+    ``b_dec [d_in]`` and the architecture's ``latent_params``, each ``[d_sae]`` (both JumpReLU
+    kinds: ``threshold``; ``threshold`` is None for an architecture without one). ``k`` is kept
+    for architectures that use it (``spec.uses_k``). ``meta`` is a free dict of provenance (hook,
+    layer, condition, training facts) written into ``cfg.json``.
     """
 
     def __init__(
@@ -107,12 +106,13 @@ class SAE(nn.Module):
         dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
-        self.architecture = check_architecture(architecture)
+        spec = get_spec(architecture)
+        self.architecture = spec.name
         if d_in < 1 or d_sae < 1:
             raise ValueError(f"d_in={d_in} and d_sae={d_sae} must be positive")
-        if architecture == "topk":
+        if spec.uses_k:
             if k is None or not 1 <= int(k) <= d_sae:
-                raise ValueError(f"a topk SAE needs 1 <= k <= d_sae={d_sae}; got k={k!r}")
+                raise ValueError(f"a {spec.name} SAE needs 1 <= k <= d_sae={d_sae}; got k={k!r}")
             k = int(k)
         else:
             k = None
@@ -128,12 +128,19 @@ class SAE(nn.Module):
         self.b_enc = param(d_sae)
         self.W_dec = param(d_sae, d_in)
         self.b_dec = param(d_in)
-        self.threshold = param(d_sae) if architecture != "topk" else None
+        self.threshold: nn.Parameter | None = None
+        for name in spec.latent_params:
+            setattr(self, name, param(d_sae))
 
     # ----- the two maps ------------------------------------------------------------------------
     @property
+    def spec(self) -> ArchitectureSpec:
+        """The architecture's spec (:mod:`lib.sae.architectures`)."""
+        return get_spec(self.architecture)
+
+    @property
     def saelens_architecture(self) -> str:
-        return SAELENS_ARCHITECTURE[self.architecture]
+        return self.spec.saelens_name
 
     def _check_input(self, x: torch.Tensor, width: int, what: str) -> None:
         if x.shape[-1] != width:
@@ -151,10 +158,8 @@ class SAE(nn.Module):
         return x @ self.W_enc + self.b_enc
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
-        if self.architecture == "topk":
-            vals, idx = torch.topk(pre, self.k, dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
-        return pre.relu() * (pre > self.threshold).to(pre.dtype)
+        """The architecture's activation of pre-activations ``[..., d_sae]``."""
+        return self.spec.activation(self, pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations ``[..., d_sae]`` of inputs ``[..., d_in]`` (raw activations)."""
@@ -188,27 +193,17 @@ class SAE(nn.Module):
             "reshape_activations": "none",
             "metadata": meta,
         }
-        if self.architecture == "topk":
-            cfg["k"] = self.k
-            # With unit-norm rows SAELens's rescaling is the identity, and writing true lets a
-            # user call sae.fold_W_dec_norm() (SAELens refuses it for a TopK SAE without it).
-            cfg["rescale_acts_by_decoder_norm"] = self.has_unit_decoder_rows()
+        cfg.update(self.spec.cfg_fields(self))
         return cfg
 
     def has_unit_decoder_rows(self, atol: float = UNIT_ROW_ATOL) -> bool:
         """Whether every row of ``W_dec`` has norm 1 within ``atol``."""
-        norms = torch.linalg.vector_norm(self.W_dec.detach().float(), dim=1)
-        return bool(((norms - 1.0).abs() <= atol).all())
+        return has_unit_rows(self.W_dec, atol)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Exactly the tensors SAELens loads (its loading is strict: nothing else)."""
-        out = {
-            name: getattr(self, name).detach().contiguous().cpu()
-            for name in ("W_enc", "b_enc", "W_dec", "b_dec")
-        }
-        if self.threshold is not None:
-            out["threshold"] = self.threshold.detach().contiguous().cpu()
-        return out
+        names = BASE_TENSORS + self.spec.latent_params
+        return {name: getattr(self, name).detach().contiguous().cpu() for name in names}
 
     def extra_repr(self) -> str:
         k = f", k={self.k}" if self.k is not None else ""
@@ -310,20 +305,21 @@ def load_sae(
     cfg_path = path / CFG_FILENAME
     meta = dict(cfg.get("metadata") or {})
     sl_arch = cfg["architecture"]
-    if sl_arch not in LOADABLE_SAELENS:
+    if sl_arch not in saelens_readable():
         raise SAEFormatError(
-            f"{cfg_path}: architecture={sl_arch!r} is not supported; allowed: {sorted(LOADABLE_SAELENS)}"
+            f"{cfg_path}: architecture={sl_arch!r} is not supported; allowed: {saelens_readable()}"
         )
     arch = (
-        meta.get("study_architecture") or cfg.get("study_architecture") or LOADABLE_SAELENS[sl_arch]
+        meta.get("study_architecture")
+        or cfg.get("study_architecture")
+        or default_for_saelens(sl_arch)
     )
-    if arch not in ARCHITECTURES or SAELENS_ARCHITECTURE[arch] != (
-        "jumprelu" if sl_arch == "standard" else sl_arch
-    ):
+    if arch not in REGISTRY or sl_arch not in REGISTRY[arch].reads:
         raise SAEFormatError(
             f"{cfg_path}: study_architecture={arch!r} does not fit architecture={sl_arch!r}; "
-            f"allowed: {list(ARCHITECTURES)}"
+            f"allowed: {[a for a, s in REGISTRY.items() if sl_arch in s.reads]}"
         )
+    spec = REGISTRY[arch]
     scale = _input_scale(cfg.get("normalize_activations", "none"), input_scale, cfg_path)
     if cfg.get("reshape_activations", "none") != "none":
         raise SAEFormatError(
@@ -334,12 +330,12 @@ def load_sae(
         raise SAEFormatError(
             f"{cfg_path}: the SAE has d_in={width} but the activations have width {d_in}"
         )
-    if sl_arch == "topk" and "k" not in cfg:
-        raise SAEFormatError(f"{cfg_path}: a topk SAE needs 'k' (SAELens would silently use 100)")
+    problem = spec.check_cfg(cfg)
+    if problem:
+        raise SAEFormatError(f"{cfg_path}: {problem}")
     t = _load_tensors(path)
     want = {"W_enc": (width, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, width), "b_dec": (width,)}
-    if sl_arch == "jumprelu":
-        want["threshold"] = (d_sae,)
+    want.update({name: (d_sae,) for name in spec.reads[sl_arch]})
     wpath = path / WEIGHTS_FILENAME
     if set(t) != set(want):
         raise SAEFormatError(
@@ -360,13 +356,7 @@ def load_sae(
     )
     W_enc, b_enc, W_dec = t["W_enc"].float(), t["b_enc"].float(), t["W_dec"].float()
     b_dec = t["b_dec"].float()
-    norms = W_dec.norm(dim=-1).clamp(min=1e-8)
-    if sl_arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
-        # SAELens multiplies pre-activations by the decoder row norms and divides the latents by
-        # them before decoding; folding the norms into the weights gives the same maps exactly
-        # (nothing to fold when the rows are unit norm already, as in our exports).
-        if not bool(((norms - 1.0).abs() <= UNIT_ROW_ATOL).all()):
-            W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
+    W_enc, b_enc, W_dec = spec.fold_loaded(cfg, W_enc, b_enc, W_dec)
     if scale is not None:
         W_enc, W_dec, b_dec = W_enc * scale, W_dec / scale, b_dec / scale
     with torch.no_grad():
@@ -374,8 +364,11 @@ def load_sae(
         sae.b_enc.copy_(b_enc)
         sae.W_dec.copy_(W_dec)
         sae.b_dec.copy_(b_dec)
-        if sae.threshold is not None and "threshold" in t:
-            sae.threshold.copy_(t["threshold"].float())
+        for (
+            name
+        ) in spec.latent_params:  # absent from the file: stays 0 (a standard SAE's threshold)
+            if name in t:
+                getattr(sae, name).copy_(t[name].float())
     if scale is not None:
         sae.meta["folded_input_scale"] = scale
     return sae.to(device).eval()

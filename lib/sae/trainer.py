@@ -21,10 +21,10 @@ Training recipe (study defaults in :class:`lib.core.config.SAEConfig`):
   through more reshuffled epochs; the last one is cut short); otherwise ``sae.epochs`` passes,
   the study's setting, under which a condition with a third of the data gets a third of the
   steps. Training ends with a check that the mean L0 has settled (:func:`l0_trend`).
-* Init: decoder rows random unit vectors, ``W_enc = c * W_dec^T`` (``c = 1`` for TopK,
-  ``d_in / d_sae`` for the JumpReLU kinds), ``b_enc = 0``, ``b_dec`` = mean training vector (in
+* Init: decoder rows random unit vectors, ``W_enc = c * W_dec^T`` (the architecture's gain:
+  ``c = 1`` for TopK, ``d_in / d_sae`` for the JumpReLU kinds), ``b_enc = 0``, ``b_dec`` = mean training vector (in
   training space).
-* The losses of each architecture: see :mod:`lib.sae.fused_step`.
+* The losses of each architecture: its module in :mod:`lib.sae.architectures`.
 """
 
 from __future__ import annotations
@@ -127,10 +127,10 @@ def train_sae(
 ) -> tuple[SAE, dict]:
     """Train one SAE on ``x`` ``[N, d_in]`` (float32, raw activations).
 
-    ``architecture`` is ``topk``, ``jumprelu`` (threshold 0, L1) or ``jumprelu_ste``; all other
-    settings come from ``sae_cfg``. The length is :func:`training_budget`: ``sae_cfg.steps``
-    optimiser steps when set (cycling through reshuffled epochs, the last one cut short), else
-    ``sae_cfg.epochs`` full passes; the ``steps``/``epochs`` arguments override both. The same
+    ``architecture`` is ``topk``, ``jumprelu`` (threshold 0, L1), ``jumprelu_ste`` or any other
+    registered in :mod:`lib.sae.architectures`; all other settings come from ``sae_cfg``. The
+    length is :func:`training_budget`: ``sae_cfg.steps`` optimiser steps when set (cycling
+    through reshuffled epochs, the last one cut short), else ``sae_cfg.epochs`` full passes; the ``steps``/``epochs`` arguments override both. The same
     seed and data give identical weights. ``device`` is where training runs (CPU by default; the
     CUDA path is tested only where a GPU is present). Returns ``(sae, history)``: the SAE takes
     raw activations (``sae.encode(x) -> [N, d_sae]``); ``history`` holds ``step_loss``/``step_l0``
@@ -139,7 +139,8 @@ def train_sae(
     no activation during that pass), ``steps``, ``budget``, ``epochs`` (passes, fractional when
     the last is cut short), ``seconds``, ``n_train``, ``scale``, ``training_mean_norm``,
     ``l0_change_last_10pct`` (:func:`l0_trend`), ``converged`` (that change within
-    :data:`L0_STABLE`; a :class:`NotConvergedWarning` otherwise) and the STE settings.
+    :data:`L0_STABLE`; a :class:`NotConvergedWarning` otherwise) and the architecture's own
+    training settings (``jumprelu_ste``: ``ste_training_space``).
     """
     check_architecture(architecture)
     x = check_training_input(x)
@@ -191,8 +192,7 @@ def train_sae(
             NotConvergedWarning,
             stacklevel=2,
         )
-    if trainer.ste is not None:
-        hist["ste_training_space"] = dict(trainer.ste)
+    hist.update(trainer.spec.history_facts(trainer))
     return sae, hist
 
 

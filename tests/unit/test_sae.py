@@ -13,13 +13,8 @@ import torch
 from lib.core.config import SAEConfig, SteConfig
 from lib.core.fileio import RunDirError
 from lib.core.rundir import init_run
-from lib.sae.fused_step import (
-    FastSAETrainer,
-    FusedAdam,
-    csr_supported,
-    kernel,
-    ste_threshold_grad,
-)
+from lib.sae.architectures.jumprelu_ste import ste_kernel, ste_threshold_grad
+from lib.sae.fused_step import FastSAETrainer, FusedAdam, csr_supported
 from lib.sae.model import SAE, SAEFormatError, is_complete, load_sae, read_metrics, save_sae
 from lib.sae.train_grid import heldout_mask
 from lib.sae.trainer import (
@@ -88,7 +83,7 @@ class _JumpSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         pre, th = ctx.saved_tensors
-        K = kernel((pre - th) / ctx.eps, ctx.kname)
+        K = ste_kernel((pre - th) / ctx.eps, ctx.kname)
         return g * (pre > th), (-(th / ctx.eps) * K * g).sum(0), None, None
 
 
@@ -102,7 +97,7 @@ class _StepSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         pre, th = ctx.saved_tensors
-        K = kernel((pre - th) / ctx.eps, ctx.kname)
+        K = ste_kernel((pre - th) / ctx.eps, ctx.kname)
         return None, (-(1.0 / ctx.eps) * K * g).sum(0), None, None
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib.core.config import SAEConfig, SteConfig
-from lib.sae.fused_step import ste_threshold_grad
+from lib.sae.architectures.jumprelu_ste import ste_threshold_grad
 from lib.sae.model import SAE, SAEFormatError, load_sae, save_sae
 from lib.sae.trainer import train_sae
 
