@@ -243,6 +243,7 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
     )
     if same and not progress_file.exists():
         write_input_embeddings(run, model, seqs, index["completions_sha256"])
+        write_prompt_last(run, model, tokenizer, seqs, layers, index["completions_sha256"])
         return index  # finished before
     done: set[int] = set(read_json(progress_file)["batches_done"]) if same else set()
     if not done:
@@ -285,6 +286,7 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
         for fh in handles.values():
             fh.close()
     write_input_embeddings(run, model, seqs, index["completions_sha256"])
+    write_prompt_last(run, model, tokenizer, seqs, layers, index["completions_sha256"])
     progress_file.unlink(missing_ok=True)
     return index
 
@@ -314,6 +316,41 @@ def write_input_embeddings(run: RunDir, model, seqs, completions_sha256: str) ->
         rows.append(emb(torch.tensor(toks, device=device)).float().mean(0).cpu())
     data = save({"mean": torch.stack(rows)}, {"completions_sha256": completions_sha256})
     atomic_write_bytes(path, data)
+
+
+@torch.inference_mode()
+def write_prompt_last(
+    run: RunDir, model, tokenizer, seqs, layers: list[int], completions_sha256: str, batch: int = 8
+) -> None:
+    """``activations/prompt_last.safetensors``: for every distinct prompt, the residual stream
+    after each captured layer at its last token (``L<i>`` [P, d]), and ``prompt_of`` [N], each
+    completion's prompt. Same-prompt sampling makes that vector the same for all completions of
+    a prompt: the input of the last-prompt-token probe (:mod:`lib.probing.prompt_probe`). One
+    forward pass per prompt, no completion token; written atomically, skipped when current."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    path = run.prompt_last
+    if path.exists():
+        try:
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("completions_sha256") == completions_sha256 and all(
+                    f"L{i}" in f.keys() for i in layers
+                ):
+                    return
+        except (OSError, ValueError, RuntimeError):
+            pass  # damaged: written again below
+    prompts = list(dict.fromkeys(tuple(ids[:n]) for ids, n in seqs))
+    where = {p: k for k, p in enumerate(prompts)}
+    out: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    for b in range(0, len(prompts), batch):
+        chunk = [(list(p), len(p)) for p in prompts[b : b + batch]]
+        acts = capture_batch(model, tokenizer, chunk, layers)
+        for i in layers:
+            out[i].append(acts[i]["last"])
+    tensors = {f"L{i}": torch.cat(v).contiguous() for i, v in out.items()}
+    tensors["prompt_of"] = torch.tensor([where[tuple(ids[:n])] for ids, n in seqs])
+    atomic_write_bytes(path, save(tensors, {"completions_sha256": completions_sha256}))
 
 
 def norm_table(run: RunDir) -> pd.DataFrame:

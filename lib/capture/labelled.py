@@ -102,6 +102,36 @@ def read_input_embeddings(run: RunDir) -> torch.Tensor | None:
         ) from None
 
 
+@dataclass
+class PromptLast:
+    """``activations/prompt_last.safetensors``: one vector per prompt and layer, and the prompt
+    of every completion (rows in the activation files' order)."""
+
+    vectors: dict[int, torch.Tensor]  # layer -> [P, d]
+    prompt_of: torch.Tensor  # [N] index into the P prompts
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.vectors)
+
+    def per_completion(self, layer: int) -> np.ndarray:
+        """``[N, d]``: every completion's prompt vector at ``layer`` (float32)."""
+        return self.vectors[layer].float().numpy()[self.prompt_of.numpy()]
+
+
+def read_prompt_last(run: RunDir) -> PromptLast:
+    """:class:`PromptLast` of ``activations/prompt_last.safetensors`` (written by notebook 03)."""
+    path = run.require(run.prompt_last, "03_activation_capture")
+    try:
+        data = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise RunDirError(
+            f"{path} is unreadable ({e}); delete it and rerun 03_activation_capture"
+        ) from None
+    vectors = {int(k[1:]): v for k, v in data.items() if k.startswith("L")}
+    return PromptLast(vectors, data["prompt_of"])
+
+
 def read_labels(run: RunDir, judge: str) -> dict[str, str]:
     """``id -> label`` of one judge (the last row wins if a judge labelled an id twice)."""
     run.require(run.labels, "02_classification")

@@ -96,6 +96,12 @@ class RunDir:
         return self.activations / "input_embeddings.safetensors"
 
     @property
+    def prompt_last(self) -> Path:
+        """Per prompt the residual stream at its last token, every captured layer, and each
+        completion's prompt (notebook 03; the last-prompt-token probe of notebook 11)."""
+        return self.activations / "prompt_last.safetensors"
+
+    @property
     def saes(self) -> Path:
         return self.root / "saes"
 

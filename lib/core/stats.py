@@ -92,6 +92,19 @@ def auroc(y: np.ndarray, scores: np.ndarray, w: np.ndarray | None = None):
     return float(out[0]) if w is None or np.ndim(w) == 1 else out
 
 
+def within_group_auroc(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """AUROC over (positive, negative) pairs of the same group only (ties count one half); NaN
+    when no group holds both classes."""
+    y, s, groups = np.asarray(y), np.asarray(scores, float), np.asarray(groups)
+    num = den = 0.0
+    for g in np.unique(groups):
+        m = groups == g
+        pos, neg = s[m & (y == 1)], s[m & (y == 0)]
+        num += (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+        den += len(pos) * len(neg)
+    return float(num / den) if den else float("nan")
+
+
 def recall_at_fpr(
     y: np.ndarray, scores: np.ndarray, fpr: float = FPR_LEVEL, w: np.ndarray | None = None
 ):

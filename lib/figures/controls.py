@@ -124,3 +124,39 @@ def plot_family_transfer(matrix: pd.DataFrame, model_label: str, layer: int, n_n
         "completions of a class. " + n_note,
     )
     return fig
+
+
+def plot_prompt_probe(table: pd.DataFrame, model_label: str, n_note: str = ""):
+    """The last-prompt-token probe per layer: AUROC under stratified folds beside the scenario
+    prior (its ceiling), on held-out families with its band, and within prompts (0.5)."""
+    x = table["layer"].to_numpy(int)
+    fig, ax = plt.subplots(figsize=(8.2, 4.2))
+    ax.axhline(0.5, color="#888888", lw=0.8, ls=":", label="chance")
+    ax.axhline(
+        table["prior"].iloc[0],
+        color="#c0392b",
+        lw=1.2,
+        ls="--",
+        label="scenario prior (stratified)",
+    )
+    ax.plot(x, table["stratified"], "o-", ms=3.5, color="#2c3e50", label="stratified folds")
+    ax.fill_between(
+        x, table["held_out_low"], table["held_out_high"], color="#2980b9", alpha=0.18, lw=0
+    )
+    ax.plot(x, table["held_out"], "s-", ms=3.5, color="#2980b9", label="held-out families")
+    ax.plot(x, table["within_scenario"], "_", ms=8, color="#7f8c8d", label="within a prompt")
+    ax.set_xlabel("layer (residual stream at the prompt's last token)")
+    ax.set_ylabel("AUROC, deceptive vs honest")
+    ax.set_ylim(0.3, 1.0)
+    ax.legend(fontsize=8, ncol=3, loc="upper left", frameon=False)
+    ax.set_title(title("A probe that cannot read the response", model_label), fontsize=10)
+    level = table["level"].iloc[0] if "level" in table and len(table) else 0.95
+    caption(
+        fig,
+        "Every completion of a prompt shares this vector, so the probe knows the prompt only: it "
+        "ties within a prompt, can at best learn each prompt's rate (the scenario prior) under "
+        "stratified folds, and on held-out families reads only what the wording predicts of a "
+        f"new situation's rate. Band: cluster bootstrap over families at {level:.1%} "
+        "(Bonferroni over layers). " + n_note,
+    )
+    return fig

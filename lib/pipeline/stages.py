@@ -14,8 +14,8 @@ notebook                 produces
 02_classification        a current label for every completion from every configured judge;
                          no more failed verdicts of the primary judge than
                          ``judge.max_failed_fraction`` (any failed verdict is still to do)
-03_activation_capture    ``activations/index.json`` over the run's completions, and every
-                         layer file sound with the right row counts
+03_activation_capture    ``activations/index.json`` over the run's completions, every layer
+                         file sound with the right row counts, and ``prompt_last.safetensors``
 04_sae_training          ``saes/<sae_id>/`` of its cell (or the whole grid), every seed, complete
                          and current (``training_fingerprint``)
 05_layer_profile_probing ``results/layer_profile.csv``, ``probe_controls.csv``, ``layer_tests.csv``,
@@ -26,7 +26,8 @@ notebook                 produces
                          ``results/k_sparse/<sae_id>.csv`` of its SAE (or every analysed SAE)
 09_steering              ``results/steering.csv``, ``latents.csv``, ``k_sparse.csv``
 10_cross_model           ``figures/layer_profiles_by_depth.png`` of its first run
-11_wording_controls      ``results/wording_controls.csv`` (runs of a version 2 scenario file)
+11_wording_controls      ``results/wording_controls.csv``, ``prompt_probe.csv`` (runs of a
+                         version 2 scenario file)
 =======================  ==================================================================
 
 Result CSVs are checked as files only (exist, parse, non-empty header): their columns belong to
@@ -257,12 +258,18 @@ def _check_activations(ins: Inspector, params: Params) -> Check:
         }
         if rows != {"last": n, "mean": n, "tokens": t}:
             return invalid(f"activations/{path.name} has rows {rows}, the index says {n} and {t}")
+    problem = safetensors_problem(run.prompt_last)
+    if problem:
+        return invalid(f"activations/{problem}")
+    shapes = safetensors_shapes(run.prompt_last)
+    if shapes.get("prompt_of", [-1])[:1] != [n]:
+        return invalid(f"activations/{run.prompt_last.name} does not cover the {n} completions")
     return OK
 
 
 def _activation_outputs(ins: Inspector, params: Params) -> list[Path]:
     run = ins.run
-    files = [run.activation_index]
+    files = [run.activation_index, run.prompt_last]
     if run.activation_index.exists():
         files += [run.activation_file(i) for i in read_json(run.activation_index).get("layers", [])]
     return files
@@ -442,6 +449,9 @@ STAGES: dict[str, Stage] = {
         unit="runs drawn",
     ),
     "11_wording_controls": _results(
-        "wording_controls.csv", needs=("03_activation_capture",), unit="layers controlled"
+        "wording_controls.csv",
+        "prompt_probe.csv",
+        needs=("03_activation_capture",),
+        unit="layers controlled",
     ),
 }

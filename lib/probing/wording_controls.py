@@ -54,6 +54,7 @@ from lib.core.runtime import blas_threads, progress
 from lib.core.scenarios import has_controls, load_scenarios  # noqa: F401 (notebook 11 asks)
 from lib.judging.judges import answer_word
 from lib.probing.probe import study_probe
+from lib.probing.prompt_probe import scenario_prior_scores, stratified_folds
 
 N_FOLDS = 5
 ALPHA = 0.05
@@ -292,20 +293,6 @@ def neutral_monitor(X, cs: ControlSet, y, both) -> dict[str, float]:
     }
 
 
-def scenario_prior_scores(scenario: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Out-of-fold scores that know only the scenario: its deception rate in the training folds
-    (the overall rate for a scenario the training folds lack). This is the best any feature that
-    is the same for every completion of a scenario can do, the last prompt token's activation
-    included (same-prompt sampling makes it identical within a scenario)."""
-    out = np.empty(len(y))
-    for k in np.unique(folds):
-        te, tr = folds == k, folds != k
-        base = y[tr].mean()
-        rates = {s: y[tr & (scenario == s)].mean() for s in np.unique(scenario[tr])}
-        out[te] = [rates.get(s, base) for s in scenario[te]]
-    return out
-
-
 def verdict(row: pd.Series) -> str:
     """``beyond the words`` / ``the words`` / ``inconclusive`` for one layer's row."""
     if all(row[f"{m}_low"] > 0.5 for m in BEYOND_WORDS):
@@ -427,18 +414,11 @@ def judge_agreement_table(run: RunDir, cfg: RunConfig) -> pd.DataFrame | None:
 
 
 def scenario_prior(cs: ControlSet, seed: int = 42) -> dict:
-    """AUROC of the scenario prior (:func:`scenario_prior_scores`) on the decisive completions of
-    the direct and swapped prompts, stratified 5-fold (the study's folds)."""
-    from sklearn.model_selection import StratifiedKFold
-
+    """AUROC of the scenario prior (:func:`lib.probing.prompt_probe.scenario_prior_scores`) on the
+    decisive completions of the direct and swapped prompts, stratified 5-fold (the study's folds)."""
     m = cs.mask(("direct", "swapped"), ("deceptive", "honest"))
     y = (cs.label[m] == "deceptive").astype(np.int64)
-    folds = np.zeros(len(y), dtype=np.int64)
-    if min(np.bincount(y, minlength=2)) >= N_FOLDS:
-        splitter = StratifiedKFold(N_FOLDS, shuffle=True, random_state=seed)
-        for k, (_, te) in enumerate(splitter.split(np.zeros(len(y)), y)):
-            folds[te] = k
-    s = scenario_prior_scores(cs.scenario[m], y, folds)
+    s = scenario_prior_scores(cs.scenario[m], y, stratified_folds(y, seed))
     return {
         "auroc": stats.auroc(y, s),
         "n": int(m.sum()),

@@ -131,13 +131,14 @@ def describe_profile(profile: pd.DataFrame, tests: pd.DataFrame, feature: str = 
             others = [x for x in pk["not_below"] if x != pk["layer"]]
             near = (
                 f"layer{'s' if len(others) > 1 else ''} {', '.join(str(x) for x in others)} "
-                f"{'are' if len(others) > 1 else 'is'} not significantly below it"
+                f"{'are' if len(others) > 1 else 'is'} not significantly below any other layer"
                 if others
                 else "every other layer is significantly below it"
             )
             out.append(
                 f"Under {what}, the {feature}-pooled probe peaks at layer {pk['layer']} ({value}); "
-                f"{near} (paired test, Holm), and it is the best layer in "
+                f"{near} (a confidence set for the best layer: all pairs of layers compared, "
+                "family-wise error 5%), and it is the best layer in "
                 f"{pk['argmax_share']:.0%} of bootstrap resamples."
             )
             if np.isfinite(pk.get("split_bal_acc", float("nan"))):

@@ -170,3 +170,30 @@ def test_corrupt_or_foreign_activation_files_are_refused(tmp_path, sampled_run):
     run.activation_index.write_text(json.dumps(index))
     with pytest.raises(RunDirError, match="belong to another run"):
         labelled_rows(run, cfg)
+
+
+def test_prompt_last_is_the_last_prompt_tokens_resid_post_shared_by_its_completions(
+    organism, sampled_run
+):
+    """``activations/prompt_last.safetensors``: one vector per prompt and layer, equal to the
+    hidden state after that layer at the prompt's last token, and every completion points at
+    its own prompt (the input of the last-prompt-token probe)."""
+    from lib.capture.labelled import read_prompt_last
+
+    model, tok = organism
+    _, run = sampled_run
+    rows = read_jsonl(run.completions)
+    pl = read_prompt_last(run)
+    assert pl.layers == list(range(8))
+    assert len(pl.prompt_of) == len(rows)
+    assert len(set(pl.prompt_of.tolist())) == len({r["scenario"] for r in rows})
+    for r in (0, len(rows) - 1):
+        ids, n_prompt = row_ids(tok, rows[r])
+        with torch.no_grad():
+            hs = model(input_ids=torch.tensor([ids[:n_prompt]]), output_hidden_states=True)
+        for layer in (0, 3, 6):
+            want = hs.hidden_states[layer + 1][0, -1]
+            got = pl.vectors[layer][pl.prompt_of[r]]
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    same = [i for i, x in enumerate(rows) if x["scenario"] == rows[0]["scenario"]]
+    assert len({int(pl.prompt_of[i]) for i in same}) == 1

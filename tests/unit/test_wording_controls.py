@@ -13,12 +13,8 @@ from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predi
 
 from lib.core import stats
 from lib.probing.probe import study_probe
-from lib.probing.wording_controls import (
-    ControlSet,
-    layer_controls,
-    scenario_prior_scores,
-    verdict,
-)
+from lib.probing.prompt_probe import scenario_prior_scores
+from lib.probing.wording_controls import ControlSet, layer_controls, verdict
 
 
 def planted(kind: str, seed: int = 0, per_prompt: int = 24, families: int = 12, d: int = 16):
