@@ -147,7 +147,8 @@ def plot_prompt_probe(table: pd.DataFrame, model_label: str, n_note: str = ""):
     ax.plot(x, table["within_scenario"], "_", ms=8, color="#7f8c8d", label="within a prompt")
     ax.set_xlabel("layer (residual stream at the prompt's last token)")
     ax.set_ylabel("AUROC, deceptive vs honest")
-    ax.set_ylim(0.3, 1.0)
+    low = np.nanmin(table["held_out_low"].to_numpy(float), initial=0.3)
+    ax.set_ylim(min(0.3, np.floor(10 * low) / 10), 1.0)
     ax.legend(fontsize=8, ncol=3, loc="upper left", frameon=False)
     ax.set_title(title("A probe that cannot read the response", model_label), fontsize=10)
     level = table["level"].iloc[0] if "level" in table and len(table) else 0.95
