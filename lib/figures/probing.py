@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
@@ -602,11 +601,3 @@ def plot_ste_vs_topk(ste, model_label, n=None):
         "Right: mean active latents (STE vs TopK) on the probe's own inputs.",
     )
     return fig
-
-
-def seed_table(probes: pd.DataFrame) -> pd.DataFrame:
-    """Per grid cell and CV mode: balanced accuracy of every seed, for a table beside a figure."""
-    g = probes[probes.sae_source == "grid"].dropna(subset=["bal_acc"])
-    return g.pivot_table(
-        index=["layer", "arch", "condition", "cv"], columns="seed_index", values="bal_acc"
-    ).round(3)

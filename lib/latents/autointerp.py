@@ -212,10 +212,6 @@ def autointerp_seed(run_seed: int, sae_id: str) -> int:
 
 
 # ----- the stage: label one SAE's report ----------------------------------------------------------
-class AutoInterpError(RuntimeError):
-    """Auto-interpretation cannot run (no client); the message says what to do."""
-
-
 def make_client(cfg, run) -> JSONClient:
     """The run's Gemini client for labelling, from ``lib.judging.gemini.make_json_client(cfg, run,
     model)`` (the judge's retries, cache and key handling behind ``generate_json``)."""

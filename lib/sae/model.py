@@ -50,13 +50,12 @@ from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lib.core.runtime import temp_sibling, torch_threads, umask
+from lib.core.runtime import temp_sibling, umask
 from lib.sae.architectures import REGISTRY, default_for_saelens, get_spec, saelens_readable
 from lib.sae.architectures.spec import BASE_TENSORS, UNIT_ROW_ATOL, ArchitectureSpec, has_unit_rows
 
@@ -416,18 +415,3 @@ def is_complete(path: Path | str) -> bool:
     """A folder with config, weights and metrics (written last) is a finished SAE."""
     path = Path(path)
     return all((path / f).exists() for f in (CFG_FILENAME, WEIGHTS_FILENAME, METRICS_FILENAME))
-
-
-# ----- encoding many vectors ---------------------------------------------------------------------
-def encode_rows(sae, X, batch: int = 1024) -> np.ndarray:
-    """``sae.encode`` of the rows of ``X`` ``[n, d_in]`` (array or tensor) as float32 numpy
-    ``[n, d_sae]``, in batches, single-threaded (the caller's workers own the cores)."""
-    params = list(sae.parameters()) if hasattr(sae, "parameters") else []
-    device = params[0].device if params else torch.device("cpu")
-    dtype = params[0].dtype if params else torch.float32
-    out = []
-    with torch.no_grad(), torch_threads(1):
-        for i in range(0, len(X), batch):
-            x = torch.as_tensor(np.asarray(X[i : i + batch]), dtype=dtype, device=device)
-            out.append(sae.encode(x).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

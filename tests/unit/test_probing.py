@@ -360,15 +360,18 @@ class StandInSAE(torch.nn.Module):
         return f @ self.W.T / self.d_sae
 
 
-def standin_train(x, architecture, sae_cfg, seed, progress=False):
-    """A 'trained' SAE: a random ReLU projection centred on its training data; records its input."""
-    g = torch.Generator().manual_seed(int(seed))
-    W = torch.randn(x.shape[1], x.shape[1] * sae_cfg.expansion_factor, generator=g)
-    standin_train.seen.append(x.clone())
-    return StandInSAE(W, -(x.mean(0) @ W)), {"seconds": 0.0, "epochs": sae_cfg.epochs}
+class StandInTrainer:
+    """``train_sae`` for the probing stage: a 'trained' SAE is a random ReLU projection centred on
+    its training data; every call's training vectors are kept in ``seen``."""
 
+    def __init__(self):
+        self.seen: list[torch.Tensor] = []
 
-standin_train.seen = []
+    def __call__(self, x, architecture, sae_cfg, seed, progress=False):
+        g = torch.Generator().manual_seed(int(seed))
+        W = torch.randn(x.shape[1], x.shape[1] * sae_cfg.expansion_factor, generator=g)
+        self.seen.append(x.clone())
+        return StandInSAE(W, -(x.mean(0) @ W)), {"seconds": 0.0, "epochs": sae_cfg.epochs}
 
 
 def standin_load(path):
@@ -376,9 +379,12 @@ def standin_load(path):
     return StandInSAE(t["W"], t["b"])
 
 
-def test_sae_probes_stage_with_stand_in(tmp_path):
+@pytest.fixture(scope="module")
+def sae_stage(tmp_path_factory):
+    """A synthetic run with 6 grid cells x 2 seeds of stand-in SAEs at layer 1 (one SAE missing),
+    through the SAE-probe stage once, with leakage SAEs for the first seed of every cell."""
     cfg, run = write_synthetic_run(
-        tmp_path,
+        tmp_path_factory.mktemp("sae_stage"),
         n_layers=2,
         n=150,
         signal=0.5,
@@ -392,81 +398,112 @@ def test_sae_probes_stage_with_stand_in(tmp_path):
     lp.layer_profile(run, cfg, progress=False)
     layer = dataset.read_layer(run, 1)
     missing_id = cfg.sae_id(1, "jumprelu", "honest_only", 1)
+    maker = StandInTrainer()
     for _, arch, cond in cfg.sae_grid():
         for i in range(2):
             sae_id = cfg.sae_id(1, arch, cond, i)
             if sae_id == missing_id:
                 continue  # one SAE missing: a note, not a crash
-            sae, _ = standin_train(layer.tokens, arch, cfg.sae, 10 * i)
+            sae, _ = maker(layer.tokens, arch, cfg.sae, 10 * i)
             path = run.sae_dir(sae_id)
             path.mkdir(parents=True)
             save_file(
                 {"W": sae.W.detach(), "b": sae.b.detach()}, str(path / "sae_weights.safetensors")
             )
-    standin_train.seen.clear()
-    df = sp.sae_probes(run, cfg, progress=False, train_sae=standin_train, load_sae=standin_load)
+    trainer = StandInTrainer()
+    df = sp.sae_probes(run, cfg, progress=False, train_sae=trainer, load_sae=standin_load)
+    return {"cfg": cfg, "run": run, "df": df, "trainer": trainer, "missing_id": missing_id}
+
+
+def test_sae_probes_have_a_row_per_cell_seed_and_cv_and_a_note_for_a_missing_sae(sae_stage):
+    cfg, run, df = sae_stage["cfg"], sae_stage["run"], sae_stage["df"]
     assert set(sp.SAE_COLUMNS) == set(pd.read_csv(run.results / "sae_probes.csv").columns)
     grid = df[df.sae_source == "grid"]
     assert len(grid) == 6 * 2 * 2  # cells x seeds x CV modes
     assert set(grid.sae_id) >= {cfg.sae_id(1, "topk", "mixed"), cfg.sae_id(1, "topk", "mixed", 1)}
-    assert grid[grid.sae_id == missing_id].note.str.contains("not found").all()
+    assert grid[grid.sae_id == sae_stage["missing_id"]].note.str.contains("not found").all()
     ok = grid[grid.note == ""]
     assert ok.input_l0.gt(1).all() and ok.inputs.eq("tokens").all()
     assert (ok[ok.cv == "scenario"].ci_method == "cluster").all()
     assert np.allclose(ok.delta, ok.bal_acc - ok.raw_bal_acc)
-    # the raw reference is the layer profile's mean-pooled probe at that layer
-    prof = lp.read_layer_profile(run)
-    raw = lp.profile_values(prof, "stratified", "mean").set_index("layer").value[1]
-    assert np.allclose(ok[ok.cv == "stratified"].raw_bal_acc, raw)
-    # verdicts: one per (cell, cv, source), over seeds, Holm within (cv, source, family)
+
+
+def test_the_raw_reference_is_the_layer_profiles_mean_pooled_probe(sae_stage):
+    run, df = sae_stage["run"], sae_stage["df"]
+    ok = df[(df.sae_source == "grid") & (df.note == "")]
+    raw = lp.profile_values(lp.read_layer_profile(run), "stratified", "mean")
+    assert np.allclose(ok[ok.cv == "stratified"].raw_bal_acc, raw.set_index("layer").value[1])
+
+
+def test_verdicts_are_one_per_cell_cv_and_source_over_seeds_with_holm_in_the_family(sae_stage):
+    cfg, run = sae_stage["cfg"], sae_stage["run"]
     verdicts = sv.read_sae_verdicts(run)
     g = verdicts[verdicts.sae_source == "grid"]
-    assert (
-        len(g) == 6 * 2
-        and (g.n_seeds[g.cell_id != cfg.sae_id(1, "jumprelu", "honest_only")] == 2).all()
-    )
-    assert (
-        g.dropna(subset=["p_value"]).p_holm >= g.dropna(subset=["p_value"]).p_value - 1e-12
-    ).all()
-    assert set(g.family) == {"study"} and set(g.verdict) <= {
-        "win",
-        "loss",
-        "inconclusive",
-        "untested",
-    }
-    wins = sv.sae_wins(verdicts)
-    w = wins[(wins.cv == "stratified") & (wins.sae_source == "grid")].iloc[0]
+    assert len(g) == 6 * 2
+    assert (g.n_seeds[g.cell_id != cfg.sae_id(1, "jumprelu", "honest_only")] == 2).all()
+    tested = g.dropna(subset=["p_value"])
+    assert (tested.p_holm >= tested.p_value - 1e-12).all()
+    assert set(g.family) == {"study"}
+    assert set(g.verdict) <= {"win", "loss", "inconclusive", "untested"}
+    w = sv.sae_wins(verdicts)
+    w = w[(w.cv == "stratified") & (w.sae_source == "grid")].iloc[0]
     assert w.wins + w.losses <= w.n_cells
-    # leakage-free: per cell a refit_all SAE, 5 stratified and 4 scenario fold SAEs (seed 0 only),
-    # and no fold SAE saw a completion of its test fold
+
+
+def test_one_fit_comparisons_are_descriptive_and_never_wins(sae_stage):
+    """The leakage check's SAEs have one seed per cell: their verdicts are descriptive."""
+    verdicts = sv.read_sae_verdicts(sae_stage["run"])
+    one = verdicts[verdicts.sae_source.isin(["refit_all", "per_fold"])].dropna(subset=["p_value"])
+    assert len(one) and (one.verdict == sv.DESCRIPTIVE).all()
+    assert (one.verdict_class == sv.DESCRIPTIVE).all()
+    leak = sv.read_sae_leakage(sae_stage["run"])
+    assert (leak.verdict == sv.DESCRIPTIVE).all()
+
+
+def test_no_fold_sae_saw_a_completion_of_its_test_fold(sae_stage):
+    """Per cell a refit_all SAE, 5 stratified and 4 scenario fold SAEs (seed 0 only)."""
+    cfg, run, seen = sae_stage["cfg"], sae_stage["run"], sae_stage["trainer"].seen
+    layer = dataset.read_layer(run, 1)
     lab = dataset.labelled_rows(run, cfg)
     owner_of = {
         tuple(v.tolist()): int(o) for v, o in zip(layer.tokens, layer.token_owner, strict=True)
     }
     row_to_pos = {int(r): i for i, r in enumerate(lab.rows)}
-    assert len(standin_train.seen) == 6 * (1 + 5 + 4)
+    assert len(seen) == 6 * (1 + 5 + 4)
     for cell in range(6):
-        xs = standin_train.seen[cell * 10 : cell * 10 + 10]
+        xs = seen[cell * 10 : cell * 10 + 10]
         for mode, fold_sets in (("stratified", xs[1:6]), ("scenario", xs[6:])):
             folds = probe.cv_folds(lab.y, lab.scenario, mode)
             for k, x in enumerate(fold_sets):
                 positions = {row_to_pos[owner_of[tuple(v.tolist())]] for v in x}
                 assert not positions & set(np.flatnonzero(folds == k)), (cell, mode, k)
-    leak = sv.read_sae_leakage(run)
+
+
+def test_leakage_has_a_row_per_cell_and_cv_with_its_interval(sae_stage):
+    leak = sv.read_sae_leakage(sae_stage["run"])
     assert len(leak) == 6 * 2 and (leak.budget == "1 epochs").all() and leak.leakage.notna().all()
     assert ((leak.leakage_ci_low <= leak.leakage) & (leak.leakage <= leak.leakage_ci_high)).all()
-    # cached: the second call trains nothing
-    standin_train.seen.clear()
-    sp.sae_probes(run, cfg, progress=False, train_sae=standin_train, load_sae=standin_load)
-    assert standin_train.seen == []
-    # probe.leakage_conditions limits the leakage SAEs to those conditions' cells (2 of 6 here)
+
+
+def test_a_second_call_reads_its_cache_and_trains_nothing(sae_stage):
+    cfg, run = sae_stage["cfg"], sae_stage["run"]
+    trainer = StandInTrainer()
+    sp.sae_probes(run, cfg, progress=False, train_sae=trainer, load_sae=standin_load)
+    assert trainer.seen == []
+
+
+def test_leakage_conditions_limit_the_leakage_saes_to_their_cells(sae_stage, tmp_path):
+    """``probe.leakage_conditions: [mixed]``: 2 of the 6 cells get leakage SAEs (on a copy)."""
+    import shutil
+
+    cfg = sae_stage["cfg"]
+    run = RunDir(shutil.copytree(sae_stage["run"].root, tmp_path / sae_stage["run"].root.name))
     only = cfg.model_copy(
         update={"probe": cfg.probe.model_copy(update={"leakage_conditions": ["mixed"]})}
     )
-    sp.sae_probes(
-        run, only, progress=False, train_sae=standin_train, load_sae=standin_load, force=True
-    )
-    assert len(standin_train.seen) == 2 * (1 + 5 + 4)
+    trainer = StandInTrainer()
+    sp.sae_probes(run, only, progress=False, train_sae=trainer, load_sae=standin_load, force=True)
+    assert len(trainer.seen) == 2 * (1 + 5 + 4)
     leak = sv.read_sae_leakage(run)
     assert len(leak) == 2 * 2 and set(leak.condition) == {"mixed"}
 
