@@ -6,7 +6,7 @@ no recomputation): every buffer is allocated once, Adam is PyTorch's fused kerne
 per step (:class:`FusedAdam`), and a TopK SAE touches the ``d_sae - k`` unselected latents only
 in the encoder matmul: its latents form a CSR sparse matrix, so decoding, the latent gradient (a
 sampled product) and both weight gradients are sparse products over the ``k`` chosen rows. The
-passes are checked against autograd in ``tests/unit/test_sae.py``; speed and quality against SAELens,
+passes are checked against autograd in ``tests/unit/test_sae_gradients.py``; speed and quality against SAELens,
 plain PyTorch and sparsify in ``tests/benchmarks/bench_sae_train.py``.
 
 Parameters carry the SAE's names (:class:`lib.sae.model.SAE`; ``W_enc_T`` is ``W_enc`` transposed,
