@@ -10,6 +10,7 @@ module                  concept
 ``matched_sparsity``    STE against TopK at matched L0: a TopK k sweep beside the STE SAEs
 ``probe``               the study's probe, its cross-validation, monitor thresholds
 ``prompt_probe``        the last prompt token's probe and the scenario prior: known answers
+``sae_controls``        the wording controls on SAE features
 ``sae_probes``          SAE probes against raw, per seed and without leakage
 ``sae_verdicts``        SAE vs raw and leakage verdicts across seeds
 ``solver``              the exact fast solver of the study's probe

@@ -184,3 +184,23 @@ def test_the_wording_controls_cover_every_layer_and_the_embeddings(book):
         assert df[col].between(0, 1).all() and (df[f"n_{col}"] > 0).all()
     assert (df["transfer_direct_to_swapped_low"] <= df["transfer_direct_to_swapped"]).all()
     assert (run.figures / "wording_controls.png").exists()
+
+
+def test_the_last_prompt_token_probe_ties_within_every_prompt_on_every_layer(book):
+    """The known answer of the last-prompt-token probe on a real model: every completion of a
+    prompt shares the vector, so within a prompt (one fold's probe) every pair ties."""
+    _, run = book
+    table = pd.read_csv(run.result("prompt_probe.csv"))
+    assert list(table["layer"]) == list(range(N_LAYERS))
+    assert (table["within_scenario"] == 0.5).all()
+    assert table["prior"].nunique() == 1 and table["prior"].between(0.5, 1).all()
+    assert (table["held_out_low"] <= table["held_out"]).all()
+    assert (run.figures / "prompt_probe.png").exists()
+
+
+def test_every_sae_of_the_grid_goes_through_the_wording_controls(book):
+    cfg, run = book
+    table = pd.read_csv(run.result("sae_wording_controls.csv"))
+    assert sorted(table["sae_id"]) == sorted(cfg.sae_id(*cell, 0) for cell in cfg.sae_grid())
+    assert set(table["verdict"]) <= {"beyond the words", "the words", "inconclusive"}
+    assert table["transfer_direct_to_swapped"].between(0, 1).all()
