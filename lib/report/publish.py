@@ -43,6 +43,7 @@ from lib.probing.sae_verdicts import read_sae_verdicts
 from lib.probing.ste_comparison import read_ste_comparison
 from lib.probing.wording_controls import describe as describe_controls
 from lib.report import facts as report
+from lib.report import power_text as pt
 from lib.report.summary import n_facts
 
 README = REPO_ROOT / "README.md"
@@ -322,9 +323,25 @@ def publish(config: str = "organism", run_name: str | None = None, notebooks: bo
     trainer = render_trainer_markdown(TRAINER_RESULTS.read_text())
     costs = TRAINER_FILE.read_text()
     atomic_write_text(TRAINER_FILE, replace_section(costs, trainer, TRAINER_BEGIN, TRAINER_END))
+    publish_power()
     where = target.relative_to(REPO_ROOT)
     print(f"published run {cfg.name!r}: {figures_dir}/ and its results section in {where}")
     return dest
+
+
+def publish_power() -> None:
+    """The simulation table into docs/method.md and its paragraph into the README."""
+    power = pt.read_power()
+    for path, body, begin, end in (
+        (
+            pt.POWER_TABLE_FILE,
+            pt.render_power_table(power),
+            pt.POWER_TABLE_BEGIN,
+            pt.POWER_TABLE_END,
+        ),
+        (README, pt.render_power_prose(power), pt.POWER_PROSE_BEGIN, pt.POWER_PROSE_END),
+    ):
+        atomic_write_text(path, replace_section(path.read_text(), body, begin, end))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,3 +133,17 @@ def test_the_book_time_is_the_last_whole_grid_that_ran_everything(tmp_path):
     ]
     append_jsonl(run.result("grid_runs.jsonl"), rows)
     assert whole_book_time(run)["seconds"] == 700
+
+
+def test_the_power_table_and_paragraph_equal_the_render_of_the_committed_simulation():
+    from lib.report import power_text as pt
+    from lib.report.publish import README
+
+    power = pt.read_power()
+    table = readme_section(
+        pt.POWER_TABLE_FILE.read_text(), pt.POWER_TABLE_BEGIN, pt.POWER_TABLE_END
+    )
+    assert table == pt.render_power_table(power)
+    prose = readme_section(README.read_text(), pt.POWER_PROSE_BEGIN, pt.POWER_PROSE_END)
+    assert prose == pt.render_power_prose(power)
+    assert table.count("\n") == len(power) + 1  # a header, a rule and one line per row
