@@ -117,7 +117,7 @@ check-book: $(STAMP)
 ## make perturbation: the organism book on a simulated other host (an x86 CPU without AVX2:
 ## torch's generic kernels, OpenBLAS's Sandy Bridge kernels, one thread per worker; each changes
 ## the floating-point results) -> data/runs-perturbed/default, then check-perturbation: checked by
-## tests/book like the first book, and every NBVAL_CHECK_OUTPUT cell its grid executed must print
+## tests/book like the first book, and every nbval-check-output cell its grid executed must print
 ## what the first book's printed (the first book's nbval has compared those cells with the stored
 ## notebooks)
 OTHER_HOST := OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default OPENBLAS_CORETYPE=Sandybridge
