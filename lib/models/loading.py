@@ -87,7 +87,7 @@ def load_model_path(model: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    if batch_mode():  # a stored notebook keeps only the first frame of the bar ("0/75")
+    if batch_mode():  # papermill stores only the bar's first frame ("0/75"), a log its \r frames
         hf_logging.disable_progress_bar()
     path = resolve_model_path(model)
     check_weight_files(path, model)

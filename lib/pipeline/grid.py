@@ -135,7 +135,7 @@ def run_grid(
             on_result,
         )
         submit, shutdown = executor(workers, dask)
-        quiet = not progress or batch_mode()  # batch logs: the per-notebook lines suffice
+        quiet = not progress or batch_mode()  # logs (stderr no terminal): the per-notebook lines
         bar = tqdm(total=len(cells), desc=f"grid {cfg.name}", unit="notebook", disable=quiet)
         try:
             return session.run_cells(submit, dask, bar)
