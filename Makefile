@@ -158,12 +158,18 @@ bench: $(STAMP)
 
 ## make lab: JupyterLab at the repository root (notebooks/, data/runs/, figures/); as root too
 # (no "official Jupyter news?" pop-up on every page: the announcements plugin is off in .venv, and
-# nothing is fetched from the news feed or the update check)
+# nothing is fetched from the news feed or the update check). Checkpoints go to $(LAB_CHECKPOINTS)
+# (git-ignored), each at its notebook's path, never into .ipynb_checkpoints/ of a run or notebooks/
+# (the server imports that class from this checkout: PYTHONPATH)
+LAB_CHECKPOINTS := $(CURDIR)/.cache/lab-checkpoints
 lab: $(STAMP)
 	@for verb in disable lock; do $(VENV)/bin/jupyter labextension $$verb --level=sys_prefix \
 		@jupyterlab/apputils-extension:announcements >/dev/null 2>&1 || true; done
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.news_url=None \
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(VENV)/bin/jupyter lab \
+		--ServerApp.root_dir=$(CURDIR) --LabApp.news_url=None \
 		--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+		--ContentsManager.checkpoints_class=lib.pipeline.lab_checkpoints.MirroredCheckpoints \
+		--MirroredCheckpoints.checkpoint_dir=$(LAB_CHECKPOINTS) \
 		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 ## make lint: formatting and lint of lib and tests, and mypy --strict on the modules every stage
