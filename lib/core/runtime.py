@@ -147,6 +147,16 @@ def batch_mode() -> bool:
         return True
 
 
+def library_bars_follow_batch_mode() -> None:
+    """Switch transformers' and huggingface_hub's own bars ("Loading weights", "Writing model
+    shards") off where :func:`batch_mode` holds: papermill would store a widget's first frame, a
+    log one carriage-return frame per refresh. Call it before loading or saving a model."""
+    if batch_mode():
+        from transformers.utils import logging as hf_logging  # lazy: only where models load
+
+        hf_logging.disable_progress_bar()
+
+
 class LogProgress:
     """A progress bar for batch runs: a line when a quarter of the way is passed and at the end.
 

@@ -29,6 +29,7 @@ import yaml
 
 from lib.core.config import REPO_ROOT
 from lib.core.fileio import read_jsonl
+from lib.core.runtime import library_bars_follow_batch_mode
 from lib.core.runtime import progress as progress_bar
 from lib.core.scenarios import load_scenarios
 
@@ -227,6 +228,7 @@ def build_organism(
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    library_bars_follow_batch_mode()  # "Writing model shards"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     manifest = {

@@ -105,3 +105,19 @@ def _read(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # a pty's leader reads EIO once its follower is closed and drained
         return b""
+
+
+def test_building_the_organism_into_a_log_writes_no_bar_frames(tmp_path):
+    """stderr sent to a log file: transformers' "Writing model shards" bar is off and the
+    training bar is log lines on stdout, so the log holds no carriage-return frames."""
+    code = (
+        "from lib.models.organism import build_organism; "
+        f"build_organism({str(tmp_path / 'o')!r}, steps=4, progress=True)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DECEPTION_SAES_BATCH"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "\r" not in done.stdout + done.stderr and "Writing model shards" not in done.stderr
+    assert done.stdout.splitlines()[-1].startswith("training the organism: 4/4 done")
