@@ -218,36 +218,6 @@ def plot_label_geometry(
 
 
 # ---- SAEs (04) ---------------------------------------------------------------------------------
-def plot_sae_training(history: dict, model_label: str, arch: str, name: str = ""):
-    """Training curves of one SAE against optimiser steps: the loss per step (faint) and per pass
-    over the data, L0 and the share of latents silent during a pass.
-
-    ``history``: the ``history`` of a ``metrics.json`` (per pass, ``epoch_step`` = the step it
-    ended at) plus ``step_loss`` from ``history.json``.
-    """
-    colour = ARCH_COLOURS.get(arch, "#555555")
-    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.3))
-    n_pass = len(history["epoch_loss"])
-    ends = np.asarray(history.get("epoch_step") or np.arange(1, n_pass + 1))
-    steps = history.get("step_loss") or []
-    if steps:
-        axes[0].plot(
-            np.arange(1, len(steps) + 1), steps, color=colour, alpha=0.35, lw=0.8, label="step"
-        )
-    axes[0].plot(ends, history["epoch_loss"], "-o", color=colour, ms=3, label="pass mean")
-    axes[0].set(ylabel="training loss", yscale="log", title="loss")
-    axes[0].legend()
-    axes[1].plot(ends, history["epoch_l0"], "-o", color=colour, ms=3)
-    axes[1].set(ylabel="mean active latents", title="L0")
-    axes[2].plot(ends, np.asarray(history["epoch_dead_fraction"]) * 100, "-o", color=colour, ms=3)
-    axes[2].set(ylabel="% latents silent during the pass", title="dead latents", ylim=(-2, 102))
-    for ax in axes:
-        ax.set_xlabel("optimiser step")
-    label = f"{ARCH_LABELS.get(arch, arch)} SAE training" + (f" ({name})" if name else "")
-    fig.suptitle(title(label, model_label))
-    return fig
-
-
 CONDITION_LINES = {"mixed": "-", "deceptive_only": "--", "honest_only": ":"}
 
 
