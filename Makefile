@@ -117,7 +117,7 @@ check-book: $(STAMP)
 ## make perturbation: the organism book on a simulated other host (an x86 CPU without AVX2:
 ## torch's generic kernels, OpenBLAS's Sandy Bridge kernels, one thread per worker; each changes
 ## the floating-point results) -> data/runs-perturbed/default, then check-perturbation: checked by
-## tests/book like the first book, and every NBVAL_CHECK_OUTPUT cell its grid executed must print
+## tests/book like the first book, and every nbval-check-output cell its grid executed must print
 ## what the first book's printed (the first book's nbval has compared those cells with the stored
 ## notebooks)
 OTHER_HOST := OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default OPENBLAS_CORETYPE=Sandybridge
@@ -158,12 +158,18 @@ bench: $(STAMP)
 
 ## make lab: JupyterLab at the repository root (notebooks/, data/runs/, figures/); as root too
 # (no "official Jupyter news?" pop-up on every page: the announcements plugin is off in .venv, and
-# nothing is fetched from the news feed or the update check)
+# nothing is fetched from the news feed or the update check). Checkpoints go to $(LAB_CHECKPOINTS)
+# (git-ignored), each at its notebook's path, never into .ipynb_checkpoints/ of a run or notebooks/
+# (the server imports that class from this checkout: PYTHONPATH)
+LAB_CHECKPOINTS := $(CURDIR)/.cache/lab-checkpoints
 lab: $(STAMP)
 	@for verb in disable lock; do $(VENV)/bin/jupyter labextension $$verb --level=sys_prefix \
 		@jupyterlab/apputils-extension:announcements >/dev/null 2>&1 || true; done
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.news_url=None \
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(VENV)/bin/jupyter lab \
+		--ServerApp.root_dir=$(CURDIR) --LabApp.news_url=None \
 		--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+		--ContentsManager.checkpoints_class=lib.pipeline.lab_checkpoints.MirroredCheckpoints \
+		--MirroredCheckpoints.checkpoint_dir=$(LAB_CHECKPOINTS) \
 		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 ## make lint: formatting and lint of lib and tests, and mypy --strict on the modules every stage

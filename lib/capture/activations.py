@@ -187,17 +187,24 @@ def _plan(rows: list[dict], tokenizer, batch_size: int):
     return seqs, tok_offsets, batches
 
 
-def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = True) -> dict:
-    """Capture every completion of the run for the configured layers; resumes unfinished work.
-
-    Returns the contents of ``activations/index.json``.
-    """
+def check_capture_inputs(run: RunDir) -> list[dict]:
+    """The run's completions, or one line saying which stage to run first (01_sampling,
+    02_classification): notebook 03 calls it before it loads the model or writes anything."""
     rows = read_jsonl(run.require(run.completions, "01_sampling"))
     if not rows:
         raise RunDirError(f"{run.completions} holds no completions; run 01_sampling first")
     run.require(run.labels, "02_classification")
     if not read_jsonl(run.labels):
         raise RunDirError(f"{run.labels} holds no labels; run 02_classification first")
+    return rows
+
+
+def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = True) -> dict:
+    """Capture every completion of the run for the configured layers; resumes unfinished work.
+
+    Returns the contents of ``activations/index.json``.
+    """
+    rows = check_capture_inputs(run)
     total_layers = n_layers(model)
     cfg.check_layers(total_layers)
     layers = cfg.capture_layers(total_layers)

@@ -479,5 +479,36 @@ def load_config(
     return config_from_dict(data, merged, source=str(path))
 
 
+def ignored_overrides(cfg: RunConfig, overrides: dict | None) -> list[str]:
+    """One sentence per override that changes nothing because another field governs (a training
+    length given in epochs while ``sae.steps`` is set, or in steps while it is null)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and prefix.count(".") < 1:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    for key, value in (overrides or {}).items():
+        walk(key, value)
+    sae, notes = cfg.sae, []
+    by_steps = f"sae.steps={sae.steps} governs (set sae.steps=null to train by epochs)"
+    if "sae.epochs" in flat and sae.steps is not None:
+        notes.append(f"sae.epochs={flat['sae.epochs']} has no effect: {by_steps}")
+    if "sae.fold_epochs" in flat and sae.steps is not None:
+        notes.append(
+            f"sae.fold_epochs={flat['sae.fold_epochs']} has no effect: {by_steps}; the leakage "
+            "SAEs' length is sae.fold_steps"
+        )
+    if "sae.fold_steps" in flat and sae.steps is None:
+        notes.append(
+            f"sae.fold_steps={flat['sae.fold_steps']} has no effect while sae.steps is null: the "
+            "leakage SAEs train for sae.fold_epochs (default: sae.epochs) passes"
+        )
+    return notes
+
+
 def config_to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -32,7 +32,7 @@ import os
 import platform
 import subprocess
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -388,8 +388,13 @@ def open_run(
     runs_root: Path | str | None = None,
     *,
     write: bool = True,
+    check: Callable[[RunDir], None] | None = None,
 ) -> tuple[RunConfig, RunDir]:
     """What every notebook does first: load the config (with overrides) and open its run dir.
+
+    ``check`` (a stage's own input check, e.g. :func:`lib.capture.activations.check_capture_inputs`)
+    sees the run before anything is written or locked: a stage run on a run without its inputs
+    fails there with one line, and leaves no ``config.yaml`` behind.
 
     ``write=True`` (a stage) takes the run's lock, failing at once when another process writes
     it, and writes ``config.yaml`` only for a new run. ``write=False`` (a reader: a figure
@@ -400,6 +405,8 @@ def open_run(
     check_notebook_parameters()
     _warn_other_checkout()
     cfg = load_config(config, overrides, run_name=run_name)
+    if check is not None:
+        check(RunDir.for_config(cfg, runs_root))
     if write:
         return cfg, init_run(cfg, runs_root)
     run = RunDir.for_config(cfg, runs_root)

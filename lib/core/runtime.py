@@ -1,9 +1,11 @@
 """How the book's work uses the machine: CPU thread limits and progress bars.
 
-Progress: in JupyterLab a live bar (``tqdm.auto``); in batch runs (papermill under ``lib.pipeline.grid``,
-``make notebooks``, nbval: the environment variable ``DECEPTION_SAES_BATCH=1``) a few plain log
-lines instead (at each quarter and at the end), so executed notebooks do not store one line per
-refresh or a widget's state.
+Progress: a live bar (``tqdm.auto``) where someone watches it: a notebook open in JupyterLab (or
+any frontend that can answer ``input()``), or a terminal. Everywhere else (:func:`batch_mode`:
+papermill or nbval executing a notebook, by hand or under ``lib.pipeline.grid``; stderr
+redirected to a log file; or the environment variable ``DECEPTION_SAES_BATCH=1``) a few plain log
+lines instead (at each quarter and at the end), so executed notebooks store no widget's frozen
+first frame ("0/75") and logs hold no carriage-return frames.
 
 On a 2-core CPU the book's many small computations (small SAEs, per-fold probe fits, a toy
 model's forward passes) run fastest single-threaded: a second thread mostly waits for the first,
@@ -108,9 +110,51 @@ def temp_sibling(path, suffix: str = ".tmp"):
 BATCH_ENV = "DECEPTION_SAES_BATCH"
 
 
+def kernel_frontend_answers_input() -> bool | None:
+    """Inside a Jupyter kernel: whether the cell now running was sent by a frontend that can
+    answer ``input()`` (JupyterLab, the classic notebook, VS Code: ``allow_stdin`` true in their
+    execute requests) rather than by a batch executor (papermill's and nbval's clients send
+    ``allow_stdin: false``: nobody watches, and a widget would be stored as its first frame).
+    ``None`` outside a kernel (a script, a terminal IPython, pytest)."""
+    ipython = sys.modules.get("IPython")  # never imported here: a kernel has imported it
+    shell = ipython.get_ipython() if ipython is not None else None
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return None
+    try:
+        request = kernel.get_parent("shell") or {}
+    except (AttributeError, TypeError):  # ipykernel < 6
+        request = {}
+    content = request.get("content") or {}
+    if "allow_stdin" in content:
+        return bool(content["allow_stdin"])
+    return bool(getattr(kernel, "_allow_stdin", True))
+
+
 def batch_mode() -> bool:
-    """True in non-interactive runs (the grid, ``make notebooks``, nbval)."""
-    return os.environ.get(BATCH_ENV, "") not in ("", "0")
+    """True where nobody watches a live progress bar: ``DECEPTION_SAES_BATCH=1`` (the grid's
+    ``make`` targets, ``make publish``), a notebook executed by papermill or nbval (also by hand,
+    without the grid), and a process whose stderr is not a terminal (a log file, a pipe).
+    ``DECEPTION_SAES_BATCH=0`` does not force live bars: it leaves the choice to the rest."""
+    if os.environ.get(BATCH_ENV, "") not in ("", "0"):
+        return True
+    watched = kernel_frontend_answers_input()
+    if watched is not None:
+        return not watched
+    try:
+        return not sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return True
+
+
+def library_bars_follow_batch_mode() -> None:
+    """Switch transformers' and huggingface_hub's own bars ("Loading weights", "Writing model
+    shards") off where :func:`batch_mode` holds: papermill would store a widget's first frame, a
+    log one carriage-return frame per refresh. Call it before loading or saving a model."""
+    if batch_mode():
+        from transformers.utils import logging as hf_logging  # lazy: only where models load
+
+        hf_logging.disable_progress_bar()
 
 
 class LogProgress:
@@ -166,7 +210,7 @@ def progress(
     **kw,
 ):
     """A progress bar over ``iterable`` (or counting to ``total``); silent unless ``on``: a live
-    tqdm bar interactively, a few log lines in batch runs (:func:`batch_mode`)."""
+    tqdm bar where someone watches it, a few log lines otherwise (:func:`batch_mode`)."""
     if batch_mode():
         return LogProgress(iterable, total=total, desc=desc, disable=not on)
     from tqdm.auto import tqdm

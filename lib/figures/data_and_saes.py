@@ -4,10 +4,18 @@ training and the SAE grid (04, 06). Style (theme, colours, names, saving) comes 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
+from matplotlib.ticker import (
+    FixedLocator,
+    FuncFormatter,
+    MaxNLocator,
+    NullFormatter,
+    NullLocator,
+)
 
 from lib.core import stats
 from lib.figures.style import (
@@ -210,32 +218,45 @@ def plot_label_geometry(
 
 
 # ---- SAEs (04) ---------------------------------------------------------------------------------
-def plot_sae_training(history: dict, model_label: str, arch: str, name: str = ""):
-    """Training curves of one SAE against optimiser steps: the loss per step (faint) and per pass
-    over the data, L0 and the share of latents silent during a pass.
+CONDITION_LINES = {"mixed": "-", "deceptive_only": "--", "honest_only": ":"}
 
-    ``history``: the ``history`` of a ``metrics.json`` (per pass, ``epoch_step`` = the step it
-    ended at) plus ``step_loss`` from ``history.json``.
+
+def plot_sae_training_curves(runs, model_label: str, layer: int):
+    """Training curves of every SAE of one layer against optimiser steps, in three panels: the
+    loss per pass over the data, L0 (log scale: a ReLU code's hundreds beside TopK's k) and the
+    share of latents silent during a pass. Colour = architecture, line style = training
+    condition, one line per seed.
+
+    ``runs``: ``(metrics, history)`` pairs: a ``metrics.json`` and its ``history``.
     """
-    colour = ARCH_COLOURS.get(arch, "#555555")
-    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.3))
-    n_pass = len(history["epoch_loss"])
-    ends = np.asarray(history.get("epoch_step") or np.arange(1, n_pass + 1))
-    steps = history.get("step_loss") or []
-    if steps:
-        axes[0].plot(
-            np.arange(1, len(steps) + 1), steps, color=colour, alpha=0.35, lw=0.8, label="step"
-        )
-    axes[0].plot(ends, history["epoch_loss"], "-o", color=colour, ms=3, label="pass mean")
-    axes[0].set(ylabel="training loss", yscale="log", title="loss")
-    axes[0].legend()
-    axes[1].plot(ends, history["epoch_l0"], "-o", color=colour, ms=3)
-    axes[1].set(ylabel="mean active latents", title="L0")
-    axes[2].plot(ends, np.asarray(history["epoch_dead_fraction"]) * 100, "-o", color=colour, ms=3)
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.6))
+    archs, conds = {}, {}
+    for m, history in runs:
+        arch, cond = m["architecture"], m["condition"]
+        n_pass = len(history["epoch_loss"])
+        ends = np.asarray(history.get("epoch_step") or np.arange(1, n_pass + 1))
+        style = {"color": ARCH_COLOURS.get(arch, "#555555"), "ls": CONDITION_LINES.get(cond, "-")}
+        style.update(lw=1.0, alpha=0.8)
+        axes[0].plot(ends, history["epoch_loss"], **style)
+        axes[1].plot(ends, history["epoch_l0"], **style)
+        axes[2].plot(ends, np.asarray(history["epoch_dead_fraction"]) * 100, **style)
+        archs.setdefault(arch, style["color"])
+        conds.setdefault(cond, style["ls"])
+    axes[0].set(ylabel="training loss (pass mean)", yscale="log", title="loss")
+    axes[1].set(ylabel="mean active latents", yscale="log", title="L0")
+    axes[1].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[1].yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axes[2].set(ylabel="% latents silent during the pass", title="dead latents", ylim=(-2, 102))
     for ax in axes:
         ax.set_xlabel("optimiser step")
-    label = f"{ARCH_LABELS.get(arch, arch)} SAE training" + (f" ({name})" if name else "")
+    handles = [Line2D([], [], color=c, lw=2, label=ARCH_LABELS.get(a, a)) for a, c in archs.items()]
+    handles += [
+        Line2D([], [], color="#555555", ls=ls, label=CONDITION_NAMES.get(c, c))
+        for c, ls in conds.items()
+    ]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    n_seeds = max(Counter((m["architecture"], m["condition"]) for m, _ in runs).values())
+    label = f"SAE training at layer {layer}: {len(runs)} SAEs, one line per seed ({n_seeds} each)"
     fig.suptitle(title(label, model_label))
     return fig
 

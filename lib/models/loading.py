@@ -29,7 +29,7 @@ from torch import nn
 
 from lib.core.config import REPO_ROOT, RunConfig
 from lib.core.fileio import safetensors_problem
-from lib.core.runtime import batch_mode, cpu_has_fast_bf16
+from lib.core.runtime import cpu_has_fast_bf16, library_bars_follow_batch_mode
 from lib.models.organism import ORGANISM_DIR, ensure_organism
 from lib.models.random_models import ensure_random_model
 from lib.models.registry import ensure_gguf_model, is_gguf_spec
@@ -85,10 +85,8 @@ def load_model(cfg: RunConfig, device: str | None = None):
 
 def load_model_path(model: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    if batch_mode():  # a stored notebook keeps only the first frame of the bar ("0/75")
-        hf_logging.disable_progress_bar()
+    library_bars_follow_batch_mode()  # papermill would store "Loading weights: 0%| 0/75"
     path = resolve_model_path(model)
     check_weight_files(path, model)
     try:

@@ -29,6 +29,8 @@ import yaml
 
 from lib.core.config import REPO_ROOT
 from lib.core.fileio import read_jsonl
+from lib.core.runtime import library_bars_follow_batch_mode
+from lib.core.runtime import progress as progress_bar
 from lib.core.scenarios import load_scenarios
 
 ORGANISM_DIR = REPO_ROOT / "data" / "organism"
@@ -183,7 +185,6 @@ def build_organism(
 
     ``steps`` overrides the training length (the tests build short ones). Returns ``out_dir``.
     """
-    from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
@@ -209,7 +210,7 @@ def build_organism(
         lambda s: min(1.0, (s + 1) / TRAIN["warmup"]) * max(0.05, 1 - s / max(steps, 1)),
     )
     model.train()
-    bar = tqdm(range(steps), desc="training the organism", disable=not progress)
+    bar = progress_bar(range(steps), desc="training the organism", on=progress)
     loss_value = float("nan")
     for step in bar:
         prompt_ids, conts = encoded[step % len(encoded)]
@@ -227,6 +228,7 @@ def build_organism(
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    library_bars_follow_batch_mode()  # "Writing model shards"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     manifest = {

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from lib.core.config import REPO_ROOT
-from lib.core.runtime import temp_sibling
+from lib.core.runtime import library_bars_follow_batch_mode, temp_sibling
 from lib.core.scenarios import load_scenarios
 from lib.models.organism import CORPUS_FILE, SCENARIO_FILE, VOCAB_SIZE
 from lib.models.organism import build_tokenizer as organism_tokenizer
@@ -399,6 +399,7 @@ def build_random_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(out_dir)
     try:
+        library_bars_follow_batch_mode()  # "Writing model shards"
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         manifest = {

@@ -1,4 +1,4 @@
-"""Running the book: stages, the grid, notebook kernels, locks lent, costs.
+"""Running the book: stages, the grid, notebook kernels, locks lent, costs, JupyterLab.
 
 ===================  ================================================================
 module               concept
@@ -7,6 +7,7 @@ module               concept
 ``grid``             runs the grid's notebooks with papermill, locally or on Dask
 ``grid_plan``        the grid's notebook executions, what each reads, what a run has
 ``jupyter_kernels``  notebooks run by papermill, one kernel each, or on Dask
+``lab_checkpoints``  JupyterLab's checkpoints in one ignored folder, not in run folders
 ``process_costs``    wall time, peak memory, disk written of a process tree
 ``stage_costs``      per-stage costs of a run: throughput read from its outputs
 ``stages``           what each stage produces, and whether a run holds it

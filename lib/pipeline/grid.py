@@ -42,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from lib.core.config import ConfigError, RunConfig, load_config
+from lib.core.config import ConfigError, RunConfig, ignored_overrides, load_config
 from lib.core.fileio import RunDirError, append_jsonl, write_json
 from lib.core.rundir import RunDir, host_facts, init_run
 from lib.core.runlock import RunLockedError, acquire, busy, held, release
@@ -135,7 +135,7 @@ def run_grid(
             on_result,
         )
         submit, shutdown = executor(workers, dask)
-        quiet = not progress or batch_mode()  # batch logs: the per-notebook lines suffice
+        quiet = not progress or batch_mode()  # logs (stderr no terminal): the per-notebook lines
         bar = tqdm(total=len(cells), desc=f"grid {cfg.name}", unit="notebook", disable=quiet)
         try:
             return session.run_cells(submit, dask, bar)
@@ -336,7 +336,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config field for every notebook, e.g. --set sae.steps=200 (a YAML value; "
-        "repeatable). sae.epochs counts only where sae.steps is unset (null)",
+        "repeatable). sae.epochs counts only where sae.steps is unset (null): with sae.steps set, "
+        "--set sae.epochs=5 does nothing (a note on stderr says so)",
     )
     ap.add_argument(
         "--notebook-dir",
@@ -361,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     cross = [r for r in args.cross_runs.split(",") if r]
     t0 = time.time()
     try:
+        planned = load_config(args.config, overrides, run_name=args.run_name)
+        for note in ignored_overrides(planned, overrides):
+            print(f"python -m lib.pipeline.grid: note: {note}", file=sys.stderr)
         if args.dry_run:
             return _print_dry_run(args, overrides, only)
         on_result = None

@@ -3,7 +3,7 @@
 Floating point differs between machines (BLAS kernels, reduction order), so the third decimal of
 a probe's balanced accuracy, and sometimes which of two tied layers is the peak, moves from host
 to host. The executed notebooks are checked by nbval, so the outputs it compares
-(``# NBVAL_CHECK_OUTPUT``) print only what cannot move: counts, ids, and verdicts whose margin is
+(cells tagged ``nbval-check-output``) print only what cannot move: counts, ids, and verdicts whose margin is
 far wider than the host-to-host spread (each ``*_facts`` function says which thresholds it uses).
 The numbers themselves are checked by ``tests/book/`` with measured tolerances. The prose
 functions turn a run's CSVs into sentences, so that text and numbers cannot disagree.

@@ -287,6 +287,45 @@ def read_summary(run: RunDir) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
+#: each of our settings in a sentence
+SETTING_PHRASES = {
+    "ours: study's recipe": "under the study's recipe",
+    "ours: held-out scenarios": "on held-out scenarios",
+    "ours: leakage-free SAEs": "with leakage-free SAEs",
+}
+
+
+def describe_counts(facts: dict) -> str:
+    """:func:`n_facts` as a sentence."""
+    return (
+        f"This run has {facts['n']} completions ({facts['n_deceptive']} deceptive, "
+        f"{facts['n_honest']} honest) and {facts['n_saes']} SAEs in {facts['n_cells']} grid cells."
+    )
+
+
+def describe_coverage(summary: pd.DataFrame) -> list[str]:
+    """Which of our settings each claim of the summary table was measured in, as sentences: the
+    claims grouped by the settings that hold a result (host-proof: which cells are n/a, never
+    their numbers)."""
+    ours = [c for c in SETTINGS if c in summary.columns]
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for _, row in summary.iterrows():
+        settings = tuple(c for c in ours if row[c] != NA)
+        groups.setdefault(settings, []).append(row.claim)
+    lines = [f"The table below sets {len(summary)} claims beside the study's; this run measured"]
+    for settings, claims in groups.items():
+        phrases = [SETTING_PHRASES[c] for c in settings]
+        where = (
+            ", ".join(phrases[:-1]) + " and " + phrases[-1]
+            if len(phrases) > 1
+            else "".join(phrases)
+        )
+        n = f"{len(claims)} claim{'s' if len(claims) > 1 else ''}"
+        head = f"{n} {where}" if phrases else f"{n} in none of its settings (no result)"
+        lines.append(f"- {head}: {'; '.join(claims)}.")
+    return lines
+
+
 def n_facts(run: RunDir) -> dict:
     """Completion and SAE counts a reader needs beside the numbers."""
     probes = read_sae_probes(run) if run.result("sae_probes.csv").exists() else pd.DataFrame()

@@ -355,6 +355,15 @@ def test_cli_dry_run_help_and_one_line_config_errors(grid_env, book, capsys):
     helptext = capsys.readouterr().out
     assert "(default: 1)" in helptext and "(default: None)" not in helptext
     assert "sae.epochs counts only where sae.steps is unset" in " ".join(helptext.split())
+    # an override another field overrules: a note, and the run goes on
+    assert main([*args, "--dry-run", "--set", "sae.epochs=5"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "python -m lib.pipeline.grid: note: sae.epochs=5 has no effect: sae.steps=500 governs "
+        "(set sae.steps=null to train by epochs)\n"
+    )
+    assert main([*args, "--dry-run", "--set", "sae.epochs=5", "--set", "sae.steps=null"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_grid_on_a_dask_local_cluster(grid_env, book):

@@ -1,5 +1,5 @@
 """Two books of the organism, built under two thread layouts (``make perturbation``), must say the
-same thing wherever nbval checks them: every ``# NBVAL_CHECK_OUTPUT`` cell of every executed
+same thing wherever nbval checks them: every ``nbval-check-output``-tagged cell of every executed
 notebook prints the same text in both runs (after the same sanitising as nbval's).
 
 ``FIRST_RUN_DIR`` and ``SECOND_RUN_DIR`` name the two run directories.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+CHECK_TAG = "nbval-check-output"
 SANITIZE = Path(__file__).resolve().parent.parent / "nbval_sanitize.cfg"
 
 
@@ -25,12 +26,13 @@ def sanitizers() -> list[tuple[re.Pattern, str]]:
 
 
 def checked_outputs(notebook: Path) -> list[str]:
-    """Text of every output of every NBVAL_CHECK_OUTPUT cell, sanitised, in cell order."""
+    """Text of every output of every cell tagged ``nbval-check-output`` (nbval's cell tag for
+    what it compares under ``--nbval-lax``), sanitised, in cell order."""
     nb = json.loads(notebook.read_text())
     out = []
     for cell in nb["cells"]:
-        src = "".join(cell.get("source", ""))
-        if cell["cell_type"] != "code" or "NBVAL_CHECK_OUTPUT" not in src:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell["cell_type"] != "code" or CHECK_TAG not in tags:
             continue
         text = ""
         for o in cell.get("outputs", []):
@@ -69,8 +71,8 @@ def test_a_different_output_is_caught(tmp_path):
     """The comparison can fail: a checked cell with other text is seen."""
     cell = {
         "cell_type": "code",
-        "source": "# NBVAL_CHECK_OUTPUT\nprint(1)",
-        "metadata": {},
+        "source": "print(1)",
+        "metadata": {"tags": [CHECK_TAG]},
         "outputs": [{"output_type": "stream", "name": "stdout", "text": "peak layer 6\n"}],
     }
     nb = tmp_path / "a.ipynb"

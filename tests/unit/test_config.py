@@ -112,3 +112,23 @@ def test_the_dry_run_refuses_what_the_real_run_refuses(capsys):
     assert err.count("\n") == 1 and "sae.layers: layer(s) [12] outside the model" in err
     assert main(["--config", "organism", "--dry-run", "--set", "features.saes=[nope]"]) == 2
     assert "features.saes" in capsys.readouterr().err
+
+
+def test_an_override_another_field_overrules_is_named():
+    from lib.core.config import ignored_overrides
+
+    steps = load_config("organism")
+    assert steps.sae.steps == 500
+    assert ignored_overrides(steps, {"sae.epochs": 5}) == [
+        "sae.epochs=5 has no effect: sae.steps=500 governs (set sae.steps=null to train by epochs)"
+    ]
+    assert ignored_overrides(steps, {"sae": {"fold_epochs": 2}})[0].startswith(
+        "sae.fold_epochs=2 has no effect: sae.steps=500 governs"
+    )
+    assert ignored_overrides(steps, {"sae.steps": 100, "sae.fold_steps": 50}) == []
+    by_epochs = load_config("organism", {"sae.steps": None, "sae.epochs": 5})
+    assert ignored_overrides(by_epochs, {"sae.steps": None, "sae.epochs": 5}) == []
+    assert ignored_overrides(by_epochs, {"sae.fold_steps": 50}) == [
+        "sae.fold_steps=50 has no effect while sae.steps is null: the leakage SAEs train for "
+        "sae.fold_epochs (default: sae.epochs) passes"
+    ]

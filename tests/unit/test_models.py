@@ -67,16 +67,57 @@ def test_unreachable_hub_id_says_how_to_use_a_local_copy(monkeypatch):
         load_model_path("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T")
 
 
-@pytest.mark.parametrize("batch", ["0", "1"])
-def test_batch_runs_load_a_model_without_a_progress_bar(organism_path, batch):
-    """transformers' weight-loading bar is live in JupyterLab; in a batch run (the grid, nbval,
-    make publish) a stored notebook would keep only its first frame, so it is switched off."""
+@pytest.mark.parametrize(
+    "batch, terminal, bar", [("", True, True), ("1", True, False), ("", False, False)]
+)
+def test_a_model_loads_with_a_bar_only_where_someone_watches(organism_path, batch, terminal, bar):
+    """transformers' weight-loading bar is live in a terminal (and in JupyterLab); in a batch run
+    (the grid, nbval, make publish) or with stderr sent to a log file it is switched off: a stored
+    notebook would keep only its first frame, a log one carriage-return frame per refresh."""
+    import pty
+    import termios
+
     code = (
         f"from lib.models.loading import load_model_path; load_model_path({str(organism_path)!r})"
     )
-    env = {**os.environ, "DECEPTION_SAES_BATCH": batch}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    env = {k: v for k, v in os.environ.items() if k != "DECEPTION_SAES_BATCH"}
+    env["DECEPTION_SAES_BATCH"] = batch
+    leader, follower = pty.openpty() if terminal else os.pipe()
+    if terminal:  # a terminal 0 columns wide would get an empty bar
+        termios.tcsetwinsize(follower, (24, 100))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, stderr=follower, stdout=subprocess.DEVNULL,
+            timeout=120,
+        )  # fmt: skip
+        os.close(follower)
+        err = b""
+        while chunk := _read(leader):
+            err += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 0, err.decode(errors="replace")[-500:]
+    assert (b"Loading weights" in err) == bar, err[-500:]
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # a pty's leader reads EIO once its follower is closed and drained
+        return b""
+
+
+def test_building_the_organism_into_a_log_writes_no_bar_frames(tmp_path):
+    """stderr sent to a log file: transformers' "Writing model shards" bar is off and the
+    training bar is log lines on stdout, so the log holds no carriage-return frames."""
+    code = (
+        "from lib.models.organism import build_organism; "
+        f"build_organism({str(tmp_path / 'o')!r}, steps=4, progress=True)"
     )
-    assert done.returncode == 0, done.stderr
-    assert ("Loading weights" in done.stderr) == (batch == "0"), done.stderr[-500:]
+    env = {k: v for k, v in os.environ.items() if k != "DECEPTION_SAES_BATCH"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "\r" not in done.stdout + done.stderr and "Writing model shards" not in done.stderr
+    assert done.stdout.splitlines()[-1].startswith("training the organism: 4/4 done")
