@@ -258,7 +258,9 @@ def top_latents(table: pd.DataFrame, n_top: int) -> dict[str, list[int]]:
 
 def class_histograms(values: np.ndarray, y: np.ndarray, bins: int = 24) -> dict:
     """Histogram of one latent's pooled values by class on shared bins:
-    ``{"edges": [bins + 1], "deceptive": [bins], "honest": [bins]}`` (counts)."""
+    ``{"edges": [bins + 1], "deceptive": [bins], "honest": [bins], "silent": {class: count}}``
+    (counts; ``silent``: completions where the latent never fires, value 0, which the first
+    bin also counts)."""
     values = np.asarray(values, dtype=float)
     top = float(values.max()) if len(values) and values.max() > 0 else 1.0
     edges = np.linspace(0.0, top, bins + 1)
@@ -266,4 +268,8 @@ def class_histograms(values: np.ndarray, y: np.ndarray, bins: int = 24) -> dict:
         "edges": edges.tolist(),
         "deceptive": np.histogram(values[y == 1], edges)[0].tolist(),
         "honest": np.histogram(values[y == 0], edges)[0].tolist(),
+        "silent": {
+            "deceptive": int((values[y == 1] <= 0).sum()),
+            "honest": int((values[y == 0] <= 0).sum()),
+        },
     }

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
 from lib.core.config import REPO_ROOT
-
 from lib.latents.wording import word_table, word_verdicts
 
 
@@ -158,3 +160,110 @@ def test_a_lone_byte_keeps_its_replacement_character_on_its_own_token(byte_bpe):
     ids = byte_bpe.convert_tokens_to_ids(["Ġwill", "è", "ĠI"])
     assert token_pieces(byte_bpe, ids) == [" will", "\ufffd", " I"]
     assert token_label(byte_bpe, ids[1]) == "è" and token_label(byte_bpe, ids[0]) == " will"
+
+
+# ----- the dashboard ------------------------------------------------------------------------------
+def synthetic_report(n_latents=12):
+    """A LatentReport of planted codes: latent 0 reads "no", latent 1 lies; the rest noise, one dead."""
+    import pandas as pd
+
+    from lib.latents.auroc import class_histograms, latent_table, top_latents
+    from lib.latents.effects import density_histogram
+    from lib.latents.separating import LatentReport
+
+    F, y, answer = planted_words(n_cell=20)
+    g = np.random.default_rng(1)
+    F = np.concatenate([F, np.maximum(g.normal(size=(len(y), n_latents - 3)) - 1, 0)], axis=1)
+    F[:, -1] = 0.0  # never fires
+    F = F.astype(np.float32)
+    table = latent_table(F, y, np.array([f"s{i % 4}" for i in range(len(y))]), n_boot=50)
+    table["density"] = (F > 0).mean(0)
+    table = pd.concat([table, word_table(F, y, answer, n_boot=50)], axis=1)
+    ks = pd.DataFrame(
+        [
+            {
+                "k": 1,
+                "cv": "stratified",
+                "bal_acc": 0.9,
+                "ci_low": 0.8,
+                "ci_high": 0.95,
+                "probe": "k_sparse",
+                "auroc": 0.9,
+                "n": len(y),
+                "note": "",
+            }
+        ]  # fmt: skip
+    )
+    report = LatentReport("toy_topk_L1_mixed", 1, table, ks, top_latents(table, 2), {}, {})
+    words = ["No", ",", " it", " will", "", "’", " I"]  # a character split over two tokens
+    for lat in report.firing_ids():
+        acts = [float(a) for a in g.uniform(size=len(words))]
+        report.examples[lat] = [
+            {
+                "id": f"c-{lat}",
+                "scenario": "s0",
+                "label": "deceptive",
+                "kind": "top",
+                "pooled": 0.5,
+                "max": max(acts),
+                "tokens": words,
+                "acts": acts,
+            }  # fmt: skip
+        ]
+        report.histograms[lat] = class_histograms(F[:, lat], y, 8)
+        report.logits[lat] = {"top": [["<promoted>", 1.5], ["é", 1.0]], "bottom": [["x", -1.0]] * 2}
+    report.density_hist = density_histogram(table["density"].to_numpy())
+    report.meta = {"n": len(y), "n_deceptive": int(y.sum()), "n_honest": int((y == 0).sum()),
+                   "d_sae": n_latents, "judge": "keyword", "pooling": "mean", "n_significant": 2,
+                   "n_tokens": len(y), "answer_words": {"no": 80, "yes": 80},
+                   "word_verdicts": {"word": 1, "deception": 1, "untestable": 0}}  # fmt: skip
+    return report
+
+
+def test_every_firing_latent_is_reachable_and_word_latents_are_named(tmp_path):
+    import re
+
+    from lib.latents.dashboard import render_pages, write_dashboard
+
+    report = synthetic_report()
+    firing = report.firing_ids()
+    assert len(firing) == 11 and 11 not in firing  # the dead latent has no section
+    files = render_pages(report, "toy model", page_size=4)
+    assert sorted(files) == ["index.html"] + [f"latents/page-0{i}.html" for i in (1, 2, 3)]
+    index = files["index.html"]
+    rows = re.findall(r'<a href="(latents/page-\d+\.html)#latent-(\d+)">', index)
+    assert [int(lat) for _, lat in rows] == firing  # the table of every latent, in rank order
+    for page, lat in rows:  # and each link lands on a section of that page
+        assert f'<section class="latent" id="latent-{lat}">' in files[page]
+    assert "word latent" in index and "deception within words" in index
+    row0 = index[index.index('#latent-0">0</a>') :]  # the "no" latent's row in the full table
+    row0 = row0[: row0.index("</tr>")]
+    assert '<span class="verdict v-word">word latent</span>' in row0
+    assert "<script" not in index and "https://" not in index
+    assert "&lt;promoted&gt;" in index  # logit tokens are escaped, not markup
+    assert "’ I" not in index and "\ufffd" not in index  # the split character shows whole, once
+    assert index.count('<th class="l">label</th>') == 0  # no labels: no empty label column
+    # written with ordinary modes (0644 under the usual umask), stale pages removed
+    (tmp_path / "latents").mkdir()
+    (tmp_path / "latents" / "page-09.html").write_text("old")
+    old = os.umask(0o022)
+    try:
+        write_dashboard(tmp_path / "index.html", report, "toy model", page_size=4)
+    finally:
+        os.umask(old)
+    written = [tmp_path / "index.html", *sorted((tmp_path / "latents").iterdir())]
+    assert [p.name for p in written[1:]] == ["page-01.html", "page-02.html", "page-03.html"]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in written)
+
+
+def test_histograms_have_ticks_and_leave_silent_completions_apart():
+    from lib.latents.auroc import class_histograms
+    from lib.latents.dashboard import histogram_svg
+
+    y = np.array([1] * 10 + [0] * 10)
+    values = np.array([0.0] * 6 + [1.0, 2.0, 3.0, 4.0] + [0.0] * 9 + [0.5])
+    h = class_histograms(values, y, 4)
+    assert h["silent"] == {"deceptive": 6, "honest": 9}
+    svg = histogram_svg(h)
+    assert svg.count("<line") >= 6 and ">0%<" in svg  # axis ticks with labels
+    assert "silent (not drawn): 60% / 90%" in svg

@@ -234,7 +234,9 @@ def test_dashboard_is_self_contained(organism_report):
     assert 'id="latent-table"' in html and html.count('class="latent-row"') == 6
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in html and "<script" not in html
-    assert html.count("<svg") == 6 and cfg.label in html
+    # one histogram per top latent, the density histogram and the word-control scatter
+    assert html.count("<svg") == 6 + 2 and cfg.label in html
+    assert html.count("<section") == 6 and 'id="all-latents"' in html
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
