@@ -23,14 +23,24 @@ Examples are decoded as differences of decoded prefixes (:func:`lib.latents.effe
 so a character split over byte-level tokens shows whole.
 
 Why the pages are not sae-dashboard's (PyPI ``sae-dashboard`` 0.8, tried offline on the book's
-real-model SAEs): it recomputes activations by running a TransformerLens
-``HookedSAETransformer``, which only loads models TransformerLens lists by official name.
-SmolLM2-135M-Instruct is not among them (``ValueError: HuggingFaceTB/SmolLM2-135M-Instruct not
-found. Valid official model names (excl aliases): [...]``); Gemma-3-270M is, but the book's
-converted checkpoint carries a transformers-5 tokenizer that transformers 4.56 (sae-dashboard
-pins ``transformers<4.57``) cannot read. It also reads none of the run directory (the judge's
-labels, the pooled statistics, the completion ids the examples link to). The page is written
-with Jinja2 (installed with nbconvert).
+real-model SAEs in a separate virtual environment, 2026-12-06):
+
+* it cannot share the book's environment: installing it would replace transformers 5.23 by
+  4.56.2, safetensors 0.8 by 0.4.5, numpy 2 by 1.26 and torch (``pip install --dry-run``);
+* it recomputes activations through a TransformerLens ``HookedSAETransformer``, which loads
+  only models TransformerLens lists by name. SmolLM2-135M-Instruct is not listed:
+  ``ValueError: HuggingFaceTB/SmolLM2-135M-Instruct not found. Valid official model names
+  (excl aliases): ['gpt2', ...]`` (and transformers 4.56 cannot read the converted model's
+  tokenizer: ``ValueError: Tokenizer class TokenizersBackend does not exist or is not
+  currently imported.``);
+* on Gemma-3-270M (listed) it ran from the local de-quantised weights and wrote its page
+  (SAE hook renamed to ``blocks.7.hook_resid_post``; 256 prompts of 64 tokens), but the page
+  loads d3 and plotly from ``https://d3js.org`` and ``https://cdn.plot.ly``: opened offline it
+  is blank;
+* it reads none of the run directory (the judge's labels, the pooled statistics, the word
+  control, the completion ids the examples link to), which is what this page is for.
+
+The page is written with Jinja2 (installed with nbconvert).
 """
 
 from __future__ import annotations
