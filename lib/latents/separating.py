@@ -241,6 +241,15 @@ class LatentReport:
     key: str = ""  # the cache key of report.json (what the report was computed from)
     logits: dict[int, dict] = field(default_factory=dict)
     density_hist: dict = field(default_factory=dict)
+    few: set[int] = field(default_factory=set)  # latents with FEW_EXAMPLES only
+
+    def needs_examples(self, latents, few: bool = False) -> list[int]:
+        """The ``latents`` without examples (``few``) or without the configured number of them."""
+        return [
+            int(i)
+            for i in latents
+            if int(i) not in self.examples or (not few and int(i) in self.few)
+        ]
 
     @property
     def top_ids(self) -> list[int]:
@@ -273,6 +282,7 @@ class LatentReport:
             "meta": self.meta,
             "logits": {str(k): v for k, v in self.logits.items()},
             "density_hist": self.density_hist,
+            "few_examples": sorted(self.few),
         }
 
     def firing_ids(self) -> list[int]:
@@ -332,7 +342,7 @@ def analyse_sae(
     if unembed is not None and not report.logits:
         add_logit_effects(report, sae, unembed, tokenizer)
         changed = True
-    missing = [i for i in report.firing_ids() if i not in report.examples] if all_examples else []
+    missing = report.needs_examples(report.firing_ids(), few=True) if all_examples else []
     if missing:
         extend_examples(run, cfg, report, missing, tokenizer, few=True, write=False)
         changed = True
@@ -378,8 +388,9 @@ def extend_examples(
 ) -> None:
     """Add examples and histograms of more ``latents`` (e.g. random ones for auto-interpretation)
     to ``report`` and rewrite its files (``write``); latents it already has are skipped. ``few``:
-    :data:`FEW_EXAMPLES` per latent instead of the configured numbers."""
-    latents = [int(i) for i in latents if int(i) not in report.examples]
+    :data:`FEW_EXAMPLES` per latent instead of the configured numbers (a latent that has only
+    those gets the configured numbers when asked without ``few``)."""
+    latents = report.needs_examples(latents, few)
     if not latents:
         return
     sae = load_sae(run.sae_dir(report.sae_id))
@@ -441,7 +452,7 @@ def add_examples(report, run, cfg, sae, data, lab, F, fmax, latents, tokenizer, 
     ``few``: :data:`FEW_EXAMPLES` each)."""
     fc = cfg.features
     n_ex, n_q, n_per = FEW_EXAMPLES if few else (fc.n_examples, fc.n_quantiles, fc.n_per_quantile)
-    latents = [int(i) for i in latents if int(i) not in report.examples]
+    latents = report.needs_examples(latents, few)
     if not latents:
         return
     completions = {r["id"]: r for r in read_jsonl(run.completions)}
@@ -485,6 +496,7 @@ def add_examples(report, run, cfg, sae, data, lab, F, fmax, latents, tokenizer, 
                 }
             )
         report.examples[lat] = exs
+        (report.few.add if few else report.few.discard)(lat)
         report.histograms[lat] = class_histograms(F[:, lat], lab.y, fc.histogram_bins)
 
 
@@ -513,6 +525,7 @@ def _from_files(cached: dict, parts) -> LatentReport:
         cached["key"],
         {int(k): v for k, v in cached.get("logits", {}).items()},
         cached.get("density_hist", {}),
+        set(cached.get("few_examples", [])),
     )
 
 
