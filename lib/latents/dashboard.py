@@ -73,7 +73,7 @@ VERDICT_COLOURS = {
 }
 
 MACROS = r"""
-{% macro ci(v, lo, hi) %}{{ fmt(v) }} <span class="ci">[{{ fmt(lo) }}, {{ fmt(hi) }}]</span>{% endmacro %}
+{% macro ci(v, lo, hi) %}{{ fmt(v) }}{% if fmt(lo) != 'n/a' %} <span class="ci">[{{ fmt(lo) }}, {{ fmt(hi) }}]</span>{% endif %}{% endmacro %}
 {% macro verdict(v) %}{% if v %}<span class="verdict v-{{ v }}">{{ verdict_text[v] }}</span>{% endif %}{% endmacro %}
 {% macro toks(pairs) %}{% for t, v in pairs %}<code class="lt">{{ t }}</code>{% if not loop.last %} {% endif %}{% endfor %}{% endmacro %}
 {% macro section(r, examples, histogram, logits, pooling, page_of) %}
@@ -108,6 +108,7 @@ h1 { font-size: 1.4em; margin-bottom: 0.2em; } h2 { font-size: 1.12em; margin-to
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border-bottom: 1px solid #ddd; padding: 2px 7px; text-align: right; vertical-align: top; }
 th { background: #f4f4f4; position: sticky; top: 0; } td.l, th.l { text-align: left; }
+td:not(.l) { white-space: nowrap; }
 .dec { color: {{ colours.deceptive }}; } .hon { color: {{ colours.honest }}; }
 .ci { color: #777; font-size: 0.92em; white-space: nowrap; }
 .pos { color: #1f6fb2; } .neg { color: #b03a2e; }
@@ -246,14 +247,17 @@ def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def _axes(parts, left, top, plot_w, plot_h, xlo, xhi, ylo, yhi, xfmt, yfmt, xlabel, ylabel):
-    """Axis lines, ticks with labels and axis titles of an SVG plot area."""
+def _axes(
+    parts, left, top, plot_w, plot_h, xlo, xhi, ylo, yhi, xfmt, yfmt, xlabel, ylabel, xticks=None
+):
+    """Axis lines, ticks with labels and axis titles of an SVG plot area (``xticks``: the x
+    tick values, else round ones)."""
     bottom = top + plot_h
     parts.append(
         f'<line x1="{left}" y1="{bottom}" x2="{left + plot_w}" y2="{bottom}" stroke="#888"/>'
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#888"/>'
     )
-    for t in _nice_ticks(xlo, xhi):
+    for t in _nice_ticks(xlo, xhi) if xticks is None else xticks:
         x = left + plot_w * (t - xlo) / (xhi - xlo)
         parts.append(
             f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#888"/>'
@@ -343,10 +347,11 @@ def density_svg(dh: dict, n_tokens: int | None, width: int = 420, height: int = 
             f'height="{h:.1f}" fill="#5d7fa3"><title>{c} latents fire on 10^{edges[b]:.2f}'
             f"-10^{edges[b + 1]:.2f} of tokens</title></rect>"
         )
+    decades = list(range(math.ceil(edges[0]), 1))  # 10^-k of the tokens, as percentages
     _axes(
         parts, left, ptop, plot_w, plot_h, edges[0], edges[-1], 0, top,
-        lambda t: f"1e{t:g}" if t != 0 else "1", lambda t: f"{t:g}",
-        "share of response tokens it fires on (log scale)", "latents",
+        lambda t: f"{100 * 10**t:g}%", lambda t: f"{t:g}",
+        "share of response tokens it fires on (log scale)", "latents", decades,
     )  # fmt: skip
     parts.append("</svg>")
     return "".join(parts)
@@ -358,7 +363,7 @@ def scatter_svg(rows: list[dict], width: int = 420, height: int = 300) -> str:
     pts = [r for r in rows if not _nan(r["auroc"]) and not _nan(r["word_auroc"])]
     if not pts:
         return '<p class="meta">No answer words to compare with (no completion opens with "no" or "yes").</p>'
-    left, ptop, plot_w, plot_h = 48, 24, width - 62, height - 66
+    left, ptop, plot_w, plot_h = 48, 38, width - 62, height - 80
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'role="img" aria-label="deception AUROC against word AUROC">',
@@ -391,13 +396,13 @@ def scatter_svg(rows: list[dict], width: int = 420, height: int = 300) -> str:
         lambda t: f"{t:g}", lambda t: f"{t:g}",
         "deception AUROC (deceptive vs honest)", '"no" vs "yes" AUROC',
     )  # fmt: skip
-    ly = ptop + 10
-    for v in ("word", "deception", "untestable"):
+    lx = left
+    for v in ("word", "deception", "untestable"):  # the legend, above the plot
         parts.append(
-            f'<circle cx="{left + plot_w - 120}" cy="{ly - 3}" r="3" fill="{VERDICT_COLOURS[v]}"/>'
-            f'<text x="{left + plot_w - 113}" y="{ly}" font-size="9">{VERDICT_TEXT[v]}</text>'
+            f'<circle cx="{lx + 3}" cy="25" r="3" fill="{VERDICT_COLOURS[v]}"/>'
+            f'<text x="{lx + 9}" y="28" font-size="9">{VERDICT_TEXT[v]}</text>'
         )
-        ly += 12
+        lx += 6 * len(VERDICT_TEXT[v]) + 22
     parts.append("</svg>")
     return "".join(parts)
 
