@@ -92,7 +92,7 @@ held-out-scenario AUROC {{ fmt(r.loso_auroc) }} &middot; <b>"no" vs "yes" AUROC<
 </div>
 <div style="flex: 1; min-width: 480px">
 {% for ex in examples %}<div class="ex {{ ex.label }}"><div class="meta">{{ ex.kind }} &middot; {{ ex.id }} &middot; {{ ex.label }} &middot; max {{ '%.3g' % ex.max }}, {{ pooling }} {{ '%.3g' % ex.pooled }}</div>
-<span class="toks">{% for tok, act in ex.pairs %}<span class="tok{{ ' bad' if tok == '\ufffd' else '' }}" title="{{ '%.4g' % act }}{{ ' (bytes that are not a whole UTF-8 character: the completion ends inside one, or the model sampled a lone byte)' if tok == '\ufffd' else '' }}" style="background: {{ shade(act, ex.scale) }}">{{ tok }}</span>{% endfor %}</span></div>
+<span class="toks">{% for tok, act, tip in ex.pairs %}<span class="tok{{ ' bad' if tok == '\ufffd' else '' }}" title="{{ tip }}{{ ' (bytes that are not a whole UTF-8 character: the completion ends inside one, or the model sampled a lone byte)' if tok == '\ufffd' else '' }}" style="background: {{ shade(act, ex.scale) }}">{{ tok }}</span>{% endfor %}</span></div>
 {% else %}<p class="meta">This latent fires on no labelled completion.</p>{% endfor %}
 </div></div></section>
 {% endmacro %}
@@ -418,13 +418,31 @@ def _records(table, ids: list[int], labels: dict) -> list[dict]:
     return recs
 
 
+def shown_tokens(tokens: list[str], acts: list[float]) -> list[tuple[str, float, str]]:
+    """``(text, activation, tooltip)`` per shown token: a token that adds no text (the first
+    bytes of a character split over tokens, see :func:`lib.latents.effects.token_pieces`) is
+    shown with the token that completes the character, at the larger of their activations, the
+    tooltip giving each."""
+    out, held = [], []
+    for tok, act in zip(tokens, acts, strict=True):
+        if tok == "":
+            held.append(act)
+            continue
+        parts = [*held, act]
+        tip = " + ".join(f"{a:.4g}" for a in parts) + (
+            " (one character, split over tokens)" if held else ""
+        )
+        out.append((tok, max(parts), tip))
+        held = []
+    return out
+
+
 def _examples(report) -> dict[int, list[dict]]:
     out = {}
     for lat, exs in report.examples.items():
         scale = max((max(e["acts"], default=0.0) for e in exs), default=0.0)
         out[lat] = [
-            {**e, "pairs": list(zip(e["tokens"], e["acts"], strict=True)), "scale": scale}
-            for e in exs
+            {**e, "pairs": shown_tokens(e["tokens"], e["acts"]), "scale": scale} for e in exs
         ]
     return out
 

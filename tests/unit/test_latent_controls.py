@@ -242,6 +242,7 @@ def test_every_firing_latent_is_reachable_and_word_latents_are_named(tmp_path):
     assert "<script" not in index and "https://" not in index
     assert "&lt;promoted&gt;" in index  # logit tokens are escaped, not markup
     assert "’ I" not in index and "\ufffd" not in index  # the split character shows whole, once
+    assert "(one character, split over tokens)" in index
     assert index.count('<th class="l">label</th>') == 0  # no labels: no empty label column
     # written with ordinary modes (0644 under the usual umask), stale pages removed
     (tmp_path / "latents").mkdir()
@@ -267,3 +268,14 @@ def test_histograms_have_ticks_and_leave_silent_completions_apart():
     svg = histogram_svg(h)
     assert svg.count("<line") >= 6 and ">0%<" in svg  # axis ticks with labels
     assert "silent (not drawn): 60% / 90%" in svg
+
+
+def test_a_split_character_is_shown_once_with_both_activations():
+    from lib.latents.dashboard import shown_tokens
+
+    shown = shown_tokens(["No", "", "’", " I"], [0.0, 0.7, 0.2, 1.0])
+    assert shown == [
+        ("No", 0.0, "0"),
+        ("’", 0.7, "0.7 + 0.2 (one character, split over tokens)"),
+        (" I", 1.0, "1"),
+    ]
