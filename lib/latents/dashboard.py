@@ -46,6 +46,7 @@ The page is written with Jinja2 (installed with nbconvert).
 from __future__ import annotations
 
 import math
+import unicodedata
 from pathlib import Path
 
 import jinja2
@@ -418,11 +419,20 @@ def _records(table, ids: list[int], labels: dict) -> list[dict]:
     return recs
 
 
+def _visible(text: str) -> str:
+    """Control characters other than newline and tab (a model can sample e.g. U+0088) as
+    ``\\x88`` escapes, so they do not vanish from the page."""
+    return "".join(
+        f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" and c not in "\n\t" else c
+        for c in text
+    )
+
+
 def shown_tokens(tokens: list[str], acts: list[float]) -> list[tuple[str, float, str]]:
     """``(text, activation, tooltip)`` per shown token: a token that adds no text (the first
     bytes of a character split over tokens, see :func:`lib.latents.effects.token_pieces`) is
     shown with the token that completes the character, at the larger of their activations, the
-    tooltip giving each."""
+    tooltip giving each. Control characters are shown as escapes (:func:`_visible`)."""
     out, held = [], []
     for tok, act in zip(tokens, acts, strict=True):
         if tok == "":
@@ -432,7 +442,7 @@ def shown_tokens(tokens: list[str], acts: list[float]) -> list[tuple[str, float,
         tip = " + ".join(f"{a:.4g}" for a in parts) + (
             " (one character, split over tokens)" if held else ""
         )
-        out.append((tok, max(parts), tip))
+        out.append((_visible(tok), max(parts), tip))
         held = []
     return out
 

@@ -279,3 +279,6 @@ def test_a_split_character_is_shown_once_with_both_activations():
         ("’", 0.7, "0.7 + 0.2 (one character, split over tokens)"),
         (" I", 1.0, "1"),
     ]
+    # a control character the model sampled stays visible
+    assert shown_tokens([" a\x88", "\n"], [1.0, 0.0])[0][0] == " a\\x88"
+    assert shown_tokens(["\n"], [0.0])[0][0] == "\n"
