@@ -103,7 +103,7 @@ HEAD = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{{ title }}</title>
 <style>
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1250px; color: #222; padding: 0 1em; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.4em; margin-bottom: 0.2em; } h2 { font-size: 1.12em; margin-top: 1.4em; }
 .sub { color: #555; margin-top: 0; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
@@ -128,7 +128,8 @@ section.latent { border-top: 2px solid #ccc; margin-top: 1.2em; padding-top: 0.3
 .tok { border-radius: 2px; } .tok.bad { outline: 1px dashed #b03a2e; }
 .nav { font-size: 0.9em; } .nav a { margin-right: 0.6em; }
 .figs { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
-.scroll { max-height: 640px; overflow-y: auto; border: 1px solid #ddd; }
+.scroll { max-height: 640px; overflow: auto; border: 1px solid #ddd; }
+td.tk { max-width: 230px; white-space: normal; }
 </style></head>
 <body>
 """
@@ -171,7 +172,7 @@ Counts: {% for v, c in meta.word_verdicts.items() %}{{ verdict_text[v] }} {{ c }
 <td class="l">{{ verdict(r.word_verdict) }}</td>
 <td>{{ pct(r.density) }}</td>
 <td>{{ pct(r.rate_deceptive) }} / {{ pct(r.rate_honest) }}</td>
-<td class="l">{{ toks((logits.get(r.latent) or {}).get('top', [])[:n_table_tokens]) }}</td>
+<td class="l tk">{{ toks((logits.get(r.latent) or {}).get('top', [])[:n_table_tokens]) }}</td>
 {% if has_labels %}<td class="l">{{ r.label }}</td>{% endif %}</tr>
 {% endfor %}</tbody></table>
 
@@ -193,8 +194,8 @@ Counts: {% for v, c in meta.word_verdicts.items() %}{{ verdict_text[v] }} {{ c }
 <td>{{ ci(r.auroc, r.auroc_ci_low, r.auroc_ci_high) }}</td><td>{{ '%.2g' % r.q_value }}</td><td>{{ fmt(r.loso_auroc) }}</td>
 <td>{{ ci(r.word_auroc, r.word_ci_low, r.word_ci_high) }}</td><td>{{ ci(r.within_word_auroc, r.within_ci_low, r.within_ci_high) }}</td>
 <td class="l">{{ verdict(r.word_verdict) }}</td><td>{{ pct(r.density) }}</td>
-<td class="l">{{ toks((logits.get(r.latent) or {}).get('top', [])[:n_table_tokens]) }}</td>
-<td class="l">{{ toks((logits.get(r.latent) or {}).get('bottom', [])[:n_table_tokens]) }}</td></tr>
+<td class="l tk">{{ toks((logits.get(r.latent) or {}).get('top', [])[:n_table_tokens]) }}</td>
+<td class="l tk">{{ toks((logits.get(r.latent) or {}).get('bottom', [])[:n_table_tokens]) }}</td></tr>
 {% endfor %}</tbody></table></div>
 <p class="meta">Written by lib/latents/dashboard.py from features/{{ sae_id }}/report.json.</p>
 </body></html>
