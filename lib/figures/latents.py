@@ -58,7 +58,9 @@ def plot_k_sparse(ks, sae_id: str, model_label: str, n: int):
 
 def plot_latent_histograms(report, model_label: str, per_row: int = 5):
     """Share of each class's completions per bin of the pooled value, for the top latents:
-    deceptive-high latents in the first row, honest-high in the second."""
+    deceptive-high latents in the first row, honest-high in the second. Completions where the
+    latent never fires are not drawn (their shares, deceptive / honest, are written in the
+    panel); the title gives the "no"-vs-"yes" AUROC and names a word latent."""
     rows = [report.top["deceptive"], report.top["honest"]]
     ncol = max(1, min(per_row, max(len(r) for r in rows)))
     fig, axes = plt.subplots(
@@ -74,9 +76,14 @@ def plot_latent_histograms(report, model_label: str, per_row: int = 5):
             h = report.histograms[lat]
             edges = np.asarray(h["edges"])
             width = np.diff(edges)
+            silent = h.get("silent") or {}
+            quiet = []
             for j, label in enumerate(("deceptive", "honest")):
                 counts = np.asarray(h[label], dtype=float)
-                share = counts / max(counts.sum(), 1)
+                total = max(counts.sum(), 1)
+                counts[0] -= min(silent.get(label, 0), counts[0])  # never fires: not drawn
+                quiet.append(silent.get(label, 0) / total)
+                share = counts / total
                 ax.bar(
                     edges[:-1] + j * width / 2,
                     share,
@@ -85,8 +92,20 @@ def plot_latent_histograms(report, model_label: str, per_row: int = 5):
                     color=LABEL_COLOURS[label],
                     label=label,
                 )
-            auc = float(report.table.loc[report.table["latent"] == lat, "auroc"].iloc[0])
-            ax.set_title(f"latent {lat} ({direction}-high)\nAUROC {auc:.2f}", fontsize=9)
+            row = report.table.loc[report.table["latent"] == lat].iloc[0]
+            word = ""
+            if "word_auroc" in row and np.isfinite(row["word_auroc"]):
+                word = f', "no"/"yes" {row["word_auroc"]:.2f}'
+                if row.get("word_verdict") == "word":
+                    word += " (word latent)"
+            ax.set_title(
+                f"latent {lat} ({direction}-high)\nAUROC {row['auroc']:.2f}{word}", fontsize=8
+            )
+            if silent:
+                ax.text(
+                    0.98, 0.97, f"silent: {quiet[0]:.0%} / {quiet[1]:.0%}", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=6.5, color="#555",
+                )  # fmt: skip
             ax.tick_params(labelsize=7)
             if c == 0:
                 ax.set_ylabel("share of class")

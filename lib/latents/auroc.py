@@ -140,12 +140,35 @@ def bootstrap_auroc(
     if n_boot <= 0:
         return np.full(L, np.nan), np.full(L, np.nan)
     lo, hi = np.full(L, 0.5), np.full(L, 0.5)
+    a = (1 - level) / 2
+    for cols, auc in _bootstrap_chunks(F, y, n_boot, seed, chunk):
+        ci = np.quantile(auc, [a, 1 - a], axis=0)
+        lo[cols], hi[cols] = ci[0], ci[1]
+    return lo, hi
+
+
+def bootstrap_auroc_samples(
+    F: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0, chunk: int = 32
+) -> np.ndarray:
+    """The resampled AUROCs ``[n_boot, L]`` behind :func:`bootstrap_auroc` (same resamples for
+    the same seed; columns that never vary are 0.5 in every resample), for statistics built
+    from several AUROCs (:mod:`lib.latents.wording` averages the within-word AUROCs)."""
+    F, y = _check(F, y)
+    out = np.full((max(n_boot, 0), F.shape[1]), 0.5, dtype=np.float32)
+    for cols, auc in _bootstrap_chunks(F, y, n_boot, seed, chunk):
+        out[:, cols] = auc
+    return out
+
+
+def _bootstrap_chunks(F, y, n_boot, seed, chunk):
+    """``(columns, resampled AUROCs [n_boot, len(columns)])`` of every column that varies."""
+    if n_boot <= 0:
+        return
     W = stats.stratified_multiplicities(y, n_boot, np.random.default_rng(seed)).astype(np.float32)
     pos = y == 1
     fp, fn = torch.as_tensor(F[pos]), torch.as_tensor(F[~pos])  # [n1, L], [n0, L]
     wp, wn = torch.as_tensor(W[:, pos]), torch.as_tensor(W[:, ~pos])  # [B, n1], [B, n0]
     n1, n0 = fp.shape[0], fn.shape[0]
-    a = (1 - level) / 2
     with torch.no_grad(), torch_threads(1):
         fires_p = (fp > 0).float()
         neg_silent = wn @ (fn <= 0).float()  # [B, L] weight of silent negatives
@@ -166,10 +189,7 @@ def bootstrap_auroc(
                 K *= (vp[:, :, None] > 0) & (vn[:, None, :] > 0)  # padding pairs count 0
                 M = torch.bmm(wp[:, ip].permute(1, 0, 2), K)  # [c, B, q]
                 num += (M * wn[:, jn].permute(1, 0, 2)).sum(2).T
-            auc = (num / (n1 * n0)).numpy()
-            ci = np.quantile(auc, [a, 1 - a], axis=0)
-            lo[cols.numpy()], hi[cols.numpy()] = ci[0], ci[1]
-    return lo, hi
+            yield cols.numpy(), (num / (n1 * n0)).numpy()
 
 
 def loso_auroc(F: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -238,7 +258,9 @@ def top_latents(table: pd.DataFrame, n_top: int) -> dict[str, list[int]]:
 
 def class_histograms(values: np.ndarray, y: np.ndarray, bins: int = 24) -> dict:
     """Histogram of one latent's pooled values by class on shared bins:
-    ``{"edges": [bins + 1], "deceptive": [bins], "honest": [bins]}`` (counts)."""
+    ``{"edges": [bins + 1], "deceptive": [bins], "honest": [bins], "silent": {class: count}}``
+    (counts; ``silent``: completions where the latent never fires, value 0, which the first
+    bin also counts)."""
     values = np.asarray(values, dtype=float)
     top = float(values.max()) if len(values) and values.max() > 0 else 1.0
     edges = np.linspace(0.0, top, bins + 1)
@@ -246,4 +268,8 @@ def class_histograms(values: np.ndarray, y: np.ndarray, bins: int = 24) -> dict:
         "edges": edges.tolist(),
         "deceptive": np.histogram(values[y == 1], edges)[0].tolist(),
         "honest": np.histogram(values[y == 0], edges)[0].tolist(),
+        "silent": {
+            "deceptive": int((values[y == 1] <= 0).sum()),
+            "honest": int((values[y == 0] <= 0).sum()),
+        },
     }

@@ -15,10 +15,17 @@ For one SAE and the run's labels (:func:`analyse_sae`):
    with the largest absolute difference of class means *on the training completions* feed the
    study's probe; beside it the dense SAE probe (every latent) and the raw probe (the pooled
    residual), both CV modes of :mod:`lib.probing.probe`, balanced accuracy with a bootstrap CI.
-4. **Examples** (:func:`select_examples`): for the top latents in both directions, the
+4. **Word control** (:mod:`lib.latents.wording`): beside each latent's deception AUROC, its
+   AUROC on "no"- vs "yes"-opening answers regardless of label and its deception AUROC within
+   each answer word; a latent the word explains is named a *word latent* (``word_verdict``).
+5. **Density and logit effects** (:mod:`lib.latents.effects`): the share of all response tokens
+   of the run on which each latent fires, and (when the model's unembedding is given) the
+   tokens each latent's decoder row promotes and suppresses.
+6. **Examples** (:func:`select_examples`): for the top latents in both directions, the
    completions where the latent's largest token activation is highest, plus completions drawn
    from rank quantiles of that activation, each with its per-token activations and decoded
-   tokens; and the histogram of the pooled value by class.
+   tokens; and the histogram of the pooled value by class. Every other latent that fires on a
+   labelled completion gets fewer (:data:`FEW_EXAMPLES`), so the dashboard reaches every one.
 
 Files (per SAE, so the grid's parallel 08 cells never write one file together):
 ``results/latents/<sae_id>.csv`` (:data:`LATENTS_CSV_COLUMNS`), ``results/k_sparse/<sae_id>.csv``
@@ -44,12 +51,27 @@ from lib.core.fileio import RunDirError, atomic_write_text, read_jsonl
 from lib.core.rundir import RunDir, file_stamp, fingerprint, read_cached, stable_seed, write_cached
 from lib.core.runtime import torch_threads
 from lib.core.vocabulary import CV_MODES, SAEKey
+from lib.judging.judges import answer_word
 from lib.latents.auroc import LATENT_COLUMNS, class_histograms, latent_table, top_latents
+from lib.latents.effects import (
+    activation_density,
+    density_histogram,
+    logit_effects,
+    token_label,
+    token_pieces,
+)
+from lib.latents.wording import WORD_COLUMNS, verdict_counts, word_table
 from lib.probing.probe import SOLVERS, cross_validate_folds, cv_folds, fold_problem
 from lib.sae.codes import sae_features
 from lib.sae.model import WEIGHTS_FILENAME, load_sae
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: examples of a latent outside the top: (top examples, quantile bins, examples per bin)
+FEW_EXAMPLES = (3, 2, 1)
+#: promoted and suppressed tokens kept per latent
+N_LOGITS = 10
+#: the per-latent columns beyond :data:`lib.latents.auroc.LATENT_COLUMNS`
+EXTRA_COLUMNS = ["density", *WORD_COLUMNS]
 LATENTS_CSV_COLUMNS = [
     "sae_id",
     "latent",
@@ -64,6 +86,7 @@ LATENTS_CSV_COLUMNS = [
     "loso_auroc",
     "label",
     "p_value",
+    *EXTRA_COLUMNS,
 ]
 K_SPARSE_COLUMNS = ["sae_id", "k", "cv", "bal_acc", "ci_low", "ci_high", "probe", "auroc", "n"]
 K_SPARSE_COLUMNS += ["note"]
@@ -179,23 +202,6 @@ def select_examples(
     return chosen
 
 
-def token_pieces(tokenizer, ids: list[int]) -> list[str]:
-    """The text each token adds to the decoded completion, one string per token.
-
-    Incremental decoding keeps spaces right (per-token decoding drops SentencePiece's leading
-    spaces); a token that ends inside a multi-byte character gets ``""`` and the character goes
-    to the token that completes it."""
-    pieces, shown = [], ""
-    for i in range(len(ids)):
-        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
-        if text.endswith("\ufffd") and i + 1 < len(ids):
-            pieces.append("")
-            continue
-        pieces.append(text[len(shown) :] if text.startswith(shown) else text)
-        shown = text
-    return pieces
-
-
 def token_codes(sae, layer_data, rows: list[int], latents: list[int]) -> dict[int, np.ndarray]:
     """Activation row -> codes ``[T_row, len(latents)]`` of the selected latents at every response
     token of that completion (encoded in batches; only the selected columns are kept)."""
@@ -219,7 +225,9 @@ class LatentReport:
     (:data:`lib.latents.auroc.LATENT_COLUMNS`); ``k_sparse``: probe rows; ``top``: direction ->
     latent ids; ``examples``: latent -> example dicts (``id``, ``scenario``, ``label``, ``kind``,
     ``pooled``, ``max``, ``tokens``, ``acts``); ``histograms``: latent -> class histogram;
-    ``labels``: latent -> auto-interpretation label; ``meta``: counts and input facts."""
+    ``labels``: latent -> auto-interpretation label; ``meta``: counts and input facts;
+    ``logits``: latent -> ``{"top": [[token, value], ...], "bottom": [...]}`` (empty until
+    :func:`add_logit_effects`); ``density_hist``: the SAE's log-density histogram."""
 
     sae_id: str
     layer: int
@@ -231,6 +239,17 @@ class LatentReport:
     meta: dict = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
     key: str = ""  # the cache key of report.json (what the report was computed from)
+    logits: dict[int, dict] = field(default_factory=dict)
+    density_hist: dict = field(default_factory=dict)
+    few: set[int] = field(default_factory=set)  # latents with FEW_EXAMPLES only
+
+    def needs_examples(self, latents, few: bool = False) -> list[int]:
+        """The ``latents`` without examples (``few``) or without the configured number of them."""
+        return [
+            int(i)
+            for i in latents
+            if int(i) not in self.examples or (not few and int(i) in self.few)
+        ]
 
     @property
     def top_ids(self) -> list[int]:
@@ -261,7 +280,19 @@ class LatentReport:
             "examples": {str(k): v for k, v in self.examples.items()},
             "histograms": {str(k): v for k, v in self.histograms.items()},
             "meta": self.meta,
+            "logits": {str(k): v for k, v in self.logits.items()},
+            "density_hist": self.density_hist,
+            "few_examples": sorted(self.few),
         }
+
+    def firing_ids(self) -> list[int]:
+        """Every latent that fires on a labelled completion, strongest separation first
+        (``|auroc - 0.5|``, then q-value, then index): the dashboard's rank order."""
+        t = self.table
+        fires = (t["rate_deceptive"] > 0) | (t["rate_honest"] > 0)
+        t = t[fires].assign(sep=(t["auroc"] - 0.5).abs())
+        t = t.sort_values(["sep", "q_value", "latent"], ascending=[False, True, True])
+        return [int(i) for i in t["latent"]]
 
 
 def _cache_key(run: RunDir, cfg: RunConfig, sae_id: str, layer: int, lab: Labelled) -> str:
@@ -276,12 +307,20 @@ def _cache_key(run: RunDir, cfg: RunConfig, sae_id: str, layer: int, lab: Labell
 
 
 def analyse_sae(
-    run: RunDir, cfg: RunConfig, sae_id: str, tokenizer, force: bool = False
+    run: RunDir,
+    cfg: RunConfig,
+    sae_id: str,
+    tokenizer,
+    force: bool = False,
+    unembed=None,
+    all_examples: bool = True,
 ) -> LatentReport:
     """The :class:`LatentReport` of one SAE, computed once and cached (see the module docstring).
 
-    ``tokenizer`` decodes example tokens (the run's model's tokenizer). Raises
-    :class:`LatentsError` for a missing SAE or inputs refused by :func:`sae_features`.
+    ``tokenizer`` decodes example tokens (the run's model's tokenizer). ``unembed``: the
+    model's ``W_U`` [d, vocab] (:func:`lib.latents.effects.unembedding`) for the logit effects
+    (skipped when None). ``all_examples``: examples for every firing latent, not only the top.
+    Raises :class:`LatentsError` for a missing SAE or inputs refused by :func:`sae_features`.
     """
     path = run.sae_dir(sae_id)
     if not (path / WEIGHTS_FILENAME).exists():
@@ -294,17 +333,64 @@ def analyse_sae(
     parts = (run.result(f"latents/{sae_id}.csv"), run.result(f"k_sparse/{sae_id}.csv"))
     cached = None if force else read_cached(out / "report.json", key)
     if cached is not None and all(p.exists() for p in parts):
-        return _from_files(cached, parts)
-    report = _compute(run, cfg, sae_id, sae, layer, lab, tokenizer)
-    report.key = key
-    write_report(run, report)
+        report = _from_files(cached, parts)
+    else:
+        report = _compute(run, cfg, sae_id, sae, layer, lab, tokenizer)
+        report.key = key
+        write_report(run, report)
+    changed = False
+    if unembed is not None and not report.logits:
+        add_logit_effects(report, sae, unembed, tokenizer)
+        changed = True
+    missing = report.needs_examples(report.firing_ids(), few=True) if all_examples else []
+    if missing:
+        extend_examples(run, cfg, report, missing, tokenizer, few=True, write=False)
+        changed = True
+    if changed:
+        write_report(run, report)
     return report
 
 
-def extend_examples(run: RunDir, cfg: RunConfig, report: LatentReport, latents, tokenizer) -> None:
+def add_logit_effects(report: LatentReport, sae, unembed, tokenizer, k: int = N_LOGITS) -> None:
+    """The ``k`` tokens each firing latent's decoder row promotes and suppresses most through
+    the unembedding (:func:`lib.latents.effects.logit_effects`) into ``report.logits``."""
+    ids = report.firing_ids()
+    if not ids:
+        return
+    W_dec = sae.W_dec.detach().float()[torch.as_tensor(ids)]
+    eff = logit_effects(W_dec, unembed, k)
+    labels: dict[int, str] = {}
+
+    def lab(t):
+        t = int(t)
+        if t not in labels:
+            labels[t] = token_label(tokenizer, t) if tokenizer is not None else str(t)
+        return labels[t]
+
+    for r, lat in enumerate(ids):
+        report.logits[lat] = {
+            side: [
+                [lab(t), round(float(v), 4)]
+                for t, v in zip(eff[f"{side}_ids"][r], eff[f"{side}_values"][r], strict=True)
+            ]
+            for side in ("top", "bottom")
+        }
+
+
+def extend_examples(
+    run: RunDir,
+    cfg: RunConfig,
+    report: LatentReport,
+    latents,
+    tokenizer,
+    few: bool = False,
+    write: bool = True,
+) -> None:
     """Add examples and histograms of more ``latents`` (e.g. random ones for auto-interpretation)
-    to ``report`` and rewrite its files; latents it already has are skipped."""
-    latents = [int(i) for i in latents if int(i) not in report.examples]
+    to ``report`` and rewrite its files (``write``); latents it already has are skipped. ``few``:
+    :data:`FEW_EXAMPLES` per latent instead of the configured numbers (a latent that has only
+    those gets the configured numbers when asked without ``few``)."""
+    latents = report.needs_examples(latents, few)
     if not latents:
         return
     sae = load_sae(run.sae_dir(report.sae_id))
@@ -313,8 +399,11 @@ def extend_examples(run: RunDir, cfg: RunConfig, report: LatentReport, latents, 
     pool = report.meta.get("pooling", cfg.features.pooling)
     feats = sae_features(sae, data, lab.rows, poolings=tuple(dict.fromkeys([pool, "max"])))
     F, fmax = feats.features[pool], feats.features["max"]
-    add_examples(report, run, cfg, sae, data, lab, F, fmax, latents, tokenizer)
-    write_report(run, report)
+    for s in range(0, len(latents), 256):  # token codes of 256 latents at a time
+        part = latents[s : s + 256]
+        add_examples(report, run, cfg, sae, data, lab, F, fmax, part, tokenizer, few)
+    if write:
+        write_report(run, report)
 
 
 def _compute(run, cfg, sae_id, sae, layer, lab, tokenizer) -> LatentReport:
@@ -327,11 +416,17 @@ def _compute(run, cfg, sae_id, sae, layer, lab, tokenizer) -> LatentReport:
     F, fmax = feats.features[fc.pooling], feats.features["max"]
     seed = stable_seed(cfg.seed, sae_id, "latents")
     table = latent_table(F, lab.y, lab.scenario, fc.n_bootstrap, seed)
+    texts = {r["id"]: r["completion"] for r in read_jsonl(run.completions)}
+    answers = np.array([answer_word(texts[i]) or "" for i in lab.ids], dtype=object)
+    table["density"] = activation_density(sae, data.tokens)
+    words = word_table(F, lab.y, answers, fc.n_bootstrap, stable_seed(seed, "words"))
+    table = pd.concat([table, words], axis=1)
     X_raw = pooled(data, lab, "last" if fc.pooling == "last" else "mean")
     ks = k_sparse_table(F, X_raw, lab.y, lab.scenario, fc.k_values, fc.n_bootstrap, seed)
     ks.insert(0, "sae_id", sae_id)
     top = top_latents(table, fc.n_top)
     report = LatentReport(sae_id, layer, table, ks, top, {}, {})
+    report.density_hist = density_histogram(table["density"].to_numpy())
     add_examples(report, run, cfg, sae, data, lab, F, fmax, report.top_ids, tokenizer)
     report.meta = {
         "n": len(lab),
@@ -345,23 +440,26 @@ def _compute(run, cfg, sae_id, sae, layer, lab, tokenizer) -> LatentReport:
         "input_l0": float(feats.input_l0),
         "input_fvu": float(feats.input_fvu),
         "n_significant": int((table["q_value"] < 0.05).sum()),
+        "n_tokens": int(len(data.tokens)),
+        "answer_words": {w: int((answers == w).sum()) for w in ("no", "yes")},
+        "word_verdicts": verdict_counts(table),
     }
     return report
 
 
-def add_examples(report, run, cfg, sae, data, lab, F, fmax, latents, tokenizer) -> None:
-    """Examples and histograms of ``latents`` into ``report`` (skips latents already there)."""
+def add_examples(report, run, cfg, sae, data, lab, F, fmax, latents, tokenizer, few=False) -> None:
+    """Examples and histograms of ``latents`` into ``report`` (skips latents already there;
+    ``few``: :data:`FEW_EXAMPLES` each)."""
     fc = cfg.features
-    latents = [int(i) for i in latents if int(i) not in report.examples]
+    n_ex, n_q, n_per = FEW_EXAMPLES if few else (fc.n_examples, fc.n_quantiles, fc.n_per_quantile)
+    latents = report.needs_examples(latents, few)
     if not latents:
         return
     completions = {r["id"]: r for r in read_jsonl(run.completions)}
     picks = {}
     for lat in latents:
         rng = np.random.default_rng(stable_seed(cfg.seed, report.sae_id, lat, "examples"))
-        picks[lat] = select_examples(
-            fmax[:, lat], fc.n_examples, fc.n_quantiles, fc.n_per_quantile, rng
-        )
+        picks[lat] = select_examples(fmax[:, lat], n_ex, n_q, n_per, rng)
     rows = sorted({int(lab.rows[i]) for p in picks.values() for i, _ in p})
     codes = token_codes(sae, data, rows, latents)
     pieces: dict[int, list[str]] = {}
@@ -398,6 +496,7 @@ def add_examples(report, run, cfg, sae, data, lab, F, fmax, latents, tokenizer) 
                 }
             )
         report.examples[lat] = exs
+        (report.few.add if few else report.few.discard)(lat)
         report.histograms[lat] = class_histograms(F[:, lat], lab.y, fc.histogram_bins)
 
 
@@ -412,7 +511,7 @@ def write_report(run: RunDir, report: LatentReport) -> None:
 def _from_files(cached: dict, parts) -> LatentReport:
     lat = pd.read_csv(parts[0], dtype={"label": object})
     labels = {int(i): s for i, s in zip(lat["latent"], lat["label"].fillna(""), strict=True) if s}
-    table = lat[LATENT_COLUMNS]
+    table = lat[LATENT_COLUMNS + EXTRA_COLUMNS].fillna({"word_verdict": ""})
     return LatentReport(
         cached["sae_id"],
         cached["layer"],
@@ -424,6 +523,9 @@ def _from_files(cached: dict, parts) -> LatentReport:
         cached["meta"],
         labels,
         cached["key"],
+        {int(k): v for k, v in cached.get("logits", {}).items()},
+        cached.get("density_hist", {}),
+        set(cached.get("few_examples", [])),
     )
 
 

@@ -234,7 +234,9 @@ def test_dashboard_is_self_contained(organism_report):
     assert 'id="latent-table"' in html and html.count('class="latent-row"') == 6
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in html and "<script" not in html
-    assert html.count("<svg") == 6 and cfg.label in html
+    # one histogram per top latent, the density histogram and the word-control scatter
+    assert html.count("<svg") == 6 + 2 and cfg.label in html
+    assert html.count("<section") == 6 and 'id="all-latents"' in html
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
@@ -387,3 +389,18 @@ def test_make_client_is_the_runs_gemini_client(monkeypatch, sampled_run):
     client = make_client(cfg, run)
     assert isinstance(client, GeminiClient) and client.model == cfg.features.autointerp_model
     assert client.max_retries == cfg.judge.max_retries and "test-key" not in repr(client)
+
+
+def test_every_firing_latent_has_examples_and_labelled_ones_get_the_full_set(organism_report):
+    """The dashboard reaches every latent that fires: those outside the top get FEW_EXAMPLES;
+    a latent chosen for auto-interpretation is upgraded to the configured numbers."""
+    from lib.latents.separating import FEW_EXAMPLES, extend_examples
+
+    cfg, run, report, tok = organism_report
+    firing = report.firing_ids()
+    assert set(firing) <= set(report.examples) and set(report.top_ids).isdisjoint(report.few)
+    other = next(i for i in firing if i in report.few and len(report.examples[i]) >= 3)
+    assert len(report.examples[other]) <= sum(FEW_EXAMPLES[:1]) + FEW_EXAMPLES[1] * FEW_EXAMPLES[2]
+    extend_examples(run, cfg, report, [other], tok)
+    assert other not in report.few
+    assert len(report.examples[other]) > sum(FEW_EXAMPLES[:1]) + FEW_EXAMPLES[1] * FEW_EXAMPLES[2]
