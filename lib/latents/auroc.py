@@ -152,7 +152,7 @@ def bootstrap_auroc_samples(
 ) -> np.ndarray:
     """The resampled AUROCs ``[n_boot, L]`` behind :func:`bootstrap_auroc` (same resamples for
     the same seed; columns that never vary are 0.5 in every resample), for statistics built
-    from several AUROCs (:mod:`lib.latents.wording` averages the within-word AUROCs)."""
+    from several AUROCs (:mod:`lib.latents.word_control` averages the within-word AUROCs)."""
     F, y = _check(F, y)
     out = np.full((max(n_boot, 0), F.shape[1]), 0.5, dtype=np.float32)
     for cols, auc in _bootstrap_chunks(F, y, n_boot, seed, chunk):

@@ -7,7 +7,7 @@ effects: the tokens ``W_dec[i] @ W_U`` promotes and suppresses), how often it fi
 activation density over all response tokens of the run), its activation histogram and examples
 with every token shaded by the activation (exact value in the tooltip); beside them, what the
 book asks of a latent: its deception AUROC with CI, q-value and held-out-scenario AUROC, and the
-word control of issue 24 (:mod:`lib.latents.wording`: the "no"-vs-"yes" AUROC regardless of label,
+word control of issue 24 (:mod:`lib.latents.word_control`: the "no"-vs-"yes" AUROC regardless of label,
 the deception AUROC within each answer word, and a *word latent* named as such).
 
 ``index.html``
@@ -54,7 +54,7 @@ import numpy as np
 
 from lib.core.fileio import atomic_write_text
 from lib.figures.style import LABEL_COLOURS
-from lib.latents.wording import MIN_PER_CLASS
+from lib.latents.word_control import MIN_PER_CLASS
 
 #: latent sections per page of ``latents/``
 PAGE_SIZE = 100

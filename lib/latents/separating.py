@@ -15,7 +15,7 @@ For one SAE and the run's labels (:func:`analyse_sae`):
    with the largest absolute difference of class means *on the training completions* feed the
    study's probe; beside it the dense SAE probe (every latent) and the raw probe (the pooled
    residual), both CV modes of :mod:`lib.probing.probe`, balanced accuracy with a bootstrap CI.
-4. **Word control** (:mod:`lib.latents.wording`): beside each latent's deception AUROC, its
+4. **Word control** (:mod:`lib.latents.word_control`): beside each latent's deception AUROC, its
    AUROC on "no"- vs "yes"-opening answers regardless of label and its deception AUROC within
    each answer word; a latent the word explains is named a *word latent* (``word_verdict``).
 5. **Density and logit effects** (:mod:`lib.latents.effects`): the share of all response tokens
@@ -60,7 +60,7 @@ from lib.latents.effects import (
     token_label,
     token_pieces,
 )
-from lib.latents.wording import WORD_COLUMNS, verdict_counts, word_table
+from lib.latents.word_control import WORD_COLUMNS, verdict_counts, word_table
 from lib.probing.probe import SOLVERS, cross_validate_folds, cv_folds, fold_problem
 from lib.sae.codes import sae_features
 from lib.sae.model import WEIGHTS_FILENAME, load_sae

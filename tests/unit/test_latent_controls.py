@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lib.core.config import REPO_ROOT
-from lib.latents.wording import word_table, word_verdicts
+from lib.latents.word_control import word_table, word_verdicts
 
 
 def planted_words(n_cell=60, seed=0):
