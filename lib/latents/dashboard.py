@@ -151,10 +151,10 @@ d_sae {{ meta.d_sae }}, {{ n_firing }} fire on a labelled completion &middot; co
 <p class="meta"><b>Word control</b> (issue 24): the judges decide on the opening words, and a latent that reads "no"
 separates lies from truths wherever lies open with "no". Beside each latent's deception AUROC: its AUROC for answers opening "no" against "yes"
 regardless of label ({{ meta.answer_words.no }} / {{ meta.answer_words.yes }} of the labelled completions), and its deception AUROC among completions that open with the same word.
-<span class="verdict v-word">word latent</span>: the word AUROC's 95% interval lies further from 0.5 than the within-word deception AUROC's;
-<span class="verdict v-deception">deception within words</span>: the within-word interval excludes 0.5;
-<span class="verdict v-untestable">word = label (untestable)</span>: the word AUROC excludes 0.5 but lies and truths never open with the same word often enough ({{ min_per_class }} of each) to measure within a word.
-Counts: {% for v, c in meta.word_verdicts.items() %}{{ verdict_text[v] }} {{ c }}{% if not loop.last %}, {% endif %}{% endfor %}. Intervals are per latent, not adjusted for the number of latents.</p>
+<span class="verdict v-word">word latent</span>: the word AUROC is significant (q &lt; 0.05) and its 95% interval lies further from 0.5 than the within-word deception AUROC's;
+<span class="verdict v-deception">deception within words</span>: the within-word AUROC is significant (q &lt; 0.05);
+<span class="verdict v-untestable">word = label (untestable)</span>: the word AUROC is significant but lies and truths never open with the same word often enough ({{ min_per_class }} of each) to measure within a word.
+Counts: {% for v, c in meta.word_verdicts.items() %}{{ verdict_text[v] }} {{ c }}{% if not loop.last %}, {% endif %}{% endfor %}. q: Benjamini-Hochberg over the SAE's latents; the intervals shown are per latent.</p>
 
 <h2>Top latents</h2>
 <table id="latent-table">

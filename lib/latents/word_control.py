@@ -19,25 +19,37 @@ same decisive completions as its deception AUROC (:func:`word_table`):
     all pairs of a lie and a truth that open with the same word); its CI is the percentile
     interval of that average under a bootstrap within each word and label
     (:func:`lib.latents.auroc.bootstrap_auroc_samples`, one resampling per word).
+``word_q`` / ``within_q``
+    Benjamini-Hochberg q-values over all latents of the SAE, the book's rule for latents (as the
+    deception AUROC's ``q_value``): of the word AUROC's Mann-Whitney p-value, and of the
+    within-word AUROC's (``z = (AUROC - 0.5) / SD`` of its bootstrap samples, two-sided normal).
 ``word_verdict``
-    ``word``: a *word latent*. Its word AUROC's whole interval lies further from 0.5 than the
-    within-word AUROC's whole interval (the word explains more of it than the deception does
-    within a word). ``deception``: not a word latent, and the within-word interval excludes 0.5
-    (it separates lies from truths that open with the same word). ``untestable``: the word
-    AUROC's interval excludes 0.5 but no within-word AUROC can be measured (lies and truths
-    open with different words: word and label cannot be told apart). ``""``: none of these.
+    ``word``: a *word latent*. Its word AUROC is significant (``word_q < 0.05``) and its whole
+    interval lies further from 0.5 than the within-word AUROC's whole interval (the word
+    explains more of it than the deception does within a word). ``deception``: not a word
+    latent, and the within-word AUROC is significant (``within_q < 0.05``): it separates lies
+    from truths that open with the same word. ``untestable``: the word AUROC is significant but
+    no within-word AUROC can be measured (lies and truths open with different words: word and
+    label cannot be told apart). ``""``: none of these.
 
-All CIs are 95% percentile intervals of a stratified bootstrap, not adjusted for the number of
-latents (the table reports them per latent, as its deception AUROC's).
+The CIs are 95% percentile intervals of a stratified bootstrap, per latent (as the deception
+AUROC's); the verdicts use the q-values, so with thousands of latents a verdict is not a
+per-latent 5% accident.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
 
 from lib.core.vocabulary import ANSWER_WORDS
-from lib.latents.auroc import auroc_and_pvalues, bootstrap_auroc, bootstrap_auroc_samples
+from lib.latents.auroc import (
+    auroc_and_pvalues,
+    benjamini_hochberg,
+    bootstrap_auroc,
+    bootstrap_auroc_samples,
+)
 
 WORD_COLUMNS = [
     "word_auroc",
@@ -48,12 +60,16 @@ WORD_COLUMNS = [
     "within_word_auroc",
     "within_ci_low",
     "within_ci_high",
+    "word_q",
+    "within_q",
     "word_verdict",
 ]
 #: the verdicts of :func:`word_table`, strongest claim first
 VERDICTS = ("word", "deception", "untestable", "")
 #: a within-word AUROC needs this many completions of each label opening with the word
 MIN_PER_CLASS = 5
+#: the false discovery rate of the verdicts (Benjamini-Hochberg over the SAE's latents)
+ALPHA = 0.05
 
 
 def _interval_distance(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,19 +80,29 @@ def _interval_distance(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def word_verdicts(
-    word_lo: np.ndarray, word_hi: np.ndarray, within_lo: np.ndarray, within_hi: np.ndarray
+    word_lo: np.ndarray,
+    word_hi: np.ndarray,
+    within_lo: np.ndarray,
+    within_hi: np.ndarray,
+    word_q: np.ndarray | None = None,
+    within_q: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The ``word_verdict`` of every latent from the two intervals (see the module docstring);
-    NaN intervals are "not measured"."""
+    """The ``word_verdict`` of every latent (see the module docstring); NaN intervals are "not
+    measured". Without q-values, an interval that excludes 0.5 counts as significant."""
     word_lo, word_hi = np.asarray(word_lo, float), np.asarray(word_hi, float)
     within_lo, within_hi = np.asarray(within_lo, float), np.asarray(within_hi, float)
     w_near, _ = _interval_distance(word_lo, word_hi)
     d_near, d_far = _interval_distance(within_lo, within_hi)
     word_sig = np.isfinite(w_near) & (w_near > 0)
+    within_sig = d_near > 0
+    if word_q is not None:
+        word_sig &= np.asarray(word_q, float) < ALPHA
+    if within_q is not None:
+        within_sig &= np.asarray(within_q, float) < ALPHA
     measured = np.isfinite(d_far)
     out = np.full(len(word_lo), "", dtype=object)
     out[word_sig & ~measured] = "untestable"
-    out[measured & (d_near > 0)] = "deception"
+    out[measured & within_sig] = "deception"
     out[word_sig & measured & (w_near > d_far)] = "word"
     return out
 
@@ -102,7 +128,8 @@ def word_table(
     worded = np.isin(answer, ANSWER_WORDS)
     is_no = (answer[worded] == no).astype(np.int64)
     if 0 < is_no.sum() < len(is_no):
-        out["word_auroc"] = auroc_and_pvalues(F[worded], is_no)[0]
+        out["word_auroc"], word_p = auroc_and_pvalues(F[worded], is_no)
+        out["word_q"] = benjamini_hochberg(word_p)
         if n_boot > 0:
             out["word_ci_low"], out["word_ci_high"] = bootstrap_auroc(
                 F[worded], is_no, n_boot, seed
@@ -124,9 +151,20 @@ def word_table(
         if n_boot > 0:
             ci = np.quantile(samples / den, [0.025, 0.975], axis=0)
             out["within_ci_low"], out["within_ci_high"] = ci[0], ci[1]
+            sd = (samples / den).std(axis=0, ddof=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                gap = np.abs(out["within_word_auroc"] - 0.5)
+                # every resample separates perfectly (SD 0): as significant as it gets
+                z = np.where(sd > 0, gap / sd, np.where(gap > 0, np.inf, 0.0))
+            out["within_q"] = benjamini_hochberg(2 * ndtr(-z))
     table = pd.DataFrame(out)
     table["word_verdict"] = word_verdicts(
-        table["word_ci_low"], table["word_ci_high"], table["within_ci_low"], table["within_ci_high"]
+        table["word_ci_low"],
+        table["word_ci_high"],
+        table["within_ci_low"],
+        table["within_ci_high"],
+        table["word_q"],
+        table["within_q"],
     )
     return table[WORD_COLUMNS]
 

@@ -282,3 +282,17 @@ def test_a_split_character_is_shown_once_with_both_activations():
     # a control character the model sampled stays visible
     assert shown_tokens([" a\x88", "\n"], [1.0, 0.0])[0][0] == " a\\x88"
     assert shown_tokens(["\n"], [0.0])[0][0] == "\n"
+
+
+def test_noise_latents_get_no_verdict_once_the_false_discovery_rate_is_held():
+    """500 latents of pure noise on both polarities: per-latent 95% intervals alone call about
+    25 of them "deception"; with Benjamini-Hochberg over the latents almost none."""
+    rng = np.random.default_rng(7)
+    n = 400
+    y = rng.integers(0, 2, n)
+    answer = np.where(rng.uniform(size=n) < 0.5, "no", "yes").astype(object)
+    F = rng.exponential(size=(n, 500)).astype(np.float32)
+    t = word_table(F, y, answer, n_boot=200, seed=1)
+    per_latent = word_verdicts(t.word_ci_low, t.word_ci_high, t.within_ci_low, t.within_ci_high)
+    assert (per_latent == "deception").sum() >= 10  # the accident the q-values prevent
+    assert (t.word_verdict != "").sum() <= 2, t.word_verdict.value_counts()
