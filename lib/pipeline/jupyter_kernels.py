@@ -111,7 +111,10 @@ def execute_cell(
             parameters=params,
             kernel_name=kernel,
             progress_bar=False,
-            cwd=str(Path(notebook_dir)),
+            # the kernel starts in notebook_dir; papermill's own cwd= would chdir this process,
+            # which races when the grid runs notebooks in threads (a worker restores the other's
+            # directory and leaves the process there)
+            resources={"metadata": {"path": str(Path(notebook_dir))}},
             kernel_manager_class=IPCKernelManager,
             **streams,
         )

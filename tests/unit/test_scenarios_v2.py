@@ -7,11 +7,11 @@ from collections import Counter
 import pytest
 
 from lib.capture.labelled import scenario_groups
-from lib.core.config import ConfigError, load_config
+from lib.core.config import REPO_ROOT, ConfigError, load_config
 from lib.core.scenarios import has_controls, load_scenarios
 from lib.judging.judges import answer_word, first_word_verdict, keyword_verdict
 
-V1, V2 = "data/scenarios.yaml", "data/scenarios_v2.yaml"
+V1, V2 = (str(REPO_ROOT / "data" / f) for f in ("scenarios.yaml", "scenarios_v2.yaml"))
 
 
 @pytest.fixture(scope="module")
