@@ -6,8 +6,11 @@
     completions.jsonl           01 sampling     (id, scenario, sample, seed, prompt, completion, ...)
     labels.jsonl                02 judges       (id, judge, label, rationale, ...)
     activations/L{ll}.safetensors, index.json      03 capture
+    activations/input_embeddings.safetensors      03 the response's input embeddings, mean
+    activations/prompt_last.safetensors           03 each prompt's last token, every layer
     saes/<sae_id>/{cfg.json, sae_weights.safetensors, metrics.json}   04 SAEs
-    results/*.csv               05-07 probing, comparisons, summary
+    results/*.csv               05-07 probing, comparisons, summary; 09 steering; 11 controls
+    features/<sae_id>/          08 latent report, dashboard pages, histograms
     notebooks/*.ipynb           papermill outputs
     cache/                      judge cache and other resumable state
 
