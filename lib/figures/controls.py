@@ -128,7 +128,7 @@ def plot_family_transfer(matrix: pd.DataFrame, model_label: str, layer: int, n_n
 
 def plot_prompt_probe(table: pd.DataFrame, model_label: str, n_note: str = ""):
     """The last-prompt-token probe per layer: AUROC under stratified folds beside the scenario
-    prior (its ceiling), on held-out families with its band, and within prompts (0.5)."""
+    prior, on held-out families with its band, and within prompts (0.5)."""
     x = table["layer"].to_numpy(int)
     fig, ax = plt.subplots(figsize=(8.2, 4.2))
     ax.axhline(0.5, color="#888888", lw=0.8, ls=":", label="chance")
@@ -155,7 +155,8 @@ def plot_prompt_probe(table: pd.DataFrame, model_label: str, n_note: str = ""):
     caption(
         fig,
         "Every completion of a prompt shares this vector, so the probe knows the prompt only: it "
-        "ties within a prompt, can at best learn each prompt's rate (the scenario prior) under "
+        "ties within a prompt, can only learn which prompts are lied on more (as the scenario prior "
+        "does) under "
         "stratified folds, and on held-out families reads only what the wording predicts of a "
         f"new situation's rate. Band: cluster bootstrap over families at {level:.1%} "
         "(Bonferroni over layers). " + n_note,

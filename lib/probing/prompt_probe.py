@@ -9,10 +9,12 @@ knows the prompt and nothing of what the model went on to say. Its known answers
     AUROC over (deceptive, honest) pairs of the same prompt scored by the same fold's probe:
     every pair ties, so exactly 0.5.
 ``stratified`` beside ``prior``
-    Under the study's stratified folds the probe can at best learn each prompt's deception rate
-    in the training folds: the **scenario prior** (:func:`scenario_prior_scores`), a baseline
-    every response probe must clear too. The two AUROCs should match (they differ by how well a
-    linear probe on one vector per prompt can rank the prompts' rates).
+    Under the study's stratified folds the probe can only learn which prompts' completions lie
+    more often. The **scenario prior** (:func:`scenario_prior_scores`: each prompt's deception
+    rate in the training folds) does that directly, a baseline every response probe must clear
+    too. The two AUROCs should be close; the probe can edge above the prior by pooling similar
+    prompts (a smoother estimate of each rate than a prompt's own few completions give), never
+    by reading a response.
 ``held_out``
     Folds holding out whole families (``GroupKFold`` over families, as notebook 11's controls):
     a held-out prompt's completions all get one score, so the probe can only rank held-out
@@ -54,9 +56,10 @@ COLUMNS = [
 
 def scenario_prior_scores(scenario: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
     """Out-of-fold scores that know only the scenario: its deception rate in the training folds
-    (the overall rate for a scenario the training folds lack). This is the best any feature that
-    is the same for every completion of a scenario can do, the last prompt token's activation
-    included (same-prompt sampling makes it identical within a scenario)."""
+    (the overall rate for a scenario the training folds lack): what knowing the scenario gives,
+    and all a feature that is the same for every completion of a scenario (the last prompt
+    token's activation, under same-prompt sampling) can carry, up to how well it estimates
+    those rates."""
     out = np.empty(len(y))
     for k in np.unique(folds):
         te, tr = folds == k, folds != k
@@ -161,6 +164,11 @@ def prompt_probe_table(run: RunDir, cs, n_boot: int = 500, seed: int = 0) -> pd.
     return df
 
 
+def _span(values: pd.Series) -> str:
+    lo, hi = float(values.min()), float(values.max())
+    return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}"
+
+
 def describe(table: pd.DataFrame) -> str:
     """One paragraph for notebook 11 and the published section."""
     if table.empty:
@@ -169,11 +177,11 @@ def describe(table: pd.DataFrame) -> str:
     contains = ((t.held_out_low <= 0.5) & (0.5 <= t.held_out_high)).sum()
     return (
         f"A probe on the last prompt token (the same vector for every completion of a prompt) "
-        f"ties within every prompt (AUROC {t.within_scenario.min():.2f}-"
-        f"{t.within_scenario.max():.2f} over {len(t)} layers, 0.5 by construction); under the "
-        f"study's stratified folds it reaches AUROC {t.stratified.min():.2f}-{t.stratified.max():.2f}, "
-        f"beside the scenario prior's {t.prior.iloc[0]:.2f} (the ceiling of anything that knows "
-        f"only the prompt); holding out whole families it reaches {t.held_out.min():.2f}-"
-        f"{t.held_out.max():.2f}, its interval containing 0.5 at {contains} of {len(t)} layers "
+        f"ties within every prompt (AUROC {_span(t.within_scenario)} over {len(t)} layers, 0.5 "
+        "by construction); under the "
+        f"study's stratified folds it reaches AUROC {_span(t.stratified)}, "
+        f"beside the scenario prior's {t.prior.iloc[0]:.2f} (each prompt's rate in the training "
+        f"folds); holding out whole families it reaches {_span(t.held_out)}, its "
+        f"interval containing 0.5 at {contains} of {len(t)} layers "
         f"(cluster bootstrap over {int(t.families.iloc[0])} families, Bonferroni over layers)."
     )

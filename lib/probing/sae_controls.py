@@ -69,15 +69,23 @@ def describe(table: pd.DataFrame) -> str:
     done = table[table["verdict"].notna()]
     beyond = done[done["verdict"] == "beyond the words"]
     words = done[done["verdict"] == "the words"]
-    parts = [
-        f"{r.arch} L{int(r.layer)} {r.condition}: transfer "
-        f"{r.transfer_direct_to_swapped:.2f}/{r.transfer_swapped_to_direct:.2f}, same word "
-        f"{r.same_word_no:.2f}/{r.same_word_yes:.2f}"
-        for r in done.itertuples()
-    ]
+    if len(done) <= 4:
+        detail = "; ".join(
+            f"{r.arch} L{int(r.layer)} {r.condition}: transfer "
+            f"{r.transfer_direct_to_swapped:.2f}/{r.transfer_swapped_to_direct:.2f}, same word "
+            f"{r.same_word_no:.2f}/{r.same_word_yes:.2f}"
+            for r in done.itertuples()
+        )
+    else:
+        t = done[["transfer_direct_to_swapped", "transfer_swapped_to_direct"]].to_numpy(float)
+        w = done[["same_word_no", "same_word_yes"]].to_numpy(float)
+        detail = (
+            f"polarity transfer {np.nanmin(t):.2f}-{np.nanmax(t):.2f}, same-word AUROC "
+            f"{np.nanmin(w):.2f}-{np.nanmax(w):.2f} across them"
+        )
     return (
         f"On SAE features (mean-pooled codes, first seed of each of {len(done)} SAEs): "
         f"{len(beyond)} read deception beyond the words, {len(words)} read the words "
         f"(polarity transfer below 0.5), {len(done) - len(beyond) - len(words)} inconclusive "
-        f"({'; '.join(parts)}; AUROC, Bonferroni over the SAEs)."
+        f"({detail}; AUROC, Bonferroni over the SAEs)."
     )

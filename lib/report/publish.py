@@ -39,6 +39,8 @@ from lib.core.rundir import RunDir
 from lib.core.runtime import BATCH_ENV, temp_sibling
 from lib.probing.layer_profile import read_layer_profile
 from lib.probing.layer_verdicts import read_layer_tests
+from lib.probing.prompt_probe import describe as describe_prompt_probe
+from lib.probing.sae_controls import describe as describe_sae_controls
 from lib.probing.sae_verdicts import read_sae_verdicts
 from lib.probing.ste_comparison import read_ste_comparison
 from lib.probing.wording_controls import describe as describe_controls
@@ -246,6 +248,12 @@ def run_prose(run: RunDir, model_label: str = "This run") -> list[str]:
                 f"other family, middle layer): mean AUROC {m.mean():.2f}, {(m > 0.5).mean():.0%} of "
                 f"{m.size} pairs above 0.5."
             )
+    prompt = run.result("prompt_probe.csv")
+    if prompt.exists():
+        out.append(describe_prompt_probe(pd.read_csv(prompt)))
+    sae_controls = run.result("sae_wording_controls.csv")
+    if sae_controls.exists():
+        out.append(describe_sae_controls(pd.read_csv(sae_controls)))
     return [p for p in out if p]
 
 
