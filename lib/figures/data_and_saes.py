@@ -336,6 +336,9 @@ def plot_sae_grid(metrics, model_label: str):
                 mec=colour,
                 mew=1.3,
             )
+            moving = (rows["converged"] == False).to_numpy() if "converged" in rows else None  # noqa: E712
+            if moving is not None and moving.any():
+                ax.plot(x[moving], rows.fvu[moving], ls="none", marker="x", ms=4, color="#222222")
         for ax_, ticks, name in ((ax.xaxis, xticks, "x"), (ax.yaxis, yticks, "y")):
             getattr(ax, f"set_{name}scale")("log")
             ax_.set_major_locator(FixedLocator(ticks))
@@ -377,6 +380,11 @@ def plot_sae_grid(metrics, model_label: str):
             label="seeds of one SAE cell",
         )
     )
+    n_moving = int((metrics["converged"] == False).sum()) if "converged" in metrics else 0  # noqa: E712
+    if n_moving:
+        handles.append(
+            Line2D([], [], ls="none", marker="x", ms=4, color="#222222", label="not converged")
+        )
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     n_seeds = int(metrics.groupby(["layer", "architecture", "condition"]).size().max())
     fig.suptitle(
@@ -408,6 +416,12 @@ def plot_sae_grid(metrics, model_label: str):
         note + "Lower left is better (fewer active latents, less variance left unexplained). One "
         "hollow marker per SAE seed, the seeds of a cell joined by a line; markers are dodged "
         f"horizontally by training condition and seed (at most {pct}% of L0) so that SAEs "
-        "with the same L0 do not hide each other (TopK's L0 is exactly its k).",
+        "with the same L0 do not hide each other (TopK's L0 is exactly its k)."
+        + (
+            f" x: {n_moving} of {len(metrics)} SAEs had not converged (mean L0 still moved more "
+            "than 5% over the last 10% of their steps): their L0 and FVU are not final."
+            if n_moving
+            else ""
+        ),
     )
     return fig

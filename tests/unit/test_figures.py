@@ -225,6 +225,21 @@ def test_sae_grid_shows_every_seed_inside_the_ticks():
     assert all(lo < x < hi for x, _ in pts)
 
 
+def test_sae_grid_marks_the_saes_that_had_not_converged():
+    rows = [
+        dict(layer=2, architecture=arch, condition="mixed", seed_index=0, l0=l0, fvu=0.02,
+             converged=arch != "jumprelu_ste")
+        for arch, l0 in (("topk", 16.0), ("jumprelu", 280.0), ("jumprelu_ste", 95.0))
+    ]  # fmt: skip
+    fig = data_and_saes.plot_sae_grid(pd.DataFrame(rows), "toy")
+    crosses = [line for line in fig.axes[0].get_lines() if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == pytest.approx([95.0], rel=0.2)
+    assert "1 of 3 SAEs had not converged" in _texts(fig)
+    rows = [{**r, "converged": True} for r in rows]
+    fig = data_and_saes.plot_sae_grid(pd.DataFrame(rows), "toy")
+    assert "not converged" not in _texts(fig)
+
+
 def test_label_geometry_has_integer_counts_and_no_blended_overlap():
     rng = np.random.default_rng(0)
     labels = np.array(["deceptive"] * 40 + ["honest"] * 60 + ["ambiguous"] * 10)
