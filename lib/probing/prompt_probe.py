@@ -91,13 +91,19 @@ def family_folds(family: np.ndarray) -> np.ndarray:
 
 
 def oof_scores(X: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Out-of-fold decision values of the study's probe (NaN where a fold cannot be fitted)."""
+    """Out-of-fold decision values of the study's probe (NaN where a fold cannot be fitted).
+
+    Each distinct row is scored once and its score copied to its duplicates: a BLAS kernel can
+    give two equal rows of one matrix product different last bits (by their position in the
+    block), which would break the ties the within-prompt known answer rests on."""
     out = np.full(len(y), np.nan)
     with blas_threads(1):
         for k in np.unique(folds):
             te, tr = folds == k, folds != k
             if tr.any() and len(np.unique(y[tr])) == 2:
-                out[te] = study_probe().fit(X[tr], y[tr]).decision_function(X[te])
+                rows, inverse = np.unique(X[te], axis=0, return_inverse=True)
+                scores = study_probe().fit(X[tr], y[tr]).decision_function(rows)
+                out[te] = scores[inverse.ravel()]
     return out
 
 
