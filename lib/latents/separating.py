@@ -65,7 +65,7 @@ from lib.probing.probe import SOLVERS, cross_validate_folds, cv_folds, fold_prob
 from lib.sae.codes import sae_features
 from lib.sae.model import WEIGHTS_FILENAME, load_sae
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: word-control verdicts by q-value
 #: examples of a latent outside the top: (top examples, quantile bins, examples per bin)
 FEW_EXAMPLES = (3, 2, 1)
 #: promoted and suppressed tokens kept per latent

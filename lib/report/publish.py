@@ -49,6 +49,7 @@ from lib.report import power_text as pt
 from lib.report.summary import n_facts
 
 README = REPO_ROOT / "README.md"
+SHOWN_FIGURES = 2
 DOCS = REPO_ROOT / "docs"
 #: where a published run's results section lives: the real models' in the README, the
 #: organism's (a pipeline check, not a finding) in its own page
@@ -77,9 +78,12 @@ TRAINER_BEGIN = (
     "tests/benchmarks/results/bench_sae_train.txt) -->"
 )
 TRAINER_END = "<!-- trainer:end -->"
-#: the figures the README shows, in order, with their captions
+#: the figures a results section shows, in order, with their captions: the first
+#: :data:`SHOWN_FIGURES` a run has as images, the others as links
 README_FIGURES = {
     "layer_profile": "layer profile, with the text-only baseline and the SAE probes",
+    "wording_controls": "deception or the answer word: polarity transfer, same-word AUROC, falsehood, "
+    "a neutral-calibrated monitor",
     "sae_vs_raw_heatmap": "SAE minus raw, mean over seeds, paired test after Holm",
     "ste_vs_topk": "STE JumpReLU minus TopK, paired, per (layer, condition)",
     "sae_leakage": "leakage of SAE training data into the probe's test folds",
@@ -87,8 +91,7 @@ README_FIGURES = {
     "probe_controls": "shuffled labels and scenario identity",
     "label_counts": "judge labels per scenario",
     "label_geometry": "label geometry of the residual stream",
-    "wording_controls": "deception or the answer word: polarity transfer, same-word AUROC, falsehood, "
-    "a neutral-calibrated monitor",
+    "prompt_probe": "the last-prompt-token probe beside the scenario prior",
     "family_transfer": "transfer across scenario families (one probe per family, both polarities)",
     "k_sweep": "STE against TopK at matched sparsity: a TopK k sweep",
 }
@@ -141,8 +144,18 @@ def render_results_markdown(
         to_markdown(summary),
         "",
     ]
-    for stem in README_FIGURES if figures is None else figures:
+    stems = list(README_FIGURES if figures is None else figures)
+    for stem in stems[:SHOWN_FIGURES]:
         lines.append(f"![{README_FIGURES[stem]}]({link or figures_dir}/{stem}.png)")
+    if stems[SHOWN_FIGURES:]:
+        lines.append(
+            "More figures of this run: "
+            + "; ".join(
+                f"[{README_FIGURES[stem]}]({link or figures_dir}/{stem}.png)"
+                for stem in stems[SHOWN_FIGURES:]
+            )
+            + "."
+        )
     return "\n".join(lines)
 
 
