@@ -5,6 +5,7 @@ module           concept
 ===============  ================================================================
 ``cross_model``  layer profiles of several runs by relative depth
 ``facts``        host-proof facts and generated prose of a run
+``host_spread``  how far another host moves a book: two runs of one config compared
 ``power_text``   what the verdicts can detect: the simulation table as text
 ``publish``      one run's figures, notebooks and README section
 ``summary``      our numbers beside the study's

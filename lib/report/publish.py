@@ -45,6 +45,7 @@ from lib.probing.sae_verdicts import read_sae_verdicts
 from lib.probing.ste_comparison import read_ste_comparison
 from lib.probing.wording_controls import describe as describe_controls
 from lib.report import facts as report
+from lib.report import host_spread as hs
 from lib.report import power_text as pt
 from lib.report.summary import n_facts
 
@@ -351,16 +352,15 @@ def publish(config: str = "organism", run_name: str | None = None, notebooks: bo
 
 
 def publish_power() -> None:
-    """The simulation table into docs/method.md and its paragraph into the README."""
+    """The simulation table into docs/method.md and its paragraph into the README, and the
+    measured host-to-host spread into the README."""
     power = pt.read_power()
+    spread = pd.read_csv(hs.SPREAD_RESULTS)
+    table = pt.render_power_table(power)
     for path, body, begin, end in (
-        (
-            pt.POWER_TABLE_FILE,
-            pt.render_power_table(power),
-            pt.POWER_TABLE_BEGIN,
-            pt.POWER_TABLE_END,
-        ),
+        (pt.POWER_TABLE_FILE, table, pt.POWER_TABLE_BEGIN, pt.POWER_TABLE_END),
         (README, pt.render_power_prose(power), pt.POWER_PROSE_BEGIN, pt.POWER_PROSE_END),
+        (README, hs.render_spread(spread), hs.SPREAD_BEGIN, hs.SPREAD_END),
     ):
         atomic_write_text(path, replace_section(path.read_text(), body, begin, end))
 

@@ -147,3 +147,15 @@ def test_the_power_table_and_paragraph_equal_the_render_of_the_committed_simulat
     prose = readme_section(README.read_text(), pt.POWER_PROSE_BEGIN, pt.POWER_PROSE_END)
     assert prose == pt.render_power_prose(power)
     assert table.count("\n") == len(power) + 1  # a header, a rule and one line per row
+
+
+def test_the_host_spread_sentence_equals_the_render_of_the_committed_comparison():
+    import pandas as pd
+
+    from lib.report import host_spread as hs
+    from lib.report.publish import README
+
+    spread = pd.read_csv(hs.SPREAD_RESULTS)
+    text = readme_section(README.read_text(), hs.SPREAD_BEGIN, hs.SPREAD_END)
+    assert text == hs.render_spread(spread)
+    assert int(spread.identical.iloc[0]) <= int(spread.completions.iloc[0])
