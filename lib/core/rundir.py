@@ -1,18 +1,7 @@
 """The run directory: the only channel between notebooks.
 
-``data/runs/<run>/`` holds, stage by stage::
-
-    config.yaml                 resolved config + library versions + git commit
-    completions.jsonl           01 sampling     (id, scenario, sample, seed, prompt, completion, ...)
-    labels.jsonl                02 judges       (id, judge, label, rationale, ...)
-    activations/L{ll}.safetensors, index.json      03 capture
-    activations/input_embeddings.safetensors      03 the response's input embeddings, mean
-    activations/prompt_last.safetensors           03 each prompt's last token, every layer
-    saes/<sae_id>/{cfg.json, sae_weights.safetensors, metrics.json}   04 SAEs
-    results/*.csv               05-07 probing, comparisons, summary; 09 steering; 11 controls
-    features/<sae_id>/          08 latent report, dashboard pages, histograms
-    notebooks/*.ipynb           papermill outputs
-    cache/                      judge cache and other resumable state
+``data/runs/<run>/`` holds everything a run makes; :data:`LAYOUT` lists it file by file (the
+path, the stage that writes it, what it holds), and ``docs/running.md`` renders that table.
 
 Writes here are atomic (temp file + rename) or whole-line appends (:func:`append_jsonl`), so a
 killed notebook loses at most the rows in flight. One process writes into a run at a time: every
@@ -58,6 +47,155 @@ from lib.core.runtime import cpu_has_fast_bf16
 T = TypeVar("T")
 RUNS_ROOT = REPO_ROOT / "data" / "runs"
 VERSIONED_PACKAGES = ("torch", "transformers", "sae-lens", "scikit-learn", "google-genai", "numpy")
+
+
+#: The run directory, file by file: ``(path, the stage that writes it, what it holds)``. The one
+#: description of the layout: ``docs/running.md``'s table is rendered from it by ``make publish``
+#: (:func:`render_layout`) and ``tests/unit/test_publish.py`` keeps the two equal.
+LAYOUT: tuple[tuple[str, str, str], ...] = (
+    (
+        "`config.yaml`",
+        "the grid (or the first notebook of a new run)",
+        "the resolved config, library versions, git commit",
+    ),
+    (
+        "`completions.jsonl`",
+        "01",
+        "`id`, `scenario`, `sample`, `seed`, `prompt`, `completion`, `n_prompt_tokens`, `n_completion_tokens`, `completion_token_ids`, `finished`",
+    ),
+    (
+        "`labels.jsonl`",
+        "02",
+        "`id`, `judge`, `label` (`deceptive` / `honest` / `ambiguous`), `rationale`, `confidence`, `model`, `prompt_version`, `failed`; one row per completion and judge",
+    ),
+    (
+        "`activations/L{layer:02d}.safetensors`",
+        "03",
+        "`last` [N, d], `mean` [N, d], `tokens` [T, d] (every response token), `token_owner` [T]",
+    ),
+    (
+        "`activations/index.json`",
+        "03",
+        "completion ids in row order, model, dtype, hook names",
+    ),
+    (
+        "`activations/input_embeddings.safetensors`",
+        "03",
+        "`mean` [N, d]: the mean of the model's input embeddings of each response (the `embed` wording baseline)",
+    ),
+    (
+        "`activations/prompt_last.safetensors`",
+        "03",
+        "`L{layer}` [P, d]: the residual stream after each layer at every distinct prompt's last token; `prompt_of` [N], each completion's prompt (the last-prompt-token probe of 11)",
+    ),
+    (
+        "`saes/<sae_id>/`",
+        "04",
+        "SAELens folder: `cfg.json`, `sae_weights.safetensors`, plus `metrics.json` and `history.json`; `sae_id` = `{model_tag}_{arch}_L{layer}_{condition}`, with `_s{i}` for seeds beyond the first",
+    ),
+    (
+        "`results/layer_profile.csv`",
+        "05",
+        "long format: `layer`, `feature` (`last`, `mean`, `text`), `cv`, `subset`, `metric` (`bal_acc`, `auroc`, `recall_at_1fpr`, ...), `value`, `ci_low`, `ci_high`, `ci_method`, `p_value`, `realised_fpr`, `n_negatives`, ...",
+    ),
+    (
+        "`results/layer_tests.csv`",
+        "05",
+        "per (pooling, cv, layer): the confidence set for the best layer (`p_best_set`, `below_peak`), how often each layer is best under resampling, the peak's accuracy on data not used to choose it (`peak_split_bal_acc`), layers above the wording baselines",
+    ),
+    (
+        "`results/probe_controls.csv`",
+        "05",
+        "shuffled labels, scenario identity",
+    ),
+    (
+        "`results/sae_probes.csv`",
+        "05",
+        "one row per SAE, seed and cv, with the SAE's input norm ratio and L0 on the probe's own inputs (`grid`, `refit_all`, `per_fold` sources)",
+    ),
+    (
+        "`results/sae_verdicts.csv`, `results/sae_leakage.csv`",
+        "05",
+        "SAE against raw, and leakage, across seeds: paired test, Holm",
+    ),
+    (
+        "`results/ste_comparison.csv`",
+        "06",
+        "one row per (layer, condition, cv, comparison)",
+    ),
+    (
+        "`results/k_sweep.csv`",
+        "06",
+        "TopK SAEs at several k on one STE layer: L0 and balanced accuracy per (k, seed), for the comparison at matched sparsity",
+    ),
+    (
+        "`results/summary.csv`",
+        "07",
+        "our numbers beside the study's",
+    ),
+    (
+        "`results/latents/`, `results/k_sparse/`",
+        "08",
+        "per-latent statistics and k-sparse probes, one file per SAE (`lib.latents.separating.read_parts` joins them)",
+    ),
+    (
+        "`features/<sae_id>/`",
+        "08",
+        "`report.json`, the dashboard `index.html` with its pages `latents/page-NN.html` (every latent that fires), `histograms.png`, `k_sparse.png`",
+    ),
+    (
+        "`results/steering.csv`, `results/steering/`",
+        "09",
+        "dose-response per direction and judge, ablation",
+    ),
+    (
+        "`results/wording_controls.csv`",
+        "11",
+        "runs of a version 2 scenario file: per layer (and the input embeddings) polarity transfer, same-word AUROC, the answer word, falsehood, the neutral-calibrated monitor, each with its Bonferroni-adjusted band, and the layer's verdict",
+    ),
+    (
+        "`results/prompt_probe.csv`",
+        "11",
+        "per layer, the last-prompt-token probe: AUROC within a prompt (0.5 by construction), under stratified folds beside the scenario prior, on held-out families with its band",
+    ),
+    (
+        "`results/sae_wording_controls.csv`",
+        "11",
+        "the same controls on each grid SAE's mean-pooled codes (first seed), with its verdict",
+    ),
+    (
+        "`results/family_transfer.csv`",
+        "11",
+        "one probe per scenario family scored on every other family (AUROC matrix)",
+    ),
+    (
+        "`results/rehearsal.csv`, `results/cost_model.md`",
+        "`make rehearsal` (`python -m lib.pipeline.grid --costs rehearsal.csv`)",
+        "each stage's wall time, peak memory, disk written and throughput; the projection of the real run",
+    ),
+    (
+        "`figures/`",
+        "02-10",
+        "every figure of the run, PNG and PDF",
+    ),
+    (
+        "`notebooks/`",
+        "the grid",
+        "executed notebooks and the grid's markers of finished cells",
+    ),
+    (
+        "`cache/`",
+        "02, 05, 09",
+        "judge answers (one line each, as they arrive), probe intermediates, steering samples",
+    ),
+)
+
+
+def render_layout() -> str:
+    """:data:`LAYOUT` as the markdown table of ``docs/running.md``."""
+    rows = ["| path | written by | contents |", "|---|---|---|"]
+    rows += [f"| {path} | {writer} | {contents} |" for path, writer, contents in LAYOUT]
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ For one SAE and the run's labels (:func:`analyse_sae`):
 Files (per SAE, so the grid's parallel 08 cells never write one file together):
 ``results/latents/<sae_id>.csv`` (:data:`LATENTS_CSV_COLUMNS`), ``results/k_sparse/<sae_id>.csv``
 (:data:`K_SPARSE_COLUMNS`), ``features/<sae_id>/report.json`` (top latents, examples, histograms,
-keyed on everything they depend on, so a rerun does no work). :func:`assemble_results` writes the
-combined ``results/latents.csv`` and ``results/k_sparse.csv`` from the parts (called once, after
-every 08 cell, by notebook 09).
+keyed on everything they depend on, so a rerun does no work). They are notebook 08's outputs;
+a reader that wants every SAE at once joins them with :func:`read_parts` (nothing writes a
+combined copy).
 """
 
 from __future__ import annotations
@@ -529,7 +529,7 @@ def _from_files(cached: dict, parts) -> LatentReport:
     )
 
 
-# ----- reading and assembling the per-SAE parts ---------------------------------------------------
+# ----- reading the per-SAE parts ---------------------------------------------------
 def read_parts(run: RunDir, name: str, sae_ids: list[str] | None = None) -> pd.DataFrame:
     """``results/<name>/*.csv`` (``latents`` or ``k_sparse``) concatenated, in ``sae_ids`` order."""
     folder = run.result(name)
@@ -541,15 +541,3 @@ def read_parts(run: RunDir, name: str, sae_ids: list[str] | None = None) -> pd.D
     return pd.concat(
         [pd.read_csv(f, dtype={"label": object, "note": object}) for f in files], ignore_index=True
     )
-
-
-def assemble_results(run: RunDir, sae_ids: list[str] | None = None) -> list[Path]:
-    """Write ``results/latents.csv`` and ``results/k_sparse.csv`` from the per-SAE parts
-    (atomically; call it from one process after every 08 cell has finished)."""
-    out = []
-    for name in ("latents", "k_sparse"):
-        df = read_parts(run, name, sae_ids)
-        path = run.result(f"{name}.csv")
-        atomic_write_text(path, df.to_csv(index=False))
-        out.append(path)
-    return out

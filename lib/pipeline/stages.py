@@ -24,7 +24,7 @@ notebook                 produces
 07_summary               ``results/summary.csv``
 08_features              ``features/<sae_id>/report.json``, ``results/latents/<sae_id>.csv`` and
                          ``results/k_sparse/<sae_id>.csv`` of its SAE (or every analysed SAE)
-09_steering              ``results/steering.csv``, ``latents.csv``, ``k_sparse.csv``
+09_steering              ``results/steering.csv``
 10_cross_model           ``figures/layer_profiles_by_depth.png`` of its first run
 11_wording_controls      ``results/wording_controls.csv``, ``prompt_probe.csv`` (runs of a
                          version 2 scenario file)
@@ -429,8 +429,6 @@ STAGES: dict[str, Stage] = {
     ),
     "09_steering": _results(
         "steering.csv",
-        "latents.csv",
-        "k_sparse.csv",
         needs=("08_features",),
         unit="completions sampled",
     ),

@@ -193,7 +193,7 @@ def test_organism_examples_link_to_real_completions(organism_report):
 
 
 def test_organism_report_resumes_and_files_match(organism_report):
-    from lib.latents.separating import analyse_sae, assemble_results, features_dir
+    from lib.latents.separating import analyse_sae, features_dir, read_parts
 
     cfg, run, report, tok = organism_report
     stamp = (features_dir(run, report.sae_id) / "report.json").stat().st_mtime_ns
@@ -201,14 +201,13 @@ def test_organism_report_resumes_and_files_match(organism_report):
     assert (features_dir(run, report.sae_id) / "report.json").stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(again.table, report.table, check_exact=False, atol=1e-9)
     assert again.top == report.top and again.examples == report.examples
-    paths = assemble_results(run)
-    latents = pd.read_csv(paths[0])
+    latents = read_parts(run, "latents")
     assert list(latents.columns[:12]) == [
         "sae_id", "latent", "auroc", "auroc_ci_low", "auroc_ci_high", "q_value",
         "rate_deceptive", "rate_honest", "mean_deceptive", "mean_honest", "loso_auroc", "label",
     ]  # fmt: skip
     assert len(latents) == report.meta["d_sae"]
-    ks = pd.read_csv(paths[1])
+    ks = read_parts(run, "k_sparse")
     assert list(ks.columns[:6]) == ["sae_id", "k", "cv", "bal_acc", "ci_low", "ci_high"]
     assert report.table["auroc"].max() > 0.8  # the organism's label is in its layer-5 latents
 

@@ -159,3 +159,13 @@ def test_the_host_spread_sentence_equals_the_render_of_the_committed_comparison(
     text = readme_section(README.read_text(), hs.SPREAD_BEGIN, hs.SPREAD_END)
     assert text == hs.render_spread(spread)
     assert int(spread.identical.iloc[0]) <= int(spread.completions.iloc[0])
+
+
+def test_the_run_directory_table_of_the_docs_is_the_render_of_the_layout():
+    from lib.core.rundir import LAYOUT, render_layout
+    from lib.report.publish import LAYOUT_BEGIN, LAYOUT_END, LAYOUT_FILE
+
+    table = readme_section(LAYOUT_FILE.read_text(), LAYOUT_BEGIN, LAYOUT_END)
+    assert table == render_layout()
+    paths = [p for p, _, _ in LAYOUT]
+    assert "`activations/prompt_last.safetensors`" in paths and len(set(paths)) == len(paths)
