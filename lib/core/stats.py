@@ -318,20 +318,31 @@ def split_sample_peak(
     ``scores`` ``[L, n]``: out-of-fold scores of ``L`` layers. The completions are split in two
     halves (whole ``cluster`` s when given, else completions within each class); the layer best
     on one half is scored on the other, both ways, and the two honest estimates are averaged.
-    Returns ``bal_acc`` and the two chosen layer indices (``chosen``)."""
+    Returns ``bal_acc`` and the two chosen layer indices (``chosen``). A split of clusters is
+    drawn again (up to 50 times) until both halves hold both classes; when none does (too few
+    clusters with both labels) or no layer can be scored, ``bal_acc`` is NaN and ``chosen``
+    empty."""
     y = np.asarray(y)
-    if cluster is not None:
-        names = np.unique(cluster)
-        first = rng.permutation(names)[: len(names) // 2]
-        half = np.isin(cluster, first)
+    nan: dict = {"bal_acc": float("nan"), "chosen": ()}
+    for _ in range(50 if cluster is not None else 1):
+        if cluster is not None:
+            names = np.unique(cluster)
+            first = rng.permutation(names)[: len(names) // 2]
+            half = np.isin(cluster, first)
+        else:
+            half = np.zeros(len(y), bool)
+            for c in (0, 1):
+                idx = np.flatnonzero(y == c)
+                half[rng.permutation(idx)[: len(idx) // 2]] = True
+        if all(len(np.unique(y[m])) == 2 for m in (half, ~half)):
+            break
     else:
-        half = np.zeros(len(y), bool)
-        for c in (0, 1):
-            idx = np.flatnonzero(y == c)
-            half[rng.permutation(idx)[: len(idx) // 2]] = True
+        return nan
     estimates, chosen = [], []
     for pick, score in ((half, ~half), (~half, half)):
-        acc = [balanced_accuracy(y[pick], s[pick]) for s in scores]
+        acc = np.array([balanced_accuracy(y[pick], s[pick]) for s in scores], dtype=float)
+        if not np.isfinite(acc).any():
+            return nan
         best = int(np.nanargmax(acc))
         chosen.append(best)
         estimates.append(balanced_accuracy(y[score], scores[best][score]))
@@ -357,9 +368,10 @@ def best_set_pvalues(
     correlation of the pairs); with ``clusters`` (held-out scenarios), Holm over the pairs'
     jackknife t p-values (:func:`jackknife_t`). Since every exclusion needs a rejected pair, the
     truly best probe stays with probability ``>= 1 - alpha``, and when all probes are equally
-    good none leaves in more than alpha of experiments, whichever probe the data make look best.
-    (Testing every probe against the *sample* maximum ignores that it was chosen on the same
-    data: with 8 equal layers that excludes one in 7-30% of runs, :mod:`lib.core.power`.)"""
+    good one leaves in about alpha of experiments (simulated: 2-7%), whichever probe the data
+    make look best. (Testing every probe against the *sample* maximum ignores that it was chosen
+    on the same data: with 8 equal layers that excludes one in 8-31% of runs; the numbers are in
+    ``tests/benchmarks/results/power.csv``, from :mod:`lib.core.power`.)"""
     y = np.asarray(y)
     S = np.atleast_2d(scores)
     k = len(S)
@@ -467,7 +479,8 @@ def paired_seed_test(
       the jackknife the seed terms add their variance ``sd_s^2 / S`` with their degrees of
       freedom (Welch-Satterthwaite).
     ``W``: precomputed ``[n_boot, n]`` multiplicities of the completions (the resampling above),
-    shared by the tests of one family: the same resamples for every comparison, drawn once.
+    shared by the tests of one family: the same resamples for every comparison, drawn once. The
+    jackknife (``clusters``) uses neither ``W`` nor ``n_boot``: its leave-one-out plan is fixed.
 
     Returns ``delta``, the CI (``ci_low``, ``ci_high``), the 90% interval for the equivalence
     test (``eq_low``, ``eq_high``), the two-sided ``p_value`` (bootstrap:
@@ -498,6 +511,9 @@ def paired_seed_test(
         seed_terms[0] = (seed_sd_a[0], len(point_a), seed_sd_a[1], 1.0)
     if seed_sd_b is not None and len(point_b) > 1 and seed_sd_b[1] > 0:
         seed_terms[1] = (seed_sd_b[0], len(point_b), seed_sd_b[1], -1.0)
+    if cluster_design not in ("jackknife_t", "percentile"):
+        raise ValueError(f"cluster_design={cluster_design!r}; allowed: 'jackknife_t', 'percentile'")
+    out["df"] = float("nan")
     if clusters is not None and cluster_design == "jackknife_t":
         L = leave_one_cluster_out(clusters)
         left_out = np.nanmean(_metric_matrix(metric, y, A, L), axis=1) - np.nanmean(

@@ -264,6 +264,9 @@ def _check_activations(ins: Inspector, params: Params) -> Check:
     shapes = safetensors_shapes(run.prompt_last)
     if shapes.get("prompt_of", [-1])[:1] != [n]:
         return invalid(f"activations/{run.prompt_last.name} does not cover the {n} completions")
+    missing = [layer for layer in index["layers"] if f"L{layer}" not in shapes]
+    if missing:
+        return invalid(f"activations/{run.prompt_last.name} lacks layers {missing}")
     return OK
 
 

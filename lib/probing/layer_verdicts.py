@@ -11,8 +11,8 @@ profile:
   rate of all pairwise comparisons of the curve held at 5% (``p_best_set``,
   :func:`lib.core.stats.best_set_pvalues`). The layers not below are a confidence set for the
   best layer, the honest "peak region": with 8 equally good layers it wrongly excludes one in
-  3-7% of simulated runs (``python -m lib.core.power``), where testing each layer against the
-  sample peak did in 7-30%. The paired test against the sample peak stays as a description
+  about 5% of simulated runs, where testing each layer against the sample peak did in up to a
+  third (``tests/benchmarks/results/power.csv``, from ``python -m lib.core.power``). The paired test against the sample peak stays as a description
   (``delta_vs_peak``, ``p_vs_peak``, ``p_holm_vs_peak``);
 * ``peak_split_bal_acc``: the peak's accuracy on data not used to choose it
   (:func:`lib.core.stats.split_sample_peak`: the best layer of one half of the completions, or

@@ -130,7 +130,8 @@ def prompt_probe_metrics(
         lo, hi = stats.percentile_ci(stats.auroc(y[keep], h[keep], W), level)
     ok = np.isfinite(s)
     # pairs scored by one probe (one fold) on one prompt; across folds the probes' offsets
-    # differ, which biases a pooled within-prompt AUROC below 0.5 (see within_group_auroc)
+    # differ, which biases a pooled within-prompt AUROC below 0.5 (as
+    # lib.probing.wording_controls.within_group_auroc explains)
     pairs = np.char.add(scenario.astype(str), np.char.add("|", strat.astype(str)))
     within = stats.within_group_auroc(y[ok], s[ok], pairs[ok])
     return {
@@ -181,13 +182,17 @@ def describe(table: pd.DataFrame) -> str:
         return "The last-prompt-token probe was not run."
     t = table
     contains = ((t.held_out_low <= 0.5) & (0.5 <= t.held_out_high)).sum()
+    band = (
+        f"its interval containing 0.5 at {contains} of {len(t)} layers (cluster bootstrap over "
+        f"{int(t.families.iloc[0])} families, Bonferroni over layers)"
+        if t.held_out_low.notna().any()
+        else "no interval computed (n_bootstrap 0)"
+    )
     return (
         f"A probe on the last prompt token (the same vector for every completion of a prompt) "
         f"ties within every prompt (AUROC {_span(t.within_scenario)} over {len(t)} layers, 0.5 "
         "by construction); under the "
         f"study's stratified folds it reaches AUROC {_span(t.stratified)}, "
         f"beside the scenario prior's {t.prior.iloc[0]:.2f} (each prompt's rate in the training "
-        f"folds); holding out whole families it reaches {_span(t.held_out)}, its "
-        f"interval containing 0.5 at {contains} of {len(t)} layers "
-        f"(cluster bootstrap over {int(t.families.iloc[0])} families, Bonferroni over layers)."
+        f"folds); holding out whole families it reaches {_span(t.held_out)}, {band}."
     )

@@ -26,17 +26,21 @@ def sae_controls(
     run: RunDir, cfg: RunConfig, cs: ControlSet, n_boot: int = 500, seed: int = 0
 ) -> pd.DataFrame:
     """One row per grid cell's first-seed SAE (``sae_id``, ``layer``, ``arch``, ``condition``,
-    every control with its interval, ``verdict``); SAEs not trained yet are left out with a
-    ``note``. Written to ``results/sae_wording_controls.csv``; a rerun reads it back."""
+    every control with its interval, ``verdict``); SAEs not trained yet get a ``note`` and no
+    controls. Written to ``results/sae_wording_controls.csv``; a rerun reads it back once every
+    SAE of the grid was trained (a table with a missing SAE is computed again)."""
     from lib.capture.labelled import read_layer  # lazy: torch
     from lib.sae.codes import sae_features  # lazy: torch
     from lib.sae.model import is_complete, load_sae  # lazy: torch
 
     path = run.result("sae_wording_controls.csv")
     if path.exists():
-        return pd.read_csv(path)
+        old = pd.read_csv(path)
+        if not old["note"].fillna("").astype(str).str.len().any():
+            return old
     cells = list(cfg.sae_grid())
-    level = 1 - ALPHA / max(len(cells), 1)
+    trained = [c for c in cells if is_complete(run.sae_dir(cfg.sae_id(*c, 0)))]
+    level = 1 - ALPHA / max(len(trained), 1)  # Bonferroni over the SAEs that are tested
     rows = []
     for layer, arch, cond in progress(cells, desc="SAE controls", unit="SAE"):
         sae_id = cfg.sae_id(layer, arch, cond, 0)

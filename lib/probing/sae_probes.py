@@ -13,7 +13,8 @@ go to ``results/sae_probes.csv`` (:data:`SAE_COLUMNS`). The verdicts, one per (c
 sae_source), go to ``results/sae_verdicts.csv`` (:data:`VERDICT_COLUMNS`): the mean over seeds
 and its seed spread, and ``delta`` = mean over seeds of SAE minus raw pooled balanced accuracy
 with the book's one paired test (:func:`lib.core.stats.paired_seed_test`: a bootstrap over
-completions, or whole scenarios under ``scenario`` folds, and seeds). ``p_holm``: Holm within a
+completions and a t term over seeds; under ``scenario`` folds a delete-one-scenario jackknife
+t-interval). ``p_holm``: Holm within a
 stated family, ``(cv, sae_source, family)`` where ``family`` is ``study`` (TopK and threshold-0
 JumpReLU, the study's 30) or ``ste``; ``verdict`` is ``win`` / ``loss`` when ``p_holm < 0.05``,
 else ``inconclusive``.

@@ -2,10 +2,11 @@
 
 Every verdict here is the book's one paired test (:func:`lib.core.stats.paired_seed_test`): the
 difference of pooled balanced accuracies, averaged over the SAE seeds of a grid cell, with a
-bootstrap over completions (whole scenarios under ``scenario`` folds) and seeds, and Holm's
-correction within a stated family. A cell probed with one SAE seed only (the ``refit_all`` /
-``per_fold`` SAEs of the leakage check usually are) gets :data:`DESCRIPTIVE` instead of a
-verdict: one fit carries no estimate of its own variance. Each verdict is also classed by the book's one rule
+bootstrap over completions and a t term over seeds (under ``scenario`` folds a delete-one-scenario
+jackknife t-interval), and Holm's correction within a stated family. A cell probed with one SAE
+seed only (the ``refit_all`` / ``per_fold`` SAEs of the leakage check usually are) gets
+:data:`DESCRIPTIVE` instead of a verdict: one fit carries no estimate of its own variance, so its
+p-value (kept in ``p_value``) takes no part in Holm's correction of the others. Each verdict is also classed by the book's one rule
 (:func:`lib.core.stats.verdict_class`: ``better`` / ``worse`` / ``equivalent`` within 2 points /
 ``inconclusive``), with the seed spread pooled over the cells of its family
 (:func:`lib.core.stats.pooled_seed_sd`). Families for SAE vs raw: ``(cv, sae_source, family)`` with
@@ -48,7 +49,10 @@ def class_counts(verdict_class) -> str:
         return "verdict classes not computed"
     counts = verdict_class.value_counts()
     names = {"equivalent": f"equivalent within {100 * stats.EQUIVALENCE_MARGIN:.0f} points"}
-    return ", ".join(f"{int(counts.get(c, 0))} {names.get(c, c)}" for c in stats.VERDICT_CLASSES)
+    text = ", ".join(f"{int(counts.get(c, 0))} {names.get(c, c)}" for c in stats.VERDICT_CLASSES)
+    if counts.get(DESCRIPTIVE, 0):
+        text += f", {int(counts[DESCRIPTIVE])} descriptive (one SAE seed: no test)"
+    return text
 
 
 def family_of(arch: str) -> str:
@@ -122,8 +126,11 @@ def sae_verdicts(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) -
             )
         rows.append(row)
     out = pd.DataFrame(rows).reindex(columns=VERDICT_COLUMNS)
+    one_fit = out.p_value.notna() & (out.n_seeds < 2)
     for _, idx in out.groupby(["cv", "sae_source", "family"]).groups.items():
-        out.loc[idx, "p_holm"] = stats.holm(out.loc[idx, "p_value"].to_numpy(dtype=float))
+        p = out.loc[idx, "p_value"].to_numpy(dtype=float)
+        p[one_fit.loc[idx].to_numpy()] = np.nan  # a one-fit p-value must not loosen the others
+        out.loc[idx, "p_holm"] = stats.holm(p)
     out["verdict"] = np.where(
         out.p_holm < ALPHA, np.where(out.delta > 0, "win", "loss"), "inconclusive"
     )
@@ -132,7 +139,6 @@ def sae_verdicts(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) -
         stats.verdict_class(*v)
         for v in zip(out.delta, out.p_holm, out.eq_low, out.eq_high, strict=True)
     ]
-    one_fit = out.p_value.notna() & (out.n_seeds < 2)
     out.loc[one_fit, ["verdict", "verdict_class"]] = DESCRIPTIVE
     out["note"] = out["note"].astype(object).fillna("")
     return out

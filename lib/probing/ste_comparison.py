@@ -4,8 +4,8 @@ The study reports that its 9 STE JumpReLU SAEs beat TopK in 8 of 9 (layer, condi
 counting any positive difference. Here, for every (layer, condition) with an STE SAE, the STE
 SAE is compared with the TopK and with the threshold-0 JumpReLU SAE of the same cell by the
 book's one paired test (:func:`lib.core.stats.paired_seed_test`: the difference of pooled balanced
-accuracies, averaged over each architecture's seeds, with a bootstrap over completions (whole
-scenarios under ``scenario`` folds) and seeds), Holm-corrected within each (cv, comparison)
+accuracies, averaged over each architecture's seeds, with a bootstrap over completions and a t
+term over seeds; under ``scenario`` folds a delete-one-scenario jackknife t-interval), Holm-corrected within each (cv, comparison)
 family. ``verdict``: ``win`` / ``loss`` when ``p_holm < 0.05``, ``inconclusive`` otherwise (``untested`` without results),
 ``collapsed`` when the STE code fires less than one latent per input on the probe's own inputs.
 

@@ -77,8 +77,8 @@ def render_spread(df: pd.DataFrame) -> str:
         f"{100 * r.max_profile_diff_stratified:.1f} points under stratified folds and "
         f"{100 * r.max_profile_diff_scenario:.1f} under held-out families"
         if moved > 0
-        else "no layer's balanced accuracy moved (no probe's prediction flipped; at "
-        f"{r.decisive_a} decisive completions one flip is about {100 / r.decisive_a:.0f} points)"
+        else "no layer's balanced accuracy changed (at "
+        f"{r.decisive_a} decisive completions a balanced accuracy moves in steps of a few points)"
     )
     return (
         "**How far another host moves these numbers.** Measured on the SmolLM2 smoke book "

@@ -54,7 +54,7 @@ def render_power_prose(df: pd.DataFrame) -> str:
     """The README's paragraph on what the book can and cannot detect at its n."""
     sae = df[(df.family == "SAE vs raw") & (df.measure == "power")].sort_values("effect")
     small, large = sae.iloc[0], sae.iloc[-1]
-    eq = df[df.family == "equal probes"].sort_values("reps")
+    eq = df[df.family == "equal probes"]
     eq_big = eq[eq.design.str.contains("2000")].value.iloc[0]
     pct9 = _value(df, "held-out interval", "9 scenarios, percentile")
     jack9 = _value(df, "held-out interval", "9 scenarios, jackknife_t")
@@ -69,7 +69,7 @@ def render_power_prose(df: pd.DataFrame) -> str:
         f"{large.value:.0f}% of the time, a {small.effect:g}-point one {small.value:.0f}%, and "
         f"two equal probes are called `equivalent` in {eq_big:.0f}% of runs even with 2000 "
         "completions, so most small differences end `inconclusive`, which is not evidence of no "
-        "difference. Intervals over held-out scenarios are jackknife t-intervals "
+        "difference. Paired comparisons over held-out scenarios use jackknife t-intervals "
         f"({jack9:.1f}% coverage over 9 scenarios, where the percentile bootstrap gave "
         f'{pct9:.1f}%), and the layers "not below the peak" are a confidence set for the best '
         f"layer ({best.min():.1f}-{best.max():.1f}% false exclusions among 8 equal layers; "

@@ -80,3 +80,23 @@ def test_the_split_sample_peak_finds_a_planted_layer_and_loses_the_maximums_opti
     naive, split = power.peak_optimism(power.Design(clusters=30, per_cluster=20), 60, seed=4)
     assert naive["value"] > 1.0, naive  # the maximum of 8 equal layers is optimistic
     assert abs(split["value"]) < 3 * split["mc_error"] + 0.5, split
+
+
+def test_the_split_sample_peak_is_nan_not_a_crash_when_a_half_cannot_hold_both_labels():
+    rng = np.random.default_rng(0)
+    y = np.array([0, 0, 1, 1, 1, 1])
+    cluster = np.array(
+        [0, 0, 1, 1, 2, 2]
+    )  # one label per cluster: no split holds both in each half
+    scores = rng.standard_normal((3, 6))
+    assert np.isnan(stats.split_sample_peak(y, scores, np.array([0] * 6), rng)["bal_acc"])
+    out = stats.split_sample_peak(y, scores, cluster, rng)
+    assert np.isnan(out["bal_acc"]) and out["chosen"] == ()
+
+
+def test_a_misspelt_cluster_design_is_an_error():
+    y = np.array([0, 1] * 10)
+    with pytest.raises(ValueError, match="cluster_design"):
+        stats.paired_seed_test(
+            y, y * 1.0, y * 1.0, 10, clusters=np.arange(20) % 4, cluster_design="jack"
+        )
