@@ -92,9 +92,11 @@ def auroc(y: np.ndarray, scores: np.ndarray, w: np.ndarray | None = None):
     return float(out[0]) if w is None or np.ndim(w) == 1 else out
 
 
-def within_group_auroc(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+def auroc_within_groups(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
     """AUROC over (positive, negative) pairs of the same group only (ties count one half); NaN
-    when no group holds both classes."""
+    when no group holds both classes. The point estimate only: notebook 11's controls, which need
+    a cluster-bootstrap interval of it too, use
+    :func:`lib.probing.wording_controls.within_group_auroc`."""
     y, s, groups = np.asarray(y), np.asarray(scores, float), np.asarray(groups)
     num = den = 0.0
     for g in np.unique(groups):

@@ -133,7 +133,7 @@ def prompt_probe_metrics(
     # differ, which biases a pooled within-prompt AUROC below 0.5 (as
     # lib.probing.wording_controls.within_group_auroc explains)
     pairs = np.char.add(scenario.astype(str), np.char.add("|", strat.astype(str)))
-    within = stats.within_group_auroc(y[ok], s[ok], pairs[ok])
+    within = stats.auroc_within_groups(y[ok], s[ok], pairs[ok])
     return {
         "within_scenario": float(within),
         "stratified": float(stats.auroc(y[ok], s[ok])),
