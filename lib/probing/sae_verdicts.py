@@ -128,7 +128,7 @@ def sae_verdicts(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) -
     out = pd.DataFrame(rows).reindex(columns=VERDICT_COLUMNS)
     one_fit = out.p_value.notna() & (out.n_seeds < 2)
     for _, idx in out.groupby(["cv", "sae_source", "family"]).groups.items():
-        p = out.loc[idx, "p_value"].to_numpy(dtype=float)
+        p = out.loc[idx, "p_value"].to_numpy(dtype=float, copy=True)
         p[one_fit.loc[idx].to_numpy()] = np.nan  # a one-fit p-value must not loosen the others
         out.loc[idx, "p_holm"] = stats.holm(p)
     out["verdict"] = np.where(
