@@ -50,7 +50,6 @@ import unicodedata
 from pathlib import Path
 
 import jinja2
-import numpy as np
 
 from lib.core.fileio import atomic_write_text
 from lib.figures.style import LABEL_COLOURS
@@ -578,16 +577,3 @@ def write_dashboard(path: Path, report, model_label: str, page_size: int = PAGE_
     if path.name != "index.html":
         atomic_write_text(path, files["index.html"])
     return path
-
-
-def summary_counts(report) -> dict[str, float]:
-    """What the page says in numbers (for the notebook's check cell): latents that fire, pages,
-    word verdict counts and the median density of the latents that fire."""
-    firing = report.firing_ids()
-    dens = report.table.set_index("latent").loc[firing, "density"] if firing else []
-    return {
-        "firing": len(firing),
-        "pages": max(1, math.ceil(len(firing) / PAGE_SIZE)),
-        "median_density": float(np.median(dens)) if len(dens) else float("nan"),
-        **report.meta.get("word_verdicts", {}),
-    }
