@@ -452,7 +452,7 @@ STAGES: dict[str, Stage] = {
     "11_wording_controls": _results(
         "wording_controls.csv",
         "prompt_probe.csv",
-        needs=("03_activation_capture",),
+        needs=("03_activation_capture", "04_sae_training"),  # 04: the SAE controls
         unit="layers controlled",
     ),
 }
