@@ -98,12 +98,9 @@ def _curve_tests(
     M = np.stack([stats.balanced_accuracy(y, results[layer].scores, W) for layer in layers], 1)
     best = np.nanargmax(np.where(np.isnan(M), -np.inf, M), axis=1)
     share = np.bincount(best, minlength=len(layers)) / n_boot
-    best_set = stats.best_set_pvalues(
-        y, np.stack([results[layer].scores for layer in layers]), clusters, W=W
-    )
-    split = stats.split_sample_peak(
-        y, np.stack([results[layer].scores for layer in layers]), clusters, rng
-    )
+    S = np.stack([results[layer].scores for layer in layers])
+    best_set = stats.best_set_pvalues(y, S, clusters, W=W)
+    split = stats.split_sample_peak(y, S, clusters, rng)
     rows = []
     for i, layer in enumerate(layers):
         r = {

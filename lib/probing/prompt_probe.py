@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold
 
 from lib.core import stats
 from lib.core.fileio import atomic_write_text
 from lib.core.rundir import RunDir
 from lib.core.runtime import blas_threads
-from lib.probing.probe import study_probe
+from lib.probing.probe import CV_SEED, cv_folds, fold_problem, study_probe
 
 N_FOLDS = 5
 ALPHA = 0.05
@@ -69,14 +69,12 @@ def scenario_prior_scores(scenario: np.ndarray, y: np.ndarray, folds: np.ndarray
     return out
 
 
-def stratified_folds(y: np.ndarray, seed: int = 42) -> np.ndarray:
-    """The study's folds: ``StratifiedKFold(5, shuffle=True)``; one fold when a class is too small."""
-    folds = np.zeros(len(y), dtype=np.int64)
-    if min(np.bincount(y, minlength=2)) >= N_FOLDS:
-        splitter = StratifiedKFold(N_FOLDS, shuffle=True, random_state=seed)
-        for k, (_, te) in enumerate(splitter.split(np.zeros(len(y)), y)):
-            folds[te] = k
-    return folds
+def stratified_folds(y: np.ndarray, seed: int = CV_SEED) -> np.ndarray:
+    """The study's folds (:func:`lib.probing.probe.cv_folds`); one fold when a class is too small
+    to be split five ways."""
+    if fold_problem(y, None, "stratified"):
+        return np.zeros(len(y), dtype=np.int64)
+    return cv_folds(y, None, "stratified", seed)
 
 
 def family_folds(family: np.ndarray) -> np.ndarray:

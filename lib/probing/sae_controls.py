@@ -39,14 +39,14 @@ def sae_controls(
         if not old["note"].fillna("").astype(str).str.len().any():
             return old
     cells = list(cfg.sae_grid())
-    trained = [c for c in cells if is_complete(run.sae_dir(cfg.sae_id(*c, 0)))]
-    level = 1 - ALPHA / max(len(trained), 1)  # Bonferroni over the SAEs that are tested
+    done = {c: is_complete(run.sae_dir(cfg.sae_id(*c, 0))) for c in cells}
+    level = 1 - ALPHA / max(sum(done.values()), 1)  # Bonferroni over the SAEs that are tested
     rows = []
     for layer, arch, cond in progress(cells, desc="SAE controls", unit="SAE"):
         sae_id = cfg.sae_id(layer, arch, cond, 0)
         base = {"sae_id": sae_id, "layer": layer, "arch": arch, "condition": cond}
         folder = run.sae_dir(sae_id)
-        if not is_complete(folder):
+        if not done[(layer, arch, cond)]:
             rows.append({**base, "note": "not trained (run 04_sae_training)"})
             continue
         sae = load_sae(folder)

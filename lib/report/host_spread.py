@@ -51,18 +51,14 @@ def compare_runs(a: RunDir, b: RunDir, judge: str = "keyword") -> dict:
         y = profile_values(pb, cv, "mean").set_index("layer").value
         both = x.index.intersection(y.index)
         diffs[cv] = float(np.max(np.abs(x[both] - y[both]))) if len(both) else float("nan")
-    n = {}
-    for name, run in (("a", a), ("b", b)):
-        first = read_layer_profile(run).iloc[0]
-        n[name] = int(first.n)
     return {
         "config": a.root.name,
         "completions": len(common),
         "identical": same,
         "changed_decisive": changed_decisive,
         "relabelled": relabelled,
-        "decisive_a": n["a"],
-        "decisive_b": n["b"],
+        "decisive_a": int(pa.iloc[0].n),
+        "decisive_b": int(pb.iloc[0].n),
         "max_profile_diff_stratified": round(diffs["stratified"], 4),
         "max_profile_diff_scenario": round(diffs["scenario"], 4),
     }

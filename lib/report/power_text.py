@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lib.core.config import REPO_ROOT
+from lib.core.markdown import to_markdown
 
 POWER_RESULTS = REPO_ROOT / "tests" / "benchmarks" / "results" / "power.csv"
 POWER_TABLE_FILE = REPO_ROOT / "docs" / "method.md"
@@ -38,16 +39,18 @@ def _value(df: pd.DataFrame, family: str, design_has: str, effect: float | None 
 
 def render_power_table(df: pd.DataFrame) -> str:
     """Every row of the simulation table as markdown (values in percent, or points of error)."""
-    lines = [
-        "| verdict family | design | effect (points) | measure | value | MC error | replications |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in df.itertuples():
-        lines.append(
-            f"| {r.family} | {r.design} | {r.effect:g} | {r.measure} | {r.value:g} | "
-            f"{r.mc_error:g} | {r.reps} |"
-        )
-    return "\n".join(lines)
+    shown = pd.DataFrame(
+        {
+            "verdict family": df.family,
+            "design": df.design,
+            "effect (points)": [f"{v:g}" for v in df.effect],
+            "measure": df.measure,
+            "value": [f"{v:g}" for v in df.value],
+            "MC error": [f"{v:g}" for v in df.mc_error],
+            "replications": df.reps,
+        }
+    )
+    return to_markdown(shown)
 
 
 def render_power_prose(df: pd.DataFrame) -> str:

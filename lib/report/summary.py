@@ -24,7 +24,6 @@ from scipy.stats import spearmanr
 
 from lib.core.config import RunConfig
 from lib.core.fileio import atomic_write_text
-from lib.core.markdown import to_markdown as to_markdown  # re-exported: notebook 07 reads it here
 from lib.core.rundir import RunDir
 from lib.core.vocabulary import SAEKey
 from lib.probing.layer_profile import profile_values, read_layer_profile

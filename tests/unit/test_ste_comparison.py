@@ -4,8 +4,9 @@ in the long format of ``results/ste_comparison.csv``."""
 import numpy as np
 import pandas as pd
 
+from lib.core.markdown import to_markdown
 from lib.probing.ste_comparison import COLUMNS, study_claim
-from lib.report.summary import _ste_claim, to_markdown
+from lib.report.summary import _ste_claim
 
 
 def _table():
