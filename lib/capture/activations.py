@@ -103,7 +103,7 @@ def capture_batch(
         out[layer] = {"last": last.cpu(), "mean": mean.cpu(), "tokens": toks.cpu()}
 
     with resid_hooks(model, layers, sink):
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
+        model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
     return out
 
 
@@ -115,7 +115,7 @@ def _capture_cached(model, tokenizer, seqs, layers, store: dict | None = None) -
     comps = [s[n:] for s, n in seqs]
     seen: dict[int, torch.Tensor] = {}
     with resid_hooks(model, layers, seen.__setitem__):
-        after_prompt(model, rows, comps, pad)
+        after_prompt(model, rows, comps, pad, logits_to_keep=1)  # only the hooks are read
     out = {}
     for i in layers:
         toks = [seen[i][r, : len(c)].float() for r, c in enumerate(comps)]
@@ -216,7 +216,7 @@ def capture_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = 
         "version": INDEX_VERSION,
         "run": cfg.name,
         "model": cfg.model,
-        "dtype": cfg.dtype,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # what ran (auto)
         "stored_dtype": "float32",
         "d_model": d,
         "n_layers": total_layers,

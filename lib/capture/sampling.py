@@ -30,7 +30,7 @@ from lib.core.fileio import append_jsonl, read_jsonl
 from lib.core.rundir import RunDir, iter_batches, sha256_text
 from lib.core.runtime import progress as progress_bar
 from lib.core.scenarios import Scenario, scenarios_for
-from lib.models.loading import prefill_rows, stack_prompts
+from lib.models.loading import decode_attention, prefill_rows, stack_prompts
 
 
 def model_prompt(tokenizer, sc: Scenario, style: str = "raw") -> str:
@@ -70,7 +70,9 @@ def sample_seed(run_seed: int, scenario: str, sample: int) -> int:
 
 def filter_logits(logits: torch.Tensor, s: SamplingConfig) -> torch.Tensor:
     """Temperature, then top-k (0 = off) and top-p (1.0 = off), as transformers defines them."""
-    logits = logits.float() / s.temperature
+    logits = logits.float()
+    if s.temperature != 1.0:  # x / 1.0 is x: skip the pass over [B, V]
+        logits = logits / s.temperature
     if s.top_k > 0:
         logits = TopKLogitsWarper(s.top_k)(None, logits)
     if s.top_p < 1.0:
@@ -143,25 +145,29 @@ def generate_rows(
     """One continuation per ``(prompt, seed)`` row, rows of several prompts decoded together.
 
     Each distinct prompt is prefilled once (:func:`lib.models.loading.prefill_rows`); the caches are
-    stacked, left-padded to the longest prompt (:func:`lib.models.loading.stack_prompts`), and every decode
-    step runs the whole batch. Each row draws from its own generator, so it samples what
-    :func:`generate_batch` samples up to float rounding (the same tokens: ``tests/integration/test_prompt_cache.py``).
+    stacked, left-padded to the longest prompt, with room for the new tokens
+    (:func:`lib.models.loading.stack_prompts`), and every decode step runs the rows still
+    running: once a quarter of the batch has ended (EOS), those rows leave it (their cache
+    rows too). Each row draws from its own generator, so it samples what
+    :func:`generate_batch` samples up to float rounding (the same tokens:
+    ``tests/integration/test_prompt_cache.py``).
     """
     device = next(model.parameters()).device
     rows = prefill_rows(model, [tuple(tokenizer(p).input_ids) for p in prompts])
-    past, prefix = stack_prompts(rows)
+    past, prefix = stack_prompts(rows, reserve=s.max_new_tokens)
     logits = torch.cat([lg for _, lg, _ in rows])
     position = torch.tensor([[n] for _, _, n in rows], device=device)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     eos = _eos_ids(model, tokenizer)
     out: list[list[int]] = [[] for _ in seeds]
     done = [False] * len(seeds)
+    live = list(range(len(seeds)))  # the rows of ``out`` the batch's rows hold, in order
     step_input = None
     for step in range(s.max_new_tokens):
         if step:
             attn = None
             if prefix is not None:
-                grown = torch.ones((len(rows), step), dtype=prefix.dtype, device=device)
+                grown = torch.ones((len(live), step), dtype=prefix.dtype, device=device)
                 attn = torch.cat([prefix, grown], dim=1)
             result = model(
                 input_ids=step_input,
@@ -172,11 +178,24 @@ def generate_rows(
             )
             past, logits = result.past_key_values, result.logits[:, -1]
             position = position + 1
-        tokens = draw(filter_logits(logits, s), generators)
-        _record(tokens, out, done, eos)
+        tokens = draw(filter_logits(logits, s), [generators[r] for r in live])
+        for r, t in zip(live, tokens.tolist(), strict=True):
+            if done[r]:
+                continue
+            if t in eos:
+                done[r] = True
+            else:
+                out[r].append(t)
         if all(done):
             break
         step_input = tokens[:, None]
+        finished = [i for i, r in enumerate(live) if done[r]]
+        if len(finished) * 4 >= len(live):
+            keep = torch.tensor([i for i, r in enumerate(live) if not done[r]], device=device)
+            live = [live[i] for i in keep.tolist()]
+            past.batch_select_indices(keep)
+            step_input, position = step_input[keep], position[keep]
+            prefix = None if prefix is None else prefix[keep]
     return out
 
 
@@ -241,11 +260,13 @@ def sample_run(run: RunDir, cfg: RunConfig, model, tokenizer, progress: bool = T
             continue
         bar.set_postfix(scenario=todo[0][0].id)
         seeds = [sample_seed(cfg.seed, sc.id, i) for sc, i in todo]
-        if cfg.prompt_cache:
-            prompts = [prompt_of[sc.id] for sc, _ in todo]
-            ids = generate_rows(model, tokenizer, prompts, seeds, cfg.sampling)
-        else:
-            ids = generate_batch(model, tokenizer, prompt_of[todo[0][0].id], seeds, cfg.sampling)
+        with decode_attention(model):
+            if cfg.prompt_cache:
+                prompts = [prompt_of[sc.id] for sc, _ in todo]
+                ids = generate_rows(model, tokenizer, prompts, seeds, cfg.sampling)
+            else:
+                prompt = prompt_of[todo[0][0].id]
+                ids = generate_batch(model, tokenizer, prompt, seeds, cfg.sampling)
         rows = [
             _row(cfg, tokenizer, sc, prompt_of[sc.id], i, sd, t)
             for (sc, i), sd, t in zip(todo, seeds, ids, strict=True)

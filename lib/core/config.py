@@ -266,8 +266,10 @@ class RunConfig(_Strict):
     figures: str = Field(
         "", pattern=r"^[A-Za-z0-9_.-]*$", description="folder under figures/ (default: name)"
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype of the model's weights and forward passes"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32",
+        description="dtype of the model's weights and forward passes (sampling, capture); auto: "
+        "bfloat16 on a GPU or a CPU with bfloat16 instructions, else float32",
     )
     device: str = Field("auto", description="'auto' picks cuda when present, else cpu")
     scenario_file: str = Field(DEFAULT_SCENARIO_FILE, description="YAML file of scenario prompts")

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.cache_utils import DynamicLayer
 
 from lib.core.config import REPO_ROOT, RunConfig
 from lib.core.fileio import safetensors_problem
-from lib.core.runtime import cpu_has_fast_bf16, library_bars_follow_batch_mode
+from lib.core.runtime import cpu_has_fast_bf16, fast_bf16, library_bars_follow_batch_mode
 from lib.models.organism import ORGANISM_DIR, ensure_organism
 from lib.models.random_models import ensure_random_model
 from lib.models.registry import ensure_gguf_model, is_gguf_spec
@@ -83,9 +84,23 @@ def load_model(cfg: RunConfig, device: str | None = None):
     return load_model_path(cfg.model, dtype=cfg.dtype, device=device or cfg.device)
 
 
+def resolve_dtype(dtype: str, device: str | torch.device) -> str:
+    """``auto`` -> ``bfloat16`` where its matmuls are fast (a GPU, or a CPU with bfloat16
+    instructions: :func:`lib.core.runtime.fast_bf16`), else ``float32``; any other dtype as it is.
+    On this book's AVX512-BF16 CPU, bfloat16 sampled SmolLM2 about 1.3x faster (and trained SAEs
+    1.2-1.9x faster: ``sae.matmul_dtype``); without those instructions it ran several times slower
+    (``tests/benchmarks/bench_sampler.py``, ``bench_dtype.py``)."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if fast_bf16(resolve_device(str(device))) else "float32"
+
+
 def load_model_path(model: str, dtype: str = "float32", device: str = "cpu"):
+    """``(model, tokenizer)`` of a model spec (:func:`resolve_model_path`), in eval mode, with the
+    dtype :func:`resolve_dtype` resolves."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = resolve_dtype(dtype, device)
     library_bars_follow_batch_mode()  # papermill would store "Loading weights: 0%| 0/75"
     path = resolve_model_path(model)
     check_weight_files(path, model)
@@ -249,12 +264,32 @@ def replace_resid(model, layer: int, fn):
         handle.remove()
 
 
+@contextmanager
+def decode_attention(model):
+    """Within: eager attention where torch's fused CPU attention is slow for one-token decode
+    steps, i.e. a bfloat16 model on a CPU (SmolLM2, 48 rows: 190 tok/s with ``sdpa``, 311 with
+    ``eager``; in float32 ``sdpa`` is the faster and stays). The model's own choice is restored
+    after."""
+    param = next(model.parameters())
+    current = getattr(model.config, "_attn_implementation", None)
+    switch = param.device.type == "cpu" and param.dtype == torch.bfloat16 and current == "sdpa"
+    if switch:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(current)
+
+
 # ----- the prompt cache ---------------------------------------------------------------------------
 @torch.no_grad()
 def prefill(model, prompt: list[int]):
-    """One forward pass over ``prompt`` (batch 1): ``(past_key_values, logits [1, len, V])``."""
+    """One forward pass over ``prompt`` (batch 1): ``(past_key_values, logits [1, 1, V])``, the
+    logits of the last position only (the LM head over every prompt position cost SmolLM2 7 GFLOP
+    per prompt for logits nobody reads)."""
     device = next(model.parameters()).device
-    out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+    out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
     return out.past_key_values, out.logits
 
 
@@ -270,19 +305,69 @@ def prefill_rows(model, prompts: list[tuple[int, ...]], store: dict | None = Non
     return [store[prompt] for prompt in prompts]
 
 
-def stack_prompts(rows: list) -> tuple:
+class GrowingLayer(DynamicLayer):
+    """A :class:`~transformers.cache_utils.DynamicLayer` that writes each decode step's keys and
+    values into room reserved ahead, instead of concatenating the whole cache again at every step
+    (``torch.cat`` of every layer's cache was 30% of SmolLM2's sampling time at 48 rows). Attention
+    sees the same ``[B, H, length, D]`` keys, as a view of the buffer."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, reserve: int):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self._length = keys.shape[-2]
+        self._buffers = []
+        for t in (keys, values):
+            b, h, n, d = t.shape
+            buf = t.new_empty((b, h, n + reserve, d))
+            buf[:, :, :n].copy_(t)
+            self._buffers.append(buf)
+        self._views()
+
+    def _views(self) -> None:
+        self.keys, self.values = (buf[:, :, : self._length] for buf in self._buffers)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        if self._length + n > self._buffers[0].shape[-2]:  # out of room: grow as DynamicLayer does
+            self._buffers = [
+                torch.cat([buf[:, :, : self._length], new], dim=-2)
+                for buf, new in zip(self._buffers, (key_states, value_states), strict=True)
+            ]
+        else:
+            for buf, new in zip(self._buffers, (key_states, value_states), strict=True):
+                buf[:, :, self._length : self._length + n].copy_(new)
+        self._length += n
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._buffers = [buf[indices] for buf in self._buffers]
+        self._views()
+
+
+def stack_prompts(rows: list, reserve: int = 0) -> tuple:
     """One batch cache from the batch-1 caches of :func:`prefill_rows` (a row per entry; entries
     may repeat), left-padded to the longest prompt, with the prefix attention mask ``[B, W]``
-    (``None`` when no row is padded). The originals stay reusable."""
+    (``None`` when no row is padded). The originals stay reusable.
+
+    ``reserve``: room for that many more tokens in every full-attention layer
+    (:class:`GrowingLayer`), for a decode loop that appends one token per step."""
     width = max(n for _, _, n in rows)
     past = copy.deepcopy(rows[0][0])
     for i, layer in enumerate(past.layers):
-        for name in ("keys", "values"):
-            parts = [
-                nn.functional.pad(getattr(p.layers[i], name), (0, 0, width - n, 0))
-                for p, _, n in rows
-            ]
-            setattr(layer, name, torch.cat(parts))
+        k, v = (
+            torch.cat(
+                [
+                    nn.functional.pad(getattr(p.layers[i], name), (0, 0, width - n, 0))
+                    for p, _, n in rows
+                ]
+            )
+            for name in ("keys", "values")
+        )
+        if reserve and type(layer) is DynamicLayer:
+            past.layers[i] = GrowingLayer(k, v, reserve)
+            continue
+        layer.keys, layer.values = k, v
         if hasattr(layer, "cumulative_length"):  # sliding-window layers (Gemma 3) count tokens
             layer.cumulative_length = width
     if all(n == width for _, _, n in rows):
@@ -295,9 +380,13 @@ def stack_prompts(rows: list) -> tuple:
 
 
 @torch.no_grad()
-def after_prompt(model, rows: list, completions: list[list[int]], pad_id: int):
+def after_prompt(
+    model, rows: list, completions: list[list[int]], pad_id: int, logits_to_keep: int = 0
+):
     """Logits ``[B, T, V]`` of right-padded ``completions`` (each non-empty), row ``r`` continuing
-    the prompt of ``rows[r]`` (:func:`prefill_rows`); hooks see ``[B, T, d]``."""
+    the prompt of ``rows[r]`` (:func:`prefill_rows`); hooks see ``[B, T, d]``. ``logits_to_keep``:
+    as transformers means it (0: every position; 1: the last, for a caller that reads only the
+    hooks)."""
     device = next(model.parameters()).device
     past, prefix = stack_prompts(rows)
     ids, mask = pad_right(completions, pad_id, device)
@@ -312,5 +401,6 @@ def after_prompt(model, rows: list, completions: list[list[int]], pad_id: int):
         position_ids=pos,
         past_key_values=past,
         use_cache=True,
+        logits_to_keep=logits_to_keep,
     )
     return out.logits

@@ -146,3 +146,70 @@ def test_sae_losses_equal_full_passes_up_to_rounding(organism, sampled_run):
             assert abs(cached[key] - full[key]) < 1e-4 * max(1.0, abs(full[key])), key
     assert sum(k[0] == "clean" for k in prompts) == 1
     assert full["delta_ce"] > 0.01  # the random SAE costs the model something
+
+
+def test_rows_that_end_leave_the_batch_and_the_others_draw_the_same_tokens(organism):
+    """A frequent token made EOS ends most rows early: the decode loop drops them from the batch
+    (and their cache rows) once a quarter has ended; the rows left draw what they draw alone."""
+    model, tok = organism
+    cfg = load_config("organism")
+    sc = scenarios_for(cfg)[0]
+    seeds = [sample_seed(0, sc.id, i) for i in range(12)]
+    full = generate_batch(model, tok, sc.prompt, seeds, cfg.sampling)
+    counts = torch.bincount(torch.tensor([t for row in full for t in row[1:]]))
+    frequent = int(counts.argmax())  # ends a row when drawn after its first token
+
+    class EndsOften:
+        eos_token_id = frequent
+        __call__ = staticmethod(tok.__call__)
+
+    def cut(row: list[int]) -> list[int]:
+        return row[: row.index(frequent)] if frequent in row else row
+
+    together = generate_rows(model, EndsOften(), [sc.prompt] * len(seeds), seeds, cfg.sampling)
+    lengths = [len(r) for r in together]
+    assert together == [cut(r) for r in full]
+    assert sum(n < len(r) for n, r in zip(lengths, full, strict=True)) >= 3  # rows did end early
+    assert max(lengths) > min(lengths)
+
+
+def test_decode_steps_write_into_reserved_room(organism):
+    model, tok = organism
+    rows = prefill_rows(model, [(1, 5, 6, 7), (1, 9)])
+    past, _ = stack_prompts(rows, reserve=3)
+    layer = past.layers[0]
+    buffer = layer._buffers[0]
+    k = torch.randn(2, layer.keys.shape[1], 1, layer.keys.shape[-1])
+    keys, _ = layer.update(k, k.clone())
+    assert keys.shape[-2] == 5 and torch.equal(keys[:, :, -1:], k)
+    assert keys.data_ptr() == buffer.data_ptr()  # a view of the buffer: nothing concatenated
+    for _ in range(3):  # one past the room: grows as DynamicLayer does
+        keys, _ = layer.update(k, k.clone())
+    assert keys.shape[-2] == 8 and torch.equal(keys[:, :, -4:], k.expand(-1, -1, 4, -1))
+    assert torch.equal(keys[0, :, :4], rows[0][0].layers[0].keys[0])  # the prompt kept its place
+    layer.batch_select_indices(torch.tensor([1]))
+    assert layer.keys.shape[0] == 1
+    assert torch.equal(layer.keys[0, :, 2:4], rows[1][0].layers[0].keys[0])
+
+
+def test_auto_dtype_is_bfloat16_only_where_its_matmuls_are_fast(monkeypatch):
+    import lib.models.loading as loading
+
+    assert loading.resolve_dtype("float32", "cpu") == "float32"
+    assert loading.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    for fast, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(loading, "fast_bf16", lambda d, fast=fast: d.type == "cuda" or fast)
+        assert loading.resolve_dtype("auto", "cpu") == want
+
+
+def test_bfloat16_decodes_with_eager_attention_and_gives_it_back(organism, organism_path):
+    from lib.models.loading import decode_attention, load_model_path
+
+    model, _ = organism
+    assert model.config._attn_implementation == "sdpa"
+    with decode_attention(model):  # float32: sdpa is the faster here and stays
+        assert model.config._attn_implementation == "sdpa"
+    bf16, _ = load_model_path(str(organism_path), dtype="bfloat16")
+    with decode_attention(bf16):
+        assert bf16.config._attn_implementation == "eager"
+    assert bf16.config._attn_implementation == "sdpa"
