@@ -215,6 +215,9 @@ def render_trainer_markdown(text: str) -> str:
             if c
             else "n/a"
         )
+        m = r.get(("matched_l0", arch))  # ours interpolated at SAELens's L0 (an L1 sweep)
+        if m:
+            conv += f"; at L0 {m['l0']:.4g}: {m['fvu_ours']:.4g} vs {m['fvu_saelens']:.4g}"
         secs = (
             f"{c['seconds_to_target_ours']:.3g} vs {c['seconds_to_target_saelens']:.3g}"
             if c

@@ -115,6 +115,12 @@ def test_trainer_results_are_parsed_line_by_line():
     assert "measured 2026-01-02 on x86_64, 2 cores" in md
     assert "| `topk` | 4.50x | n/a | n/a | 0.25 vs 0.26 (16 vs 16), 10 steps | 1 vs 2 | n/a |" in md
     assert "| `jumprelu` | n/a |" in md  # missing lines say so
+    matched = text + (
+        "\nconverged jumprelu steps 10 l0_ours 120 fvu_ours 0.1 l0_saelens 124 fvu_saelens 0.09 "
+        "seconds_to_target_ours 1 seconds_to_target_saelens 2"
+        "\nmatched_l0 jumprelu l0 124 fvu_ours 0.091 fvu_saelens 0.09"
+    )
+    assert "(120 vs 124), 10 steps; at L0 124: 0.091 vs 0.09 |" in render_trainer_markdown(matched)
 
 
 def test_the_book_time_is_the_last_whole_grid_that_ran_everything(tmp_path):
