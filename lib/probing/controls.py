@@ -36,7 +36,13 @@ from sklearn.model_selection import StratifiedKFold
 from lib.core import stats
 from lib.core.runtime import blas_threads
 from lib.probing.probe import CV_SEED, METRICS, N_SPLITS, cv_folds, value_columns
-from lib.probing.solver import balanced_weights, fit_logistic_many, fold_basis, oof_scores_many
+from lib.probing.solver import (
+    balanced_weights,
+    fit_logistic_many,
+    fold_basis,
+    oof_scores_many,
+    oof_scores_tuned,
+)
 
 
 @dataclass
@@ -48,6 +54,7 @@ class PermutationResult:
     p: dict[str, float]
     folds: np.ndarray
     observed_scores: np.ndarray  # out-of-fold scores of the real labels (exact solver)
+    c_chosen: dict[int, float] | None = None  # with a C grid: each outer fold's C (real labels)
 
 
 def permutation_pvalue(
@@ -58,24 +65,33 @@ def permutation_pvalue(
     n_permutations: int = 200,
     seed: int = 0,
     cv_seed: int = CV_SEED,
+    c_grid: tuple[float, ...] | None = None,
+    inner_splits: int = 5,
 ) -> PermutationResult:
     """Label-permutation p-values of the probe's cross-validated metrics (refits every fold).
 
     Permutations shuffle labels within each test fold (see the module docstring). ``null`` holds
-    each metric for every permutation; it doubles as the shuffled-label control. Raises
-    :class:`ProbeInputError` when the data cannot be cross-validated.
+    each metric for every permutation; it doubles as the shuffled-label control. ``c_grid``: the
+    probe's ``C`` chosen per training fold and per label vector by inner CV
+    (:func:`lib.probing.solver.oof_scores_tuned`), for the real labels and every permutation
+    alike; else the study's C=1. Raises :class:`ProbeInputError` when the data cannot be
+    cross-validated.
     """
     y = np.asarray(y).astype(np.int64)
     folds = cv_folds(y, groups, mode, cv_seed)
     rng = np.random.default_rng(seed)
     perms = stats.within_group_permutations(folds, n_permutations, rng)
     Y = np.column_stack([y, y[perms].T]) if n_permutations else y[:, None]
-    S = oof_scores_many(X, Y, folds)
+    chosen = None
+    if c_grid:
+        S, chosen = oof_scores_tuned(X, Y, folds, c_grid, inner_splits, cv_seed)
+    else:
+        S = oof_scores_many(X, Y, folds)
     vals = value_columns(Y, S, folds, mode)
     observed = {m: float(v[0]) for m, v in vals.items()}
     null = {m: v[1:] for m, v in vals.items()}
     p = {m: stats.empirical_pvalue(observed[m], null[m]) for m in METRICS}
-    return PermutationResult(observed, null, p, folds, S[:, 0])
+    return PermutationResult(observed, null, p, folds, S[:, 0], chosen)
 
 
 # ----- scenario identity control ----------------------------------------------------------------

@@ -75,7 +75,14 @@ from lib.probing.probe import (
     save_cv,
     within_groups,
 )
-from lib.probing.wording import FIRST_K, TFIDF, WORDING, first_token_features, text_features
+from lib.probing.wording import (
+    FIRST_K,
+    TEXT_C_GRID,
+    TFIDF,
+    WORDING,
+    first_token_features,
+    text_features,
+)
 
 CACHE_VERSION = 2
 SUBSETS = ("all", "incentive", "roleplay")
@@ -172,6 +179,7 @@ def probe_feature(
     monitor: bool = True,
     inner_splits: int = 5,
     identity: bool = True,
+    c_grid: tuple[float, ...] | None = None,
 ) -> tuple[list[dict], dict[str, CVResult]]:
     """Everything the layer profile reports for one feature: rows and each mode's CV result.
 
@@ -179,7 +187,9 @@ def probe_feature(
     training fold (the text baseline). ``kinds``: the scenario kind of every completion
     (``incentive`` / ``roleplay``) for the subset rows. Rows carry ``cv``, ``subset``, ``target``
     (``deception``, ``shuffled_labels``, ``scenario_identity``) and the columns of
-    :data:`PROFILE_COLUMNS` except ``layer`` and ``feature``.
+    :data:`PROFILE_COLUMNS` except ``layer`` and ``feature``. ``c_grid``: the probe's ``C`` is
+    chosen by inner CV in every training fold (the TF-IDF baseline,
+    :data:`lib.probing.wording.TEXT_C_GRID`), its permutation null and monitor thresholds alike.
     """
     y = np.asarray(y).astype(np.int64)
     kinds = np.asarray(kinds) if kinds is not None else np.full(len(y), "all")
@@ -220,14 +230,29 @@ def probe_feature(
         folds = cv_folds(y, scenario, mode)
         fx = _fold_features(features, folds)
         perm = permutation_pvalue(
-            fx, y, scenario, mode, n_permutations, stable_seed(seed, mode, "perm")
+            fx,
+            y,
+            scenario,
+            mode,
+            n_permutations,
+            stable_seed(seed, mode, "perm"),
+            c_grid=c_grid,
+            inner_splits=inner_splits,
         )
-        if SOLVERS[mode] == "exact":  # the permutation run's first column is this very fit
+        if SOLVERS[mode] == "exact" or c_grid:  # the permutation run's first column is this fit
             res = result_from_scores(mode, y, perm.observed_scores, folds)
         else:
             res = cross_validate_folds(fx, y, folds, mode, "sklearn")
         if monitor:
-            res.thresholds = monitor_thresholds(fx, y, folds, inner_splits=inner_splits)
+            res.thresholds = monitor_thresholds(
+                fx, y, folds, inner_splits=inner_splits, C=perm.c_chosen
+            )
+        tuned = (
+            "C by inner CV per training fold: "
+            + ", ".join(f"{c:g}" for c in perm.c_chosen.values())
+            if perm.c_chosen
+            else ""
+        )
         res.groups = np.asarray(scenario)
         results[mode] = res
         W, how = (None, "")
@@ -241,6 +266,7 @@ def probe_feature(
             note = (
                 "" if subset == "all" else f"{n_scen} {subset} scenario(s); same out-of-fold scores"
             )
+            note = "; ".join(filter(None, [note, tuned]))
             for r in _metric_rows(res, mask, W, how, note):
                 p = perm.p.get(r["metric"], np.nan) if subset == "all" else np.nan
                 if r["metric"] == "oracle_recall_at_1fpr":
@@ -348,7 +374,11 @@ def _key(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, feature:
             p.n_permutations,
             p.inner_splits,
             source,
-            TFIDF if feature == "text" else FIRST_K if feature == "first_tokens" else None,
+            (TFIDF, TEXT_C_GRID)
+            if feature == "text"
+            else FIRST_K
+            if feature == "first_tokens"
+            else None,
         ]
     )
 
@@ -400,6 +430,7 @@ def _probe_unit(run: RunDir, cfg: RunConfig, lab: Labelled, layer: int | None, f
             n_permutations=cfg.probe.n_permutations,
             seed=stable_seed(cfg.seed, "layer", layer if layer is not None else "text", feature),
             inner_splits=cfg.probe.inner_splits,
+            c_grid=TEXT_C_GRID if feature == "text" else None,
         )
         frows = [{"layer": layer, "feature": feature, **r} for r in frows]
         jpath, npath = _paths(run, layer, feature)

@@ -54,7 +54,13 @@ from lib.core import stats
 from lib.core.fileio import atomic_write_bytes
 from lib.core.runtime import blas_threads
 from lib.core.vocabulary import CLASS_NAMES, CV_MODES
-from lib.probing.solver import ProbeInputError, balanced_weights, fit_logistic_many, fold_basis
+from lib.probing.solver import (
+    C_STUDY,
+    ProbeInputError,
+    balanced_weights,
+    fit_logistic_many,
+    fold_basis,
+)
 
 N_SPLITS = 5
 MIN_PER_CLASS = 5  # completions of each class a probe needs (one per stratified fold)
@@ -255,6 +261,7 @@ def monitor_thresholds(
     fpr: float = stats.FPR_LEVEL,
     inner_splits: int = 5,
     seed: int = CV_SEED,
+    C: dict[int, float] | None = None,
 ) -> np.ndarray:
     """Per completion, the threshold its test fold is flagged with, chosen on training data only.
 
@@ -262,7 +269,8 @@ def monitor_thresholds(
     ``StratifiedKFold(inner_splits)`` (the study's estimator, exact solver); the threshold is the
     ``1 - fpr`` quantile (``method="higher"``) of the inner scores of the *honest* training
     completions, i.e. what a monitor calibrated on its own training data would use.
-    ``features(k)`` gives the ``[n, d]`` matrix of fold ``k``.
+    ``features(k)`` gives the ``[n, d]`` matrix of fold ``k``; ``C``: each outer fold's ``C``
+    (a tuned probe, :func:`lib.probing.solver.oof_scores_tuned`), else the study's C=1.
     """
     y = np.asarray(y)
     out = np.full(len(y), np.nan)
@@ -277,7 +285,8 @@ def monitor_thresholds(
                 for itr, ite in splitter.split(np.zeros((len(tr), 1)), ytr):
                     Z, Zt = fold_basis(X[tr[itr]], X[tr[ite]])
                     col = ytr[itr][:, None]
-                    beta = fit_logistic_many(Z, col, balanced_weights(col))
+                    c = C_STUDY if C is None else C[int(k)]
+                    beta = fit_logistic_many(Z, col, balanced_weights(col), c)
                     inner[ite] = Zt @ beta[:-1, 0] + beta[-1, 0]
             honest = inner[(ytr == 0) & np.isfinite(inner)]
             if honest.size:

@@ -183,3 +183,71 @@ def oof_scores_many(X, Y: np.ndarray, folds: np.ndarray, C: float = C_STUDY) -> 
             beta = fit_logistic_many(Z, Y[~te], balanced_weights(Y[~te]), C)
             out[te] = Zt @ beta[:-1] + beta[-1]
     return out
+
+
+def _column_balanced_accuracy(Y: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of ``S > 0`` against every column of ``Y`` ``[n, P]`` -> ``[P]``."""
+    hit = (S > 0) == (Y == 1)
+    pos = Y == 1
+    n_pos, n_neg = pos.sum(0), (~pos).sum(0)
+    recall_pos = (hit & pos).sum(0) / np.maximum(n_pos, 1)
+    recall_neg = (hit & ~pos).sum(0) / np.maximum(n_neg, 1)
+    return 0.5 * (recall_pos + recall_neg)
+
+
+def oof_scores_tuned(
+    X,
+    Y: np.ndarray,
+    folds: np.ndarray,
+    c_grid: tuple[float, ...],
+    inner_splits: int = 5,
+    seed: int = 42,
+) -> tuple[np.ndarray, dict[int, float]]:
+    """:func:`oof_scores_many` with ``C`` chosen inside every training fold, per label column.
+
+    For each outer fold, the training rows are split by ``StratifiedKFold(inner_splits)`` (on the
+    first column, the real labels); every ``C`` of ``c_grid`` is fitted on the inner training
+    rows and scored on the inner held-out rows; each column takes the ``C`` with the best inner
+    balanced accuracy (ties: the first in ``c_grid``) and is refitted on the whole training fold
+    with it. A permuted column therefore goes through the same selection as the real labels, so
+    a permutation null includes the optimism of the choice. The features of fold ``k`` are used
+    as they are in the inner folds (a TF-IDF vocabulary fitted on the outer training fold: its
+    inner held-out rows took part in the vocabulary, which can only flatter the inner scores of
+    every ``C`` alike, never the outer test fold). Returns the scores and the ``C`` each outer
+    fold chose for the first column.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    Y = np.asarray(Y).reshape(len(folds), -1)
+    out = np.full(Y.shape, np.nan)
+    chosen: dict[int, float] = {}
+    features = X if callable(X) else (lambda _k: X)
+    grid = tuple(float(c) for c in c_grid)
+    with blas_threads(1):
+        for k in np.unique(folds):
+            te = folds == k
+            tr = np.flatnonzero(~te)
+            Xk, Ytr = features(k), Y[~te]
+            splits = min(inner_splits, int(np.bincount(Ytr[:, 0].astype(int), minlength=2).min()))
+            if splits < 2:
+                raise ProbeInputError(
+                    f"fold {k}: fewer than 2 completions of a class to choose C by inner CV"
+                )
+            inner = np.full((len(grid), *Ytr.shape), np.nan)
+            splitter = StratifiedKFold(splits, shuffle=True, random_state=seed)
+            for itr, ite in splitter.split(np.zeros((len(tr), 1)), Ytr[:, 0]):
+                Z, Zt = fold_basis(Xk[tr[itr]], Xk[tr[ite]])
+                W = balanced_weights(Ytr[itr])
+                for g, C in enumerate(grid):
+                    beta = fit_logistic_many(Z, Ytr[itr], W, C)
+                    inner[g, ite] = Zt @ beta[:-1] + beta[-1]
+            score = np.stack([_column_balanced_accuracy(Ytr, s) for s in inner])
+            pick = np.argmax(score, axis=0)  # first best per column
+            chosen[int(k)] = grid[int(pick[0])]
+            Z, Zt = fold_basis(Xk[~te], Xk[te])
+            W = balanced_weights(Ytr)
+            for g in np.unique(pick):
+                cols = np.flatnonzero(pick == g)
+                beta = fit_logistic_many(Z, Ytr[:, cols], W[:, cols], grid[g])
+                out[np.ix_(te, cols)] = Zt @ beta[:-1] + beta[-1]
+    return out, chosen

@@ -12,7 +12,9 @@ the surface text carries.
 Three wording baselines, each probed like a layer (rows with ``layer`` empty in the profile):
 
 ``text``
-    TF-IDF unigrams and bigrams of the completion (above).
+    TF-IDF unigrams and bigrams of the completion (above), the probe's ``C`` chosen from
+    :data:`TEXT_C_GRID` by inner CV in every training fold, for the real labels and every
+    permutation alike (:func:`lib.probing.solver.oof_scores_tuned`).
 ``first_tokens``
     the identities of the first :data:`FIRST_K` response tokens, one-hot by position (``p0=id``,
     ``p1=id``, ...), the vocabulary fitted on each training fold: what "read the first words",
@@ -39,6 +41,13 @@ TFIDF = dict(
     token_pattern=r"(?u)\b\w+\b|[^\w\s]",  # words of any length and single punctuation marks
 )
 
+
+#: the TF-IDF probe's C, chosen by inner CV in every training fold: the study's C=1 and two
+#: stronger, so that the baseline every activation probe must clear is as strong as its own
+#: training data can make it. Weaker ones (10, 100) were never better on the organism's or
+#: SmolLM2's text and took the organism's probe 7x as long (TF-IDF separates a training fold,
+#: and the solver then creeps towards the maximum-margin solution).
+TEXT_C_GRID = (0.01, 0.1, 1.0)
 
 FIRST_K = 3
 #: the wording baselines, in the order they are probed and drawn, with what each reads

@@ -47,6 +47,7 @@ from lib.probing.wording_controls import describe as describe_controls
 from lib.report import facts as report
 from lib.report import host_spread as hs
 from lib.report import power_text as pt
+from lib.report import speed_text as st
 from lib.report.summary import n_facts
 
 README = REPO_ROOT / "README.md"
@@ -360,7 +361,8 @@ def publish(config: str = "organism", run_name: str | None = None, notebooks: bo
 def publish_generated_texts() -> None:
     """The texts generated from files that are not a run's: the simulation table into
     docs/method.md and its paragraph into the README, the measured host-to-host spread into the
-    README, and the run directory's layout (:data:`lib.core.rundir.LAYOUT`) into docs/running.md."""
+    README, the run directory's layout (:data:`lib.core.rundir.LAYOUT`) into docs/running.md, and
+    the sampling and capture benchmarks into docs/costs.md."""
     power = pt.read_power()
     spread = pd.read_csv(hs.SPREAD_RESULTS)
     table = pt.render_power_table(power)
@@ -369,6 +371,7 @@ def publish_generated_texts() -> None:
         (README, pt.render_power_prose(power), pt.POWER_PROSE_BEGIN, pt.POWER_PROSE_END),
         (README, hs.render_spread(spread), hs.SPREAD_BEGIN, hs.SPREAD_END),
         (LAYOUT_FILE, render_layout(), LAYOUT_BEGIN, LAYOUT_END),
+        (st.SPEED_FILE, st.render_committed(), st.SPEED_BEGIN, st.SPEED_END),
     ):
         atomic_write_text(path, replace_section(path.read_text(), body, begin, end))
 

@@ -1,7 +1,8 @@
 """The book's sampler (notebook 01) against ``model.generate`` and the CPU's matmul roofline.
 
 Run: ``make bench`` or ``python tests/benchmarks/bench_sampler.py [--model gguf:...] [--dtype
-float32|bfloat16]``. SmolLM2-135M-Instruct (the book's main model, from its PyPI package), one
+float32|bfloat16] [--profile]`` (``--profile``: torch.profiler's table of one sampling call, where
+the time goes). SmolLM2-135M-Instruct (the book's main model, from its PyPI package), one
 scenario prompt of the book, 48 rows, 32 new tokens each, EOS switched off in both samplers so
 they do the same work. Three figures, each the best of a few repeats:
 
@@ -61,6 +62,19 @@ def matmul_gflops(dtype: torch.dtype, m: int = 512, k: int = 2048, n: int = 2048
     return 2 * m * k * n / _best(lambda: torch.nn.functional.linear(x, w), 5) / 1e9
 
 
+@torch.inference_mode()
+def decode_matmul_tok_s(model, rows: int = ROWS) -> float:
+    """Tokens/s if a decode step cost only its matmuls: every ``nn.Linear`` of the model (the LM
+    head included) timed alone on ``[rows, in]`` inputs, best of 3, summed. At 48 rows these
+    shapes run well below the large-matmul rate of :func:`matmul_gflops`."""
+    total = 0.0
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear):
+            x = torch.randn(rows, mod.in_features, dtype=mod.weight.dtype)
+            total += _best(lambda mod=mod, x=x: mod(x), 3)
+    return rows / total
+
+
 def bf16_kernel() -> str:
     from lib.core.runtime import cpu_has_fast_bf16
 
@@ -70,7 +84,13 @@ def bf16_kernel() -> str:
     return "amx" if "amx_bf16" in flags else "avx512_bf16"
 
 
-def measure(model_spec: str, dtype: str, repeats: int = 2, with_generate: bool = True) -> dict:
+def measure(
+    model_spec: str,
+    dtype: str,
+    repeats: int = 2,
+    with_generate: bool = True,
+    profile: bool = False,
+) -> dict:
     from lib.capture.sampling import generate_rows
     from lib.core.config import REPO_ROOT, SamplingConfig
     from lib.core.scenarios import load_scenarios
@@ -103,6 +123,13 @@ def measure(model_spec: str, dtype: str, repeats: int = 2, with_generate: bool =
             pad_token_id=tok.pad_token_id,
         )
 
+    if profile:
+        from torch.profiler import profile as torch_profile
+
+        ours()  # warm-up
+        with torch_profile() as prof:
+            ours()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     params = sum(p.numel() for p in model.parameters())
     torch_dtype = next(model.parameters()).dtype
     result = {
@@ -114,10 +141,13 @@ def measure(model_spec: str, dtype: str, repeats: int = 2, with_generate: bool =
     if with_generate:
         result["generate_tok_s"] = n_tokens / _best(generate, repeats)
     result["roofline_tok_s"] = result["gflops"] * 1e9 / (2 * params)
+    result["matmul_only_tok_s"] = decode_matmul_tok_s(model)
     return result
 
 
-def run(model_spec: str = SMOLLM2, dtypes=("float32", "bfloat16")) -> list[str]:
+def run(
+    model_spec: str = SMOLLM2, dtypes=("float32", "bfloat16"), profile: bool = False
+) -> list[str]:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     name = model_spec.rsplit("/", 1)[-1].removesuffix(".gguf")
     lines = [
@@ -128,11 +158,12 @@ def run(model_spec: str = SMOLLM2, dtypes=("float32", "bfloat16")) -> list[str]:
     ]
     by_dtype = {}
     for dtype in dtypes:
-        r = measure(model_spec, dtype, with_generate=dtype == "float32")
+        r = measure(model_spec, dtype, with_generate=dtype == "float32", profile=profile)
         by_dtype[dtype] = r
         lines.append(
             f"# {dtype}: {r['params'] / 1e6:.1f} M parameters, prompt {r['prompt_tokens']} tokens, "
-            f"matmul {r['gflops']:.0f} GFLOP/s -> roofline {r['roofline_tok_s']:.0f} tok/s"
+            f"matmul {r['gflops']:.0f} GFLOP/s -> roofline {r['roofline_tok_s']:.0f} tok/s; "
+            f"the model's matmuls alone at {ROWS} rows {r['matmul_only_tok_s']:.0f} tok/s"
         )
     f32 = by_dtype["float32"]
     lines.append(
@@ -161,6 +192,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=SMOLLM2)
     ap.add_argument("--dtype", action="append", help="float32 (always) and/or bfloat16")
+    ap.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's table of one sampling call"
+    )
     args = ap.parse_args()
     dtypes = tuple(dict.fromkeys(["float32", *(args.dtype or ["bfloat16"])]))
-    print("\n".join(run(args.model, dtypes)))
+    print("\n".join(run(args.model, dtypes, args.profile)))

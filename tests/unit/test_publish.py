@@ -175,3 +175,29 @@ def test_the_run_directory_table_of_the_docs_is_the_render_of_the_layout():
     assert table == render_layout()
     paths = [p for p, _, _ in LAYOUT]
     assert "`activations/prompt_last.safetensors`" in paths and len(set(paths)) == len(paths)
+
+
+def test_the_speed_section_equals_the_render_of_the_committed_benchmarks():
+    from lib.report import speed_text as st
+
+    text = readme_section(st.SPEED_FILE.read_text(), st.SPEED_BEGIN, st.SPEED_END)
+    assert text == st.render_committed()
+    _, sampler = st.parse_lines(st.SAMPLER_RESULTS.read_text())
+    assert {k for k, _ in sampler} == {"sampler", "bf16"}  # the lines issue 22 fixes
+    assert set(sampler[("sampler", "SmolLM2-135M-Instruct.Q4_1")]) == {
+        "ours_tok_s",
+        "generate_tok_s",
+        "ratio",
+        "roofline_frac",
+    }
+
+
+def test_speed_lines_are_parsed_as_key_value_pairs():
+    from lib.report.speed_text import parse_lines
+
+    comments, rows = parse_lines("# head\nbf16 capture speedup 1.30 kernel amx\n")
+    assert comments == ["head"] and rows == {
+        ("bf16", "capture"): {"speedup": "1.30", "kernel": "amx"}
+    }
+    with pytest.raises(ValueError, match="kind"):
+        parse_lines("bf16 capture speedup\n")
