@@ -269,7 +269,8 @@ class RunConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32",
         description="dtype of the model's weights and forward passes (sampling, capture); auto: "
-        "bfloat16 on a GPU or a CPU with bfloat16 instructions, else float32",
+        "bfloat16 on a GPU or a CPU with bfloat16 instructions, else float32 (at temperature 1.0 "
+        "bfloat16 samples other completions than float32: docs/costs.md)",
     )
     device: str = Field("auto", description="'auto' picks cuda when present, else cpu")
     scenario_file: str = Field(DEFAULT_SCENARIO_FILE, description="YAML file of scenario prompts")

@@ -92,10 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib.report.host_spread", description=__doc__)
     ap.add_argument("run_a", type=Path)
     ap.add_argument("run_b", type=Path)
-    ap.add_argument("--out", type=Path, default=SPREAD_RESULTS)
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"write the row here (the README's is {SPREAD_RESULTS.relative_to(REPO_ROOT)}); "
+        "else only print the sentence",
+    )
     args = ap.parse_args(argv)
     row = compare_runs(RunDir(args.run_a), RunDir(args.run_b))
-    pd.DataFrame([row]).to_csv(args.out, index=False)
+    if args.out is not None:
+        pd.DataFrame([row]).to_csv(args.out, index=False)
     print(render_spread(pd.DataFrame([row])))
     return 0
 

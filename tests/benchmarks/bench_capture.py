@@ -59,6 +59,7 @@ def measure(model, seqs, repeats: int) -> dict:
     layers = list(range(len(decoder_layers(model))))
     ids, mask = pad_right([s for s, _ in seqs], 0, "cpu")
     n_tokens = int(mask.sum())
+
     def bare_pass():  # the same layers without hooks (the LM head of the last position only,
         # as capture_batch runs it)
         model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
