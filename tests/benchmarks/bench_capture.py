@@ -45,14 +45,17 @@ def _seqs(n: int, prompt: int, completion: int, vocab: int):
 
 
 @torch.inference_mode()
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
+def _time_pair(a, b, repeats: int) -> tuple[float, float]:
+    """Best seconds of ``a`` and of ``b``, timed in turns (A B A B ...) so that load from other
+    processes falls on both alike."""
+    a(), b()  # warm-up
+    best = [float("inf"), float("inf")]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        for i, fn in enumerate((a, b)):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best[0], best[1]
 
 
 def measure(model, seqs, repeats: int) -> dict:
@@ -64,8 +67,7 @@ def measure(model, seqs, repeats: int) -> dict:
         # as capture_batch runs it)
         model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
 
-    bare = _time(bare_pass, repeats)
-    cap = _time(lambda: capture_batch(model, _Tok(), seqs, layers), repeats)
+    bare, cap = _time_pair(bare_pass, lambda: capture_batch(model, _Tok(), seqs, layers), repeats)
     return {
         "tokens": n_tokens,
         "bare_tok_s": n_tokens / bare,
@@ -91,9 +93,10 @@ def measure_cached(model, tok, repeats: int = 3) -> dict:
     rows = prefill_rows(model, [tuple(prompt)] * len(seqs), store)
     comps = [s[n:] for s, n in seqs]
     n_tokens = sum(map(len, comps))
-    bare = _time(lambda: after_prompt(model, rows, comps, 0, logits_to_keep=1), repeats)
-    cap = _time(
-        lambda: capture_batch(model, tok, seqs, layers, prompt_cache=True, store=store), repeats
+    bare, cap = _time_pair(
+        lambda: after_prompt(model, rows, comps, 0, logits_to_keep=1),
+        lambda: capture_batch(model, tok, seqs, layers, prompt_cache=True, store=store),
+        repeats,
     )
     return {
         "tokens": n_tokens,
