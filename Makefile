@@ -95,16 +95,23 @@ grid: $(STAMP)
 ## on a simulated other host, built side by side (a grid alone leaves a core idle about a third
 ## of the time: 01-03 run one after another, 05 finishes alone); then the first book's checks
 ## (tests/book + nbval of every notebook) and the perturbation checks: the other host's book must
-## pass the same tests/book checks and print the same checked outputs
+## pass the same tests/book checks and print the same checked outputs; the smoke book beside them
 test: $(STAMP)
 	$(BATCH) $(PY) -m pytest tests --ignore=tests/benchmarks --ignore=tests/book \
 		--ignore=tests/perturbation --ignore=tests/real_book -q -p no:cacheprovider \
 		-n 2 --dist loadfile --no-loadscope-reorder
-	@echo "make test: the organism book and the perturbed book side by side (each one's log when it ends)"
-	$(MAKE) --no-print-directory -j2 --output-sync=target organism perturbed-book
+	@echo "make test: the organism book and the perturbed book side by side, then their checks; the smoke book takes the first core a book frees (each one's log when it ends)"
+	$(MAKE) --no-print-directory -j2 --output-sync=target books-checked smoke-book
+
+# make test's books under one -j2: the organism book and the perturbed book start first, the smoke
+# book (which writes only $(RUNS)/smollm2-smoke) as soon as one of them ends, and the two books'
+# checks once both have ended, beside it. The cores the books' last notebooks, tests/book,
+# tests/perturbation and the smoke grid's first notebooks (one process each) left idle, one phase
+# after another, are filled.
+.PHONY: books-checked
+books-checked: organism perturbed-book
 	$(MAKE) --no-print-directory check-book
 	$(MAKE) --no-print-directory check-perturbation
-	$(MAKE) --no-print-directory smoke-book
 
 ## make check-book [RUNS=dir]: the host-proof checks of a finished organism book
 ## (nbval re-executes two notebooks at a time, both writing as delegates of one lock holder)

@@ -19,22 +19,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
-# The slowest modules, longest first: the heaviest tests of a `--durations` run of `make test`'s
-# unit suite on 2 cores (2026-11-29, one torch thread per worker) were the grid's (~125 s in all),
-# the edge book (120 s), notebook 02 under the Gemini stub (34 s) and the SAE two-process test
-# (13 s); latents, sampling, probing and steering build organism runs in their fixtures. `make test` runs the suite with pytest-xdist's
-# `--dist loadfile --no-loadscope-reorder`, which hands out modules in this order: started first,
-# they no longer leave one worker running the edge book alone at the end (xdist's default order,
-# most tests first, put that one-test module last).
+# The slowest modules, longest first: the modules' summed test times in a `--durations` run of
+# `make test`'s unit suite on 2 cores (2026-12-06, one torch thread per worker, a loaded machine):
+# the real-model conversions and checks (~280 s: the Gemma reference load alone 133 s), the edge
+# book (170 s), the grid's (155 s), the organism builds of test_models (100 s), notebook 02 under
+# the Gemini stub (85 s), the wording profile (67 s); latents, sampling, probing and steering build
+# organism runs in their fixtures. `make test` runs the suite with pytest-xdist's `--dist loadfile
+# --no-loadscope-reorder`, which hands out modules in this order: the longest started first, no
+# worker is left running one of them alone at the end (xdist's default order, most tests first,
+# put the one-test edge book last; the largest, test_registry_models, came after fifteen others).
 SLOW_FIRST = [
-    "test_grid.py",
+    "test_registry_models.py",
     "test_edge_book.py",
+    "test_grid.py",
+    "test_models.py",
     "test_gemini.py",
-    "test_latents.py",
+    "test_wording.py",
     "test_sae_train_grid.py",
-    "test_sae_training.py",
-    "test_sampling.py",
+    "test_verdicts.py",
+    "test_latents.py",
     "test_probing.py",
+    "test_prompt_cache.py",
+    "test_sampling.py",
+    "test_papermill_by_hand.py",
+    "test_power.py",
+    "test_organism.py",
+    "test_empty_run.py",
+    "test_sae_training.py",
     "test_steering.py",
 ]
 

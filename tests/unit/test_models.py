@@ -112,7 +112,7 @@ def test_building_the_organism_into_a_log_writes_no_bar_frames(tmp_path):
     training bar is log lines on stdout, so the log holds no carriage-return frames."""
     code = (
         "from lib.models.organism import build_organism; "
-        f"build_organism({str(tmp_path / 'o')!r}, steps=4, progress=True)"
+        f"build_organism({str(tmp_path / 'o')!r}, steps=2, progress=True)"
     )
     env = {k: v for k, v in os.environ.items() if k != "DECEPTION_SAES_BATCH"}
     done = subprocess.run(
@@ -120,4 +120,4 @@ def test_building_the_organism_into_a_log_writes_no_bar_frames(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-500:]
     assert "\r" not in done.stdout + done.stderr and "Writing model shards" not in done.stderr
-    assert done.stdout.splitlines()[-1].startswith("training the organism: 4/4 done")
+    assert done.stdout.splitlines()[-1].startswith("training the organism: 2/2 done")
