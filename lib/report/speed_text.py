@@ -38,8 +38,11 @@ def parse_lines(text: str) -> tuple[list[str], dict[tuple[str, str], dict[str, s
 
 
 def _header(comment: str) -> str:
-    w = comment.split()  # "bench_x <date> host <arch> nproc <n> load <a> <b> torch <v> ..."
-    return f"measured {w[1]} on {w[3]}, {w[5]} cores, load {w[7]} to {w[8]}, torch {w[10]}"
+    w = comment.split()  # "bench_x <date> host <arch> nproc <n> load <1 min> <5 min> torch <v> ..."
+    return (
+        f"measured {w[1]} on {w[3]}, {w[5]} cores, load average {w[7]} (1 min) and {w[8]} "
+        f"(5 min) at the start, torch {w[10]}"
+    )
 
 
 def render_speed_markdown(sampler_text: str, capture_text: str) -> str:
