@@ -87,9 +87,10 @@ def load_model(cfg: RunConfig, device: str | None = None):
 def resolve_dtype(dtype: str, device: str | torch.device) -> str:
     """``auto`` -> ``bfloat16`` where its matmuls are fast (a GPU, or a CPU with bfloat16
     instructions: :func:`lib.core.runtime.fast_bf16`), else ``float32``; any other dtype as it is.
-    On this book's AVX512-BF16 CPU, bfloat16 sampled SmolLM2 about 1.3x faster (and trained SAEs
-    1.2-1.9x faster: ``sae.matmul_dtype``); without those instructions it ran several times slower
-    (``tests/benchmarks/bench_sampler.py``, ``bench_dtype.py``)."""
+    On this book's AVX512-BF16 CPU, bfloat16 sampled SmolLM2 1.5x and captured it 1.7x faster
+    (``tests/benchmarks/bench_sampler.py``, ``bench_capture.py``); without those instructions it
+    ran several times slower (``bench_dtype.py``). At temperature 1.0 it samples other
+    completions than float32 do (``docs/costs.md``), so the CPU configs keep float32."""
     if dtype != "auto":
         return dtype
     return "bfloat16" if fast_bf16(resolve_device(str(device))) else "float32"
