@@ -8,6 +8,7 @@ module           concept
 ``host_spread``  how far another host moves a book: two runs of one config compared
 ``power_text``   what the verdicts can detect: the simulation table as text
 ``publish``      one run's figures, notebooks and README section
+``speed_text``   the sampling and capture benchmarks as a docs section
 ``summary``      our numbers beside the study's
 ===============  ================================================================
 """
