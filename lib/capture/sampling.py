@@ -95,8 +95,16 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return eos | set(gen_eos if isinstance(gen_eos, list) else [] if gen_eos is None else [gen_eos])
 
 
-def _record(tokens: torch.Tensor, out: list[list[int]], done: list[bool], eos: set[int]) -> None:
-    for r, t in enumerate(tokens.tolist()):
+def _record(
+    tokens: torch.Tensor,
+    out: list[list[int]],
+    done: list[bool],
+    eos: set[int],
+    rows: list[int] | None = None,
+) -> None:
+    """Append each drawn token to its completion (``rows[i]``: the completion batch row ``i``
+    holds; all in order by default) until the completion has drawn an EOS."""
+    for r, t in zip(rows if rows is not None else range(len(out)), tokens.tolist(), strict=True):
         if done[r]:
             continue
         if t in eos:
@@ -179,13 +187,7 @@ def generate_rows(
             past, logits = result.past_key_values, result.logits[:, -1]
             position = position + 1
         tokens = draw(filter_logits(logits, s), [generators[r] for r in live])
-        for r, t in zip(live, tokens.tolist(), strict=True):
-            if done[r]:
-                continue
-            if t in eos:
-                done[r] = True
-            else:
-                out[r].append(t)
+        _record(tokens, out, done, eos, live)
         if all(done):
             break
         step_input = tokens[:, None]

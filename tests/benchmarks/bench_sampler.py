@@ -27,6 +27,7 @@ import platform
 import time
 from pathlib import Path
 
+import bench_dtype as dtype_bench
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_sampler.txt"
@@ -46,20 +47,10 @@ class _NoEos:
         return self._tok(*a, **k)
 
 
-def _best(fn, repeats: int) -> float:
-    fn()  # warm-up (allocator, oneDNN primitive cache)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def matmul_gflops(dtype: torch.dtype, m: int = 512, k: int = 2048, n: int = 2048) -> float:
-    """Best dense ``F.linear`` rate (GFLOP/s) on this CPU: the roofline's compute ceiling."""
-    x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
-    return 2 * m * k * n / _best(lambda: torch.nn.functional.linear(x, w), 5) / 1e9
+def matmul_gflops(dtype: torch.dtype) -> float:
+    """Best dense ``F.linear`` rate (GFLOP/s) on this CPU, 512 x 2048 x 2048: the roofline's
+    compute ceiling."""
+    return dtype_bench.matmul_gflops(dtype, 512, 2048, 2048)
 
 
 @torch.inference_mode()
@@ -71,7 +62,7 @@ def decode_matmul_tok_s(model, rows: int = ROWS) -> float:
     for mod in model.modules():
         if isinstance(mod, torch.nn.Linear):
             x = torch.randn(rows, mod.in_features, dtype=mod.weight.dtype)
-            total += _best(lambda mod=mod, x=x: mod(x), 3)
+            total += dtype_bench._best(lambda mod=mod, x=x: mod(x), 3)
     return rows / total
 
 
@@ -148,7 +139,7 @@ def measure(
         result["ours_tok_s"] = n_tokens / best[ours]
         result["generate_tok_s"] = n_tokens / best[generate]
     else:
-        result["ours_tok_s"] = n_tokens / _best(ours, repeats)
+        result["ours_tok_s"] = n_tokens / dtype_bench._best(ours, repeats)
     result["roofline_tok_s"] = result["gflops"] * 1e9 / (2 * params)
     result["matmul_only_tok_s"] = decode_matmul_tok_s(model)
     return result
