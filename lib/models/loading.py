@@ -268,9 +268,10 @@ def replace_resid(model, layer: int, fn):
 @contextmanager
 def decode_attention(model):
     """Within: eager attention where torch's fused CPU attention is slow for one-token decode
-    steps, i.e. a bfloat16 model on a CPU (SmolLM2, 48 rows: 190 tok/s with ``sdpa``, 311 with
-    ``eager``; in float32 ``sdpa`` is the faster and stays). The model's own choice is restored
-    after."""
+    steps, i.e. a bfloat16 model on a CPU (``tests/benchmarks/bench_sampler.py``, SmolLM2, 48
+    rows, bfloat16: 196 and 204 tok/s with ``sdpa`` in two runs, 308 with ``eager``; in float32
+    ``sdpa`` was the faster in three of four alternating pairs and stays). The model's own choice
+    is restored after."""
     param = next(model.parameters())
     current = getattr(model.config, "_attn_implementation", None)
     switch = param.device.type == "cpu" and param.dtype == torch.bfloat16 and current == "sdpa"
