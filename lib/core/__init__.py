@@ -6,7 +6,6 @@ module          concept
 ``config``      the typed run config: strict, frozen, one-line errors naming the field
 ``fileio``      files a kill cannot corrupt: atomic writes, JSON lines
 ``markdown``    markdown tables without an extra dependency
-``power``       what the verdicts can detect: power, false positives, coverage, simulated
 ``rundir``      the run directory: every path of a run, its config, seeds, caches
 ``runlock``     one writer per run directory: an OS lock, lent to kernels
 ``runtime``     thread limits and progress bars

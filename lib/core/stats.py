@@ -271,19 +271,21 @@ def jackknife_t(
     leave_out: np.ndarray,
     level: float = 0.95,
     extra_var: tuple[tuple[float, int], ...] = (),
+    var_factor: float = 1.0,
 ) -> dict:
     """A t-interval from a delete-one-cluster jackknife: the cluster-level design the held-out
     scenario comparisons need when clusters are few.
 
     ``point`` is the statistic on all clusters and ``leave_out`` its ``G`` values with one cluster
     left out. The jackknife variance ``(G-1)/G * sum (t_(-g) - mean)^2`` has ``G - 1`` degrees of
-    freedom; ``extra_var`` adds independent terms ``(variance, df)`` (a probe's seed spread), and
-    the degrees of freedom of the sum are Welch-Satterthwaite's. Returns ``se``, ``df``, the
-    ``level`` interval (``ci_low``, ``ci_high``), the 90% interval (``eq_low``, ``eq_high``, for
+    freedom; ``var_factor`` multiplies it (the fit-variance correction of
+    :func:`cv_fit_inflation`); ``extra_var`` adds independent terms ``(variance, df)`` (a probe's
+    seed spread), and the degrees of freedom of the sum are Welch-Satterthwaite's. Returns
+    ``se``, ``df``, the ``level`` interval (``ci_low``, ``ci_high``), the 90% interval (``eq_low``, ``eq_high``, for
     the equivalence test) and the two-sided ``p_value`` of "the statistic is 0".
 
     Why not the percentile cluster bootstrap: with 9 clusters it covers 83-88% at nominal 95%
-    (measured, :mod:`lib.core.power`), because a resample of 9 clusters repeats some and drops
+    (measured, :mod:`lib.probing.power`), because a resample of 9 clusters repeats some and drops
     about a third, so its spread is that of a smaller experiment's, and percentiles carry no
     small-sample correction. The jackknife's t with ``G - 1`` df does.
     """
@@ -297,7 +299,7 @@ def jackknife_t(
     out["df"] = nan
     if g < 2 or not np.isfinite(point):
         return out
-    terms = [((g - 1) / g * float(np.sum((vals - vals.mean()) ** 2)), g - 1)]
+    terms = [(var_factor * (g - 1) / g * float(np.sum((vals - vals.mean()) ** 2)), g - 1)]
     terms += [(float(v), int(d)) for v, d in extra_var if np.isfinite(v) and v > 0 and d > 0]
     var = sum(v for v, _ in terms)
     if var <= 0:
@@ -358,6 +360,7 @@ def best_set_pvalues(
     W: np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    fit_inflation: float = 1.0,
 ) -> np.ndarray:
     """Which of ``L`` probes are significantly below another, with the family-wise error rate
     of all ``L (L - 1) / 2`` pairwise comparisons held at alpha: ``[L]`` p-values, probe ``j``
@@ -371,9 +374,12 @@ def best_set_pvalues(
     jackknife t p-values (:func:`jackknife_t`). Since every exclusion needs a rejected pair, the
     truly best probe stays with probability ``>= 1 - alpha``, and when all probes are equally
     good one leaves in about alpha of experiments (simulated: 2-7%), whichever probe the data
-    make look best. (Testing every probe against the *sample* maximum ignores that it was chosen
-    on the same data: with 8 equal layers that excludes one in 8-31% of runs; the numbers are in
-    ``tests/benchmarks/results/power.csv``, from :mod:`lib.core.power`.)"""
+    make look best. ``fit_inflation`` (:func:`cv_fit_inflation`) multiplies every pair's
+    variance: resampling completions with the out-of-fold scores held fixed leaves out how much
+    the probes' fits themselves vary, and equal probes fitted by CV are then excluded far more
+    often than alpha (simulated with real fits). (Testing every probe against the *sample*
+    maximum ignores that it was chosen on the same data: with 8 equal layers that excludes one in 8-31% of runs; the numbers are in
+    ``tests/benchmarks/results/power.csv``, from :mod:`lib.probing.power`.)"""
     y = np.asarray(y)
     S = np.atleast_2d(scores)
     k = len(S)
@@ -387,7 +393,7 @@ def best_set_pvalues(
         left = np.stack([balanced_accuracy(y, s, L) for s in S], axis=1)  # [G, k]
         raw = np.array(
             [
-                jackknife_t(d, left[:, i] - left[:, j])["p_value"]
+                jackknife_t(d, left[:, i] - left[:, j], var_factor=fit_inflation)["p_value"]
                 for d, i, j in zip(delta, i_idx, j_idx, strict=True)
             ]
         )
@@ -400,7 +406,7 @@ def best_set_pvalues(
         D = M[:, i_idx] - M[:, j_idx]  # [B, pairs]
         se = D.std(axis=0, ddof=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            t_obs = np.where(se > 0, np.abs(delta) / se, 0.0)
+            t_obs = np.where(se > 0, np.abs(delta) / (se * np.sqrt(fit_inflation)), 0.0)
             t_max = np.nanmax(np.where(se > 0, np.abs(D - delta) / se, 0.0), axis=1)
         adjusted = (1 + np.sum(t_max[:, None] >= t_obs[None, :], axis=0)) / (1 + len(t_max))
     out = np.ones(k)
@@ -410,6 +416,19 @@ def best_set_pvalues(
         lower = j if d > 0 else i
         out[lower] = min(out[lower], p)
     return out
+
+
+def cv_fit_inflation(n_folds: int) -> float:
+    """How much larger the variance of a difference between two cross-validated probes is than
+    its test-set part, by Nadeau and Bengio's correction (Machine Learning 52, 2003): ``1 +
+    n_folds * n_test / n_train = 1 + n_folds / (n_folds - 1)`` for ``n_folds``-fold CV (2.25 at 5
+    folds; 2.13 leaving one of 9 scenarios out). The test-set part is what a bootstrap of the
+    completions (or a jackknife of the scenarios) with the out-of-fold scores held fixed
+    measures; the rest comes from the folds' training sets overlapping, so that every fold's
+    probe errs alike. Its effect is measured with real fits in :mod:`lib.probing.power`."""
+    if n_folds < 2:
+        raise ValueError(f"n_folds={n_folds}: cross-validation needs at least 2 folds")
+    return 1.0 + n_folds / (n_folds - 1.0)
 
 
 def pooled_seed_sd(per_seed: list[np.ndarray]) -> tuple[float, int]:

@@ -6,6 +6,7 @@ import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
 
 from lib.figures.style import (
     CV_LABELS,
@@ -142,6 +143,9 @@ def _direction_style(name: str, i: int) -> dict:
     }
 
 
+#: the legend entry of the dotted, hollow-marker lines of :func:`plot_dose_response`
+DECIDED_LABEL = "dotted, hollow: lie share among decided samples (ambiguous ones left out)"
+
 #: the conditions without a steering strength: the SAE's reconstruction replaces the layer output
 SWAPS = ("reconstruction", "ablate")
 
@@ -191,6 +195,13 @@ def plot_dose_response(df, layer: int, model_label: str):
             err = np.vstack([s["deceptive_rate"] - s["ci_low"], s["ci_high"] - s["deceptive_rate"]])
             h = ax.errorbar(s["alpha"], s["deceptive_rate"], yerr=err, capsize=3, **style)
             handles.setdefault(style["label"], h)
+            if "decided_rate" in s:  # garbling lowers the rate over all samples by itself
+                ax.plot(
+                    s["alpha"], s["decided_rate"], ls=":", lw=1.1, marker=style.get("marker", "o"),
+                    mfc="white", ms=5, color=h[0].get_color(), alpha=0.8,
+                )  # fmt: skip
+                key = Line2D([], [], ls=":", marker="o", mfc="white", color="0.35")
+                handles.setdefault(DECIDED_LABEL, key)
         base = j[(j["alpha"] == 0) & ~j["direction"].str.startswith(SWAPS)]
         n = int(j["n"].iloc[0])
         alphas = sorted(set(j.loc[~j["direction"].str.startswith(SWAPS), "alpha"]))

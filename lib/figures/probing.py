@@ -544,6 +544,18 @@ def plot_leakage(leak, model_label, n=None):
             "Significance is the Holm-adjusted p-value (Holm within each CV mode), printed at "
             f"the right of each row; p < 0.05 (starred) in {counts}."
         )
+        if "verdict" in d:
+            note += (
+                " Verdicts (Holm, then the +/- 2-point equivalence test): "
+                + "; ".join(
+                    f"{CV_SHORT[cv]}: "
+                    + ", ".join(f"{k} {v}" for v, k in d[d.cv == cv].verdict.value_counts().items())
+                    for cv in ("stratified", "scenario")
+                    if (d.cv == cv).any()
+                )
+                + "."
+            )
+
     else:
         note += "Bars: per-comparison 95% CIs, not adjusted for multiple comparisons."
     caption(fig, note)

@@ -8,6 +8,7 @@ module                  concept
 ``layer_verdicts``      selection-aware peak layers, layers vs the wording baselines
 ``leakage``             SAEs that never saw the probe's test completions
 ``matched_sparsity``    STE against TopK at matched L0: a TopK k sweep beside the STE SAEs
+``power``               what the verdicts can detect: power, false positives, coverage, simulated
 ``probe``               the study's probe, its cross-validation, monitor thresholds
 ``prompt_probe``        the last prompt token's probe and the scenario prior: known answers
 ``sae_controls``        the wording controls on SAE features

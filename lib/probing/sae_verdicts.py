@@ -144,9 +144,20 @@ def sae_verdicts(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) -
     return out
 
 
+#: the leakage test's classes (:func:`lib.core.stats.verdict_class` of reference vs per-fold)
+LEAKAGE_VERDICTS = {
+    "better": "leaks",
+    "worse": "negative",
+    "equivalent": "no leakage (within 2 points)",
+}
+
+
 def leakage_table(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) -> pd.DataFrame:
     """Per (cell, cv): leakage = refit_all minus per_fold balanced accuracy, paired over
-    completions (or scenarios) and seeds; both SAEs with the same budget and seeds."""
+    completions (or scenarios) and seeds; both SAEs with the same budget and seeds. ``verdict``
+    by the book's one rule (Holm within each CV mode, then the +/- 2-point equivalence test):
+    ``leaks`` / ``negative`` / ``no leakage (within 2 points)`` / ``inconclusive``, or
+    ``descriptive (one fit)`` with one seed."""
     rows = []
     sel = df[df.sae_source.isin(["refit_all", "per_fold"])]
     n_boot = stats.resamples_for_family(cfg.probe.n_bootstrap, max(sel.cell_id.nunique(), 1))
@@ -180,6 +191,8 @@ def leakage_table(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) 
                 leakage=t["delta"],
                 leakage_ci_low=t["ci_low"],
                 leakage_ci_high=t["ci_high"],
+                eq_low=t["eq_low"],
+                eq_high=t["eq_high"],
                 p_value=t["p_value"],
             )
         rows.append(row)
@@ -187,10 +200,11 @@ def leakage_table(run: RunDir, cfg: RunConfig, lab: Labelled, df: pd.DataFrame) 
     if len(out) and "p_value" in out:
         for _, idx in out.groupby("cv").groups.items():
             out.loc[idx, "p_holm"] = stats.holm(out.loc[idx, "p_value"].to_numpy(dtype=float))
-        out["verdict"] = np.where(
-            out.p_holm < ALPHA, np.where(out.leakage > 0, "leaks", "negative"), "inconclusive"
-        )
-        out.loc[out.p_value.isna(), "verdict"] = "untested"
+        cls = [
+            stats.verdict_class(*v)
+            for v in zip(out.leakage, out.p_holm, out.eq_low, out.eq_high, strict=True)
+        ]
+        out["verdict"] = [LEAKAGE_VERDICTS.get(c, c) for c in cls]
         out.loc[out.p_value.notna() & (out.n_seeds < 2), "verdict"] = DESCRIPTIVE
     return out
 

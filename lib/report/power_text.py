@@ -1,6 +1,6 @@
 """The sentences and the table on what the verdicts can detect, from the simulation table.
 
-``tests/benchmarks/results/power.csv`` is written by ``python -m lib.core.power`` (``make bench``);
+``tests/benchmarks/results/power.csv`` is written by ``python -m lib.probing.power`` (``make bench``);
 ``make publish`` renders it into ``docs/method.md`` (the table) and the README (one paragraph)
 between their markers, and ``tests/unit/test_publish.py`` keeps both equal to the file.
 """
@@ -61,13 +61,19 @@ def render_power_prose(df: pd.DataFrame) -> str:
     eq_big = eq[eq.design.str.contains("2000")].value.iloc[0]
     pct9 = _value(df, "held-out interval", "9 scenarios, percentile")
     jack9 = _value(df, "held-out interval", "9 scenarios, jackknife_t")
-    best = df[(df.family == "layer below peak") & df.design.str.contains("best set")].value
-    vs_peak = df[(df.family == "layer below peak") & df.design.str.contains("sample peak")].value
+    layer = df[df.family == "layer below peak"]
+    fitted = layer[layer.design.str.contains("fitted probes")]
+    best = layer[layer.design.str.contains("best set") & ~layer.design.isin(fitted.design)].value
+    vs_peak = layer[layer.design.str.contains("sample peak")].value
+    bare = fitted[~fitted.design.str.contains("Nadeau") & (fitted.effect == 0)].value
+    nb = fitted[fitted.design.str.contains("Nadeau") & (fitted.effect == 0)].value
+    nb_power = fitted[fitted.design.str.contains("Nadeau") & (fitted.effect > 0)]
+    strat = nb_power[nb_power.design.str.startswith("stratified")].iloc[0]
     return (
         "**What the verdicts can and cannot detect.** Every comparison (SAE vs raw, STE vs TopK, "
         "a layer vs the wording baselines) ends `better`, `worse`, `equivalent` within 2 points "
         "or `inconclusive`, by one paired test with Holm within its family. Simulated at the "
-        "book's sizes (`python -m lib.core.power`, table in [docs/method.md](docs/method.md)): "
+        "book's sizes (`python -m lib.probing.power`, table in [docs/method.md](docs/method.md)): "
         f"a {large.effect:g}-point SAE advantage over 300 completions is found "
         f"{large.value:.0f}% of the time, a {small.effect:g}-point one {small.value:.0f}%, and "
         f"two equal probes are called `equivalent` in {eq_big:.0f}% of runs even with 2000 "
@@ -75,6 +81,13 @@ def render_power_prose(df: pd.DataFrame) -> str:
         "difference. Paired comparisons over held-out scenarios use jackknife t-intervals "
         f"({jack9:.1f}% coverage over 9 scenarios, where the percentile bootstrap gave "
         f'{pct9:.1f}%), and the layers "not below the peak" are a confidence set for the best '
-        f"layer ({best.min():.1f}-{best.max():.1f}% false exclusions among 8 equal layers; "
-        f"testing against the sample peak gave {vs_peak.min():.1f}-{vs_peak.max():.1f}%)."
+        f"layer ({best.min():.1f}-{best.max():.1f}% false exclusions among 8 equal layers' "
+        f"scores; testing against the sample peak gave {vs_peak.min():.1f}-{vs_peak.max():.1f}%). "
+        "With probes really fitted by CV, holding their scores fixed leaves out the fits' own "
+        f"variance and the set excluded an equal layer in {bare.min():.1f}-{bare.max():.1f}% "
+        "of runs, so every pair's variance is widened by Nadeau and Bengio's factor (2.25 at 5 "
+        f"folds): {nb.min():.1f}-{nb.max():.1f}% then, at a price: a layer "
+        f"{strat.effect:g} points below the best is called below in {strat.value:.0f}% of runs "
+        'at 300 completions, so the region "not below the peak" is wide unless layers differ '
+        "a lot."
     )

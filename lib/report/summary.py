@@ -104,7 +104,8 @@ def _raw_claims(profile: pd.DataFrame, tests: pd.DataFrame, cv: str, feature: st
         ),
         "raw_peak_auroc": f"{auc[auc.layer == pk['layer']].value.iloc[0]:.3f}" if len(auc) else NA,
         "profile": (
-            f"rho={rho:.2f}; {_pct(curve.value.iloc[0])} at L{int(curve.layer.iloc[0])} to "
+            f"rho={rho:.2f} (descriptive: adjacent layers share their errors, so no test); "
+            f"{_pct(curve.value.iloc[0])} at L{int(curve.layer.iloc[0])} to "
             f"{_pct(curve.value.iloc[-1])} at L{int(curve.layer.iloc[-1])}"
         ),
     }
@@ -117,7 +118,8 @@ def _raw_claims(profile: pd.DataFrame, tests: pd.DataFrame, cv: str, feature: st
         strongest = WORDING_SHORT.get(pk.get("wording_feature", ""), "the strongest")
         out["text_baseline"] = (
             f"{'; '.join(shown)}; layers significantly above {strongest}: "
-            f"{pk['beats_wording']} of {pk['n_layers']} (above TF-IDF: {pk['beats_text']})"
+            f"{pk['beats_wording']} of {pk['n_layers']}, below it: {pk['below_wording']} "
+            f"(TF-IDF: {pk['beats_text']} above, {pk['below_text']} below)"
         )
     if len(rec):
         r = rec.iloc[0]
@@ -217,10 +219,16 @@ def _leakage_claim(leak: pd.DataFrame | None, cv: str) -> str:
             f"mean {100 * d.leakage.mean():+.1f} pp over {len(d)} SAEs; descriptive: one SAE seed "
             f"per cell, so no test (its fit variance is unknown); budget {d.budget.iloc[0]}"
         )
-    sig = int(((d.p_holm < 0.05) & (d.leakage > 0)).sum())
+    conds = ", ".join(dict.fromkeys(d.condition)) if "condition" in d else "?"
+    if "verdict" in d:
+        counts = d.verdict.value_counts()
+        tally = ", ".join(f"{counts[v]} {v}" for v in counts.index)
+    else:
+        tally = f"{int(((d.p_holm < 0.05) & (d.leakage > 0)).sum())} leaks"
     return (
-        f"mean {100 * d.leakage.mean():+.1f} pp over {len(d)} SAEs; {sig} significant "
-        f"(Holm over {len(d)}); budget {d.budget.iloc[0]}"
+        f"mean {100 * d.leakage.mean():+.1f} pp over {len(d)} cells ({conds}; "
+        f"{int(d.n_seeds.min())} seeds each): {tally} (Holm over {len(d)}); budget "
+        f"{d.budget.iloc[0]}"
     )
 
 

@@ -74,6 +74,13 @@ def training_summary(metrics: dict[str, dict]) -> str:
     return first + (
         f" Not converged: {len(moving)} of {len(ms)}, their mean L0 still moving {change}% over "
         f"the last 10% of steps (limit {L0_STABLE:.0%}): {where}."
+        + (
+            " An STE JumpReLU's L0 falls as a power of the steps with no plateau in sight (30,000"
+            " steps on the organism: tests/benchmarks/bench_ste_convergence.py), so no CPU budget"
+            " converges it: compare it with other SAEs at its measured L0 (notebook 06's k sweep)."
+            if "jumprelu_ste" in groups
+            else ""
+        )
     )
 
 

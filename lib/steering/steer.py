@@ -27,8 +27,12 @@ the unsteered baseline (one set of samples, repeated under every steering direct
 Rates: ``deceptive_rate`` = the share of *all* samples of a condition that the judge calls
 deceptive (a binomial proportion over samples; an ambiguous or garbled sample is not a lie, and
 ``n_honest``/``n_ambiguous`` show where the rest went, so steering that merely garbles text is
-visible as a rise of ``n_ambiguous``). CIs: a bootstrap over samples stratified by scenario;
-``delta`` (condition minus baseline) uses the same resamples for both, so it is paired.
+visible as a rise of ``n_ambiguous``). Because ambiguity rises with ``|alpha|`` (9 of 108
+organism samples unsteered, 35-51 at ``|alpha| = 1``), that rate falls under *any* strong
+direction, random ones included; ``decided_rate`` is the lie share among the decided samples
+alone, and ``delta_decided`` its change, which garbling does not move by itself. CIs: a
+bootstrap over samples stratified by scenario; ``delta`` and ``delta_decided`` (condition minus
+baseline) use the same resamples for both, so they are paired.
 """
 
 from __future__ import annotations
@@ -66,6 +70,12 @@ CACHE_VERSION = 1
 STEERING_COLUMNS = ["layer", "direction", "alpha", "n", "deceptive_rate", "ci_low", "ci_high"]
 STEERING_COLUMNS += ["judge", "n_deceptive", "n_honest", "n_ambiguous", "delta"]
 STEERING_COLUMNS += ["delta_ci_low", "delta_ci_high", "scale"]
+STEERING_COLUMNS += [
+    "decided_rate",
+    "delta_decided",
+    "delta_decided_ci_low",
+    "delta_decided_ci_high",
+]
 
 
 # ----- directions ---------------------------------------------------------------------------------
@@ -325,8 +335,14 @@ def rate_table(
     def rates(dec):
         return (W @ dec) / W.sum(1)
 
-    b_dec, _ = counts(labels[("baseline", 0.0)])
+    def decided(dec, hon):  # the lie share among decided samples; NaN where none is decided
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (W @ dec) / (W @ (dec + hon))
+
+    b_dec, b_hon = counts(labels[("baseline", 0.0)])
     b_boot = rates(b_dec)
+    b_decided = decided(b_dec, b_hon)
+    b_share = b_dec.sum() / max(b_dec.sum() + b_hon.sum(), 1)
     rows = []
     for (direction, alpha), lbls in labels.items():
         dec, hon = counts(lbls)
@@ -334,6 +350,12 @@ def rate_table(
         rate, base = dec.mean(), b_dec.mean()
         lo, hi = stats.percentile_ci(boot) if n_boot > 0 else (float("nan"),) * 2
         dlo, dhi = stats.percentile_ci(boot - b_boot) if n_boot > 0 else (float("nan"),) * 2
+        share = dec.sum() / (dec.sum() + hon.sum()) if dec.sum() + hon.sum() else float("nan")
+        ddlo, ddhi = (
+            stats.percentile_ci(decided(dec, hon) - b_decided)
+            if n_boot > 0
+            else (float("nan"),) * 2
+        )
         rows.append(
             {
                 "direction": direction,
@@ -348,6 +370,10 @@ def rate_table(
                 "delta": rate - base,
                 "delta_ci_low": dlo,
                 "delta_ci_high": dhi,
+                "decided_rate": share,
+                "delta_decided": share - b_share,
+                "delta_decided_ci_low": ddlo,
+                "delta_decided_ci_high": ddhi,
             }
         )
     return pd.DataFrame(rows)

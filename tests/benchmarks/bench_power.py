@@ -1,9 +1,10 @@
 """The simulation table of the book's verdicts: power, false-positive rates and coverage
-(:mod:`lib.core.power`), 400 replications a row, about 4 minutes on 2 cores.
+(:mod:`lib.probing.power`), 400 replications a row (100 for the rows that fit probes), about
+15 minutes on 2 cores.
 
 Writes ``tests/benchmarks/results/power.csv`` (the table ``docs/method.md`` quotes) and prints it
 as markdown. Prints, never asserts: the fast known-answer versions are ``tests/unit/test_power.py``.
-Run: ``python -m lib.core.power --reps 400 --out tests/benchmarks/results/power.csv`` or
+Run: ``python -m lib.probing.power --reps 400 --out tests/benchmarks/results/power.csv`` or
 ``pytest tests/benchmarks/bench_power.py -s``.
 """
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lib.core import power  # noqa: E402
+from lib.probing import power  # noqa: E402
 
 OUT = ROOT / "tests" / "benchmarks" / "results" / "power.csv"
 

@@ -1,6 +1,6 @@
 """Known answers for the held-out interval, the selection-aware peak and the simulation table
-(lib.core.stats.jackknife_t / split_sample_peak, lib.core.power). The full table with more
-replications: ``python -m lib.core.power`` (make bench)."""
+(lib.core.stats.jackknife_t / split_sample_peak, lib.probing.power). The full table with more
+replications: ``python -m lib.probing.power`` (make bench)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lib.core import power, stats
+from lib.core import stats
+from lib.probing import power
 
 
 def test_the_jackknife_t_interval_of_a_mean_is_the_classical_t_interval():
@@ -69,6 +70,33 @@ def test_a_layer_clearly_worse_than_the_rest_leaves_the_best_set():
         y, cluster, scores = power.simulate(design, rng, [1.0, 1.0, 1.0, 6.0])
         p = stats.best_set_pvalues(y, np.stack(scores), cluster if clusters else None)
         assert p[3] < 0.05 and (p[:3] >= 0.05).all(), (clusters, p)
+
+
+def test_fitted_probes_need_the_fit_variance_correction_to_keep_the_best_set_at_alpha():
+    """Eight equal layers whose probes are *fitted* by the book's 5-fold CV (150 completions):
+    holding the out-of-fold scores fixed leaves out the fits' own variance, and the best set then
+    excludes an equal layer far more often than 5% (measured 23%, 14 of 60); with Nadeau and
+    Bengio's factor it does not (0 of 60)."""
+    design = power.Design(clusters=1, per_cluster=150, probe_scenario_sd=0.0)
+    bare = power.fitted_best_set(design, 60, correction=False)
+    corrected = power.fitted_best_set(design, 60, correction=True)
+    assert bare["value"] >= 10.0, bare
+    assert corrected["value"] <= 5.0, corrected
+
+
+def test_the_fit_variance_factor_is_nadeau_and_bengios_and_only_widens():
+    assert stats.cv_fit_inflation(5) == pytest.approx(2.25)
+    assert stats.cv_fit_inflation(9) == pytest.approx(1 + 9 / 8)
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        stats.cv_fit_inflation(1)
+    rng = np.random.default_rng(5)
+    design = power.Design(clusters=30, probe_scenario_sd=0.1)
+    y, cluster, scores = power.simulate(design, rng, [1.0, 1.0, 1.0, 6.0])
+    for clusters in (cluster, None):
+        p1 = stats.best_set_pvalues(y, np.stack(scores), clusters)
+        p2 = stats.best_set_pvalues(y, np.stack(scores), clusters, fit_inflation=2.25)
+        assert (p2 >= p1 - 1e-12).all() and (p2 > p1).any()
+        assert p2[3] < 0.05  # a layer this much worse still leaves the set
 
 
 def test_the_split_sample_peak_finds_a_planted_layer_and_loses_the_maximums_optimism():

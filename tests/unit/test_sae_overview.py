@@ -45,6 +45,9 @@ def test_one_sentence_for_the_budget_and_the_unconverged():
         "18 SAEs (6 grid cell(s) x 3 seed(s)) trained for 500 optimiser steps each (sae.steps, "
         "the same for every condition). Not converged: 6 of 18, their mean L0 still moving 9.0 "
         "to 11.8% over the last 10% of steps (limit 5%): 6 of 6 jumprelu_ste SAEs (layer(s) 2, 5)."
+        " An STE JumpReLU's L0 falls as a power of the steps with no plateau in sight (30,000 "
+        "steps on the organism: tests/benchmarks/bench_ste_convergence.py), so no CPU budget "
+        "converges it: compare it with other SAEs at its measured L0 (notebook 06's k sweep)."
     )
     topk = {k: m for k, m in GRID.items() if m["architecture"] == "topk"}
     assert overview.training_summary(topk).endswith(

@@ -129,6 +129,21 @@ def test_rate_table_known_answers():
     assert lo < 0.2 < hi
 
 
+def test_garbling_alone_moves_the_rate_but_not_the_decided_share():
+    """A direction that only turns half the samples ambiguous, lies and truths alike: the lie
+    rate over all samples halves, the share among decided samples stays (the review's point:
+    every keyword-judge delta at |alpha| = 1 was negative, random directions included)."""
+    strata = np.repeat(["a", "b"], 40)
+    base = (["deceptive"] * 20 + ["honest"] * 20) * 2
+    garbled = (["deceptive"] * 10 + ["ambiguous"] * 10 + ["honest"] * 10 + ["ambiguous"] * 10) * 2
+    t = rate_table({("baseline", 0.0): base, ("random", 1.0): garbled}, strata, 500)
+    t = t.set_index("direction")
+    assert t.loc["random", "delta"] == pytest.approx(-0.25) and t.loc["random", "delta_ci_high"] < 0
+    assert t.loc["random", "decided_rate"] == t.loc["baseline", "decided_rate"] == 0.5
+    assert t.loc["random", "delta_decided"] == 0.0
+    assert t.loc["random", "delta_decided_ci_low"] < 0 < t.loc["random", "delta_decided_ci_high"]
+
+
 def test_interventions_do_what_they_say():
     from lib.sae.model import SAE
 

@@ -19,7 +19,7 @@ calibration differs by scenario under held-out folds, which makes per-scenario d
 what a cluster interval must carry). Equal probes are exchangeable, so under the null the true
 difference is exactly 0; a planted advantage lowers one probe's own noise.
 
-``python -m lib.core.power [--reps N] [--out FILE]`` prints the table (markdown) and writes it as
+``python -m lib.probing.power [--reps N] [--out FILE]`` prints the table (markdown) and writes it as
 CSV; ``make bench`` runs it (``tests/benchmarks/bench_power.py``) and the README's method
 section quotes it. The fast known-answer versions are in ``tests/unit/test_power.py``.
 """
@@ -36,6 +36,8 @@ import pandas as pd
 
 from lib.core import stats
 from lib.core.markdown import to_markdown
+from lib.probing.probe import cv_folds
+from lib.probing.solver import oof_scores_many
 
 ALPHA = 0.05
 #: the study's nine scenarios, and the 30 families of the version-2 scenarios
@@ -76,6 +78,82 @@ def simulate(design: Design, rng: np.random.Generator, probes: list[float]):
         noise = design.probe_sd * scale * rng.standard_normal(y.size)
         scores.append(z + own[cluster] + noise)
     return y, cluster, scores
+
+
+def simulate_features(
+    design: Design, rng: np.random.Generator, layers: list[float], d: int = 32, sd: float = 1.5
+):
+    """``(y, cluster, features)``: like :func:`simulate`, but each "layer" is a matrix ``[n, d]``
+    that a probe must be *fitted* to: the completions' shared reading ``z`` along a random unit
+    direction plus isotropic noise of SD ``sd`` times the layer's entry of ``layers`` (1.0 =
+    every layer alike). A probe fitted by cross-validation then carries the variance of its own
+    fit, which score-level simulations leave out."""
+    y, cluster, (z,) = simulate(design, rng, [0.0])
+    out = []
+    for scale in layers:
+        u = rng.standard_normal(d)
+        u /= np.linalg.norm(u)
+        out.append(np.outer(z, u) + sd * scale * rng.standard_normal((y.size, d)))
+    return y, cluster, out
+
+
+def fitted_best_set(
+    design: Design, reps: int, correction: bool, layers: list[float] | None = None, seed: int = 0
+) -> dict:
+    """The best-layer set with probes fitted by the book's CV (its solver, its folds).
+
+    ``layers`` all 1.0 (default: 8 equal layers): the false-positive rate, how often some layer
+    is called "below". Otherwise the layers with the largest entry are worse (noisier): the
+    power, the mean share of them called below, with ``effect`` their mean gap in points.
+    ``correction``: Nadeau and Bengio's fit-variance factor
+    (:func:`lib.core.stats.cv_fit_inflation`) as the book uses it, or none."""
+    layers = layers or [1.0] * 8
+    worse = np.asarray(layers) > min(layers)
+    rng = np.random.default_rng(seed)
+    mode = "scenario" if design.clusters > 1 else "stratified"
+    hits, found, gap = 0, 0.0, 0.0
+    for r in range(reps):
+        y, cluster, X = simulate_features(design, rng, layers)
+        clusters = cluster if mode == "scenario" else None
+        folds = cv_folds(y, clusters, mode, r)
+        S = np.stack([oof_scores_many(x, y, folds)[:, 0] for x in X])
+        f = stats.cv_fit_inflation(len(np.unique(folds))) if correction else 1.0
+        below = stats.best_set_pvalues(y, S, clusters, n_boot=1000, seed=r, fit_inflation=f) < ALPHA
+        hits += bool(np.any(below[~worse]))
+        if worse.any():
+            found += below[worse].mean()
+            acc = np.array([stats.balanced_accuracy(y, s) for s in S])
+            gap += acc[~worse].mean() - acc[worse].mean()
+    name = "best set, fitted probes, " + ("Nadeau-Bengio" if correction else "no fit variance")
+    if not worse.any():
+        return _row("layer below peak", design, name, 0.0, "false-positive rate", hits, reps)
+    effect = round(float(100 * gap / reps), 1)  # points of balanced accuracy, mean over runs
+    rate = found / reps
+    row = _row("layer below peak", design, name, effect, "power (share of worse layers)", 0, reps)
+    row["value"] = round(100 * float(rate), 1)
+    row["mc_error"] = round(100 * float(np.sqrt(max(rate * (1 - rate), 1 / reps) / reps)), 1)
+    return row
+
+
+def fitted_vs_baseline(design: Design, reps: int, layers: int = 7, seed: int = 0) -> dict:
+    """The layer-vs-wording tests with probes fitted by the book's CV: ``layers`` layers as good
+    as the baseline (one more equal feature matrix), each tested against it by
+    :func:`lib.core.stats.paired_seed_test` with Holm over the layers, as notebook 05 counts
+    "beats text": the family-wise rate of any layer called different from it."""
+    rng = np.random.default_rng(seed)
+    mode = "scenario" if design.clusters > 1 else "stratified"
+    hits = 0
+    for r in range(reps):
+        y, cluster, X = simulate_features(design, rng, [1.0] * (layers + 1))
+        clusters = cluster if mode == "scenario" else None
+        folds = cv_folds(y, clusters, mode, r)
+        S = [oof_scores_many(x, y, folds)[:, 0] for x in X]
+        p = [stats.paired_seed_test(y, s, S[0], 1000, r, clusters)["p_value"] for s in S[1:]]
+        hits += bool(np.any(stats.holm(p) < ALPHA))
+    name = f"{layers} layers vs the baseline, fitted probes, Holm"
+    return _row(
+        "layer vs wording", design, name, 0.0, "family-wise false-positive rate", hits, reps
+    )
 
 
 def _first(sim):
@@ -279,6 +357,20 @@ def simulation_table(reps: int = 400, progress: Callable[[str], None] | None = N
         jobs.append((f"peak {g}", lambda d=d: peak_optimism(d, reps)))
     strat = Design(clusters=1, per_cluster=360, probe_scenario_sd=0.0)
     jobs.append(("below peak stratified", lambda: below_peak_null(strat, "best_set", reps // 2)))
+    fitted = Design(clusters=9, per_cluster=33)  # n ~ 300, as the organism's and SmolLM2's runs
+    n = max(reps // 4, 20)  # each replication fits 40 probes: a quarter of the rows' count
+    for d in (Design(clusters=1, per_cluster=300, probe_scenario_sd=0.0), fitted):
+        for corr in (False, True):
+            jobs.append(
+                (f"fitted {d.clusters} {corr}", lambda d=d, c=corr: fitted_best_set(d, n, c))
+            )
+            jobs.append(
+                (
+                    f"fitted power {d.clusters} {corr}",
+                    lambda d=d, c=corr: fitted_best_set(d, n, c, [1.0] * 4 + [2.0] * 4),
+                )
+            )
+        jobs.append((f"fitted wording {d.clusters}", lambda d=d: fitted_vs_baseline(d, n)))
     jobs.append(("sae null", lambda: sae_family(1.0, max(reps // 8, 20))))
     for effect in (0.7, 0.5):
         jobs.append((f"sae {effect}", lambda e=effect: sae_family(e, max(reps // 8, 20))))
@@ -295,7 +387,7 @@ def simulation_table(reps: int = 400, progress: Callable[[str], None] | None = N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lib.core.power",
+        prog="python -m lib.probing.power",
         description="Power, false-positive rates and coverage of the book's verdicts, simulated.",
     )
     parser.add_argument("--reps", type=int, default=400, help="replications per row (400)")
