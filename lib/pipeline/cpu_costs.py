@@ -140,10 +140,14 @@ def read_costs(path: Path | str) -> dict[str, dict]:
             ) from None
         units = r.get("units")
         nb = notebook_of(r["stage"])
-        got = out.setdefault(nb, {"wall_s": 0.0, "units_known": True, "load": []})
+        got = out.setdefault(nb, {"wall_s": 0.0, "units_known": True, "load": [], "load_mean": []})
         got["wall_s"] += wall
         got["units_known"] &= units not in (None, "")
         got["load"].append(r.get("load_avg") or "")
+        try:
+            got["load_mean"].append(float(r.get("load_mean") or ""))
+        except ValueError:
+            pass
     if not out:
         raise CostsError(f"{path}: no finished stage (status done)")
     return out
@@ -444,8 +448,9 @@ def project(
         row = {
             "stage": nb,
             "measured_s": None if got is None else round(got["wall_s"], 1),
-            "measured_units": a.units,
-            "target_units": b.units,
+            "measured_load": None if got is None else stage_load(got),
+            "measured_units": None if a.units is None else round(a.units, 1),
+            "target_units": None if b.units is None else round(b.units, 1),
             "unit": b.unit,
             "projected_s": None,
             "basis": "",
@@ -473,7 +478,7 @@ def project(
     missing = int(df["projected_s"].isna().sum())
     total = {
         "stage": "total",
-        "measured_s": round(sum(c["wall_s"] for c in costs.values()), 1),
+        "measured_s": round(df["measured_s"].sum(), 1),  # the target's stages only
         "projected_s": round(df["projected_s"].sum(), 1),
         "basis": (
             f"stages one after another; notebook fixed cost {fixed:.1f} s"
@@ -483,11 +488,17 @@ def project(
     return pd.concat([df, pd.DataFrame([total])], ignore_index=True)
 
 
+def stage_load(c: dict) -> float | None:
+    """The mean 1-minute load average while a stage ran (its cells' means averaged)."""
+    return round(sum(c["load_mean"]) / len(c["load_mean"]), 1) if c.get("load_mean") else None
+
+
 def check(table: pd.DataFrame, actual: dict[str, dict]) -> pd.DataFrame:
     """The projection beside a measured run of the target: ``actual_s`` and ``error_pct``
     (projected over actual, minus 1) per stage and for the total of the stages both have."""
     out = table.copy()
     out["actual_s"] = [round(actual[s]["wall_s"], 1) if s in actual else None for s in out["stage"]]
+    out["actual_load"] = [stage_load(actual[s]) if s in actual else None for s in out["stage"]]
     both = out[(out["stage"] != "total") & out["projected_s"].notna() & out["actual_s"].notna()]
     out.loc[out["stage"] == "total", "actual_s"] = round(both["actual_s"].sum(), 1)
     out.loc[out["stage"] == "total", "projected_s"] = round(both["projected_s"].sum(), 1)
@@ -527,11 +538,14 @@ def projection_for(
     return project(costs, mcfg, m, tgt, t), mcfg, tgt, costs, notes
 
 
-def check_rows(table: pd.DataFrame, label: str, cal: str, target: str, loads: str) -> pd.DataFrame:
+def check_rows(
+    table: pd.DataFrame, label: str, cal: str, target: str, loads: str, notes: list[str]
+) -> pd.DataFrame:
     """A check table as rows of the committed results file."""
     out = table.copy()
     out.insert(0, "check", label)
     out["calibration"], out["target"], out["load"] = cal, target, loads
+    out["notes"] = "; ".join(notes)
     return out
 
 
@@ -588,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             rel(args.costs),
             rel(args.actual),
             f"{_load(costs)} and {_load(actual)}",
+            notes,
         )
         path = Path(args.results)
         old = pd.read_csv(path) if path.is_file() else pd.DataFrame()

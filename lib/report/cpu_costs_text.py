@@ -27,11 +27,19 @@ def _fmt(v, digits: int = 0) -> str:
     return f"{v:,.{digits}f}" if isinstance(v, (int, float)) else str(v)
 
 
+def _with_load(seconds, load) -> str:
+    """``51.1 (1.4)``: seconds and the mean 1-minute load average while the stage ran."""
+    text = _fmt(seconds, 1)
+    return f"{text} ({_fmt(load, 1)})" if text and _fmt(load, 1) else text
+
+
 def markdown(table: pd.DataFrame, head: str, notes: list[str] = ()) -> str:
-    """The projection (and check) as a markdown table under ``head``."""
-    cols = ["stage", "measured units", "target units", "unit", "measured s", "projected s"]
+    """The projection (and check) as a markdown table under ``head``; the load beside a stage's
+    seconds is the mean 1-minute load average while it ran (2 cores: above 2, other processes
+    took CPU from it)."""
+    cols = ["stage", "measured units", "target units", "unit", "measured s (load)", "projected s"]
     has_check = "actual_s" in table
-    cols += ["actual s", "error"] if has_check else []
+    cols += ["actual s (load)", "error"] if has_check else []
     cols += ["basis"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in table.to_dict("records"):
@@ -41,13 +49,13 @@ def markdown(table: pd.DataFrame, head: str, notes: list[str] = ()) -> str:
             units(r.get("measured_units")),
             units(r.get("target_units")),
             _fmt(r.get("unit")),
-            _fmt(r.get("measured_s"), 1),
+            _with_load(r.get("measured_s"), r.get("measured_load")),
             _fmt(r.get("projected_s"), 1) or "not projected",
         ]
         if has_check:
             err = r.get("error_pct")
             cells += [
-                _fmt(r.get("actual_s"), 1),
+                _with_load(r.get("actual_s"), r.get("actual_load")),
                 "" if err is None or pd.isna(err) else f"{err:+.0f}%",
             ]
         cells.append(_fmt(r.get("basis")))
@@ -76,9 +84,10 @@ def render_checks(df: pd.DataFrame) -> str:
                 else "."
             )
         )
-        body = g.drop(columns=["check", "calibration", "target", "load"])
+        body = g.drop(columns=["check", "calibration", "target", "load", "notes"], errors="ignore")
         body = body.astype(object).where(body.notna(), None)
-        parts.append(markdown(body, head))
+        notes = first.get("notes")
+        parts.append(markdown(body, head, [notes] if isinstance(notes, str) and notes else []))
     return "\n\n".join(parts)
 
 
