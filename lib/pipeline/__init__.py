@@ -4,6 +4,7 @@
 module               concept
 ===================  ================================================================
 ``cost_model``       the expected cost of a full run on one GPU, from a rehearsal
+``cpu_costs``        the cost of a run on this CPU, projected from a measured run
 ``grid``             runs the grid's notebooks with papermill, locally or on Dask
 ``grid_plan``        the grid's notebook executions, what each reads, what a run has
 ``jupyter_kernels``  notebooks run by papermill, one kernel each, or on Dask

@@ -44,6 +44,7 @@ from lib.probing.sae_controls import describe as describe_sae_controls
 from lib.probing.sae_verdicts import read_sae_verdicts
 from lib.probing.ste_comparison import read_ste_comparison
 from lib.probing.wording_controls import describe as describe_controls
+from lib.report import cpu_costs_text as cct
 from lib.report import facts as report
 from lib.report import host_spread as hs
 from lib.report import power_text as pt
@@ -362,7 +363,7 @@ def publish_generated_texts() -> None:
     """The texts generated from files that are not a run's: the simulation table into
     docs/method.md and its paragraph into the README, the measured host-to-host spread into the
     README, the run directory's layout (:data:`lib.core.rundir.LAYOUT`) into docs/running.md, and
-    the sampling and capture benchmarks into docs/costs.md."""
+    the sampling and capture benchmarks and the CPU cost projection's checks into docs/costs.md."""
     power = pt.read_power()
     spread = pd.read_csv(hs.SPREAD_RESULTS)
     table = pt.render_power_table(power)
@@ -372,6 +373,7 @@ def publish_generated_texts() -> None:
         (README, hs.render_spread(spread), hs.SPREAD_BEGIN, hs.SPREAD_END),
         (LAYOUT_FILE, render_layout(), LAYOUT_BEGIN, LAYOUT_END),
         (st.SPEED_FILE, st.render_committed(), st.SPEED_BEGIN, st.SPEED_END),
+        (cct.CHECK_FILE, cct.render_committed(), cct.CHECK_BEGIN, cct.CHECK_END),
     ):
         atomic_write_text(path, replace_section(path.read_text(), body, begin, end))
 
