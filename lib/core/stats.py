@@ -478,6 +478,7 @@ def paired_seed_test(
     seed_sd_b: tuple[float, int] | None = None,
     W: np.ndarray | None = None,
     cluster_design: str = "jackknife_t",
+    fit_inflation: float = 1.0,
 ) -> dict:
     """The book's one paired test: is probe A better than probe B on the same completions?
 
@@ -502,6 +503,9 @@ def paired_seed_test(
     ``W``: precomputed ``[n_boot, n]`` multiplicities of the completions (the resampling above),
     shared by the tests of one family: the same resamples for every comparison, drawn once. The
     jackknife (``clusters``) uses neither ``W`` nor ``n_boot``: its leave-one-out plan is fixed.
+    ``fit_inflation`` (:func:`cv_fit_inflation`) widens the completions' part by that factor of
+    variance, for two probes each fitted once by CV (the layer tests), whose own fit variance the
+    resampling of fixed out-of-fold scores leaves out.
 
     Returns ``delta``, the CI (``ci_low``, ``ci_high``), the 90% interval for the equivalence
     test (``eq_low``, ``eq_high``), the two-sided ``p_value`` (bootstrap:
@@ -541,7 +545,7 @@ def paired_seed_test(
             _metric_matrix(metric, y, B, L), axis=1
         )
         extra = tuple((s**2 / k, dof) for s, k, dof, _ in seed_terms if k > 1 and np.isfinite(s))
-        t = jackknife_t(out["delta"], left_out, level, extra)
+        t = jackknife_t(out["delta"], left_out, level, extra, var_factor=fit_inflation)
         out.update({k: t[k] for k in ("ci_low", "ci_high", "eq_low", "eq_high", "p_value")})
         out["df"] = t["df"]
         return out
@@ -556,6 +560,8 @@ def paired_seed_test(
     deltas = np.nanmean(_metric_matrix(metric, y, A, W), axis=1) - np.nanmean(
         _metric_matrix(metric, y, B, W), axis=1
     )
+    if fit_inflation != 1.0:
+        deltas = out["delta"] + np.sqrt(fit_inflation) * (deltas - out["delta"])
     for s, k, dof, sign in seed_terms:
         if k > 1 and np.isfinite(s) and s > 0:
             deltas = deltas + sign * s / np.sqrt(k) * rng.standard_t(dof, size=n_boot)

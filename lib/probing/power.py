@@ -135,11 +135,14 @@ def fitted_best_set(
     return row
 
 
-def fitted_vs_baseline(design: Design, reps: int, layers: int = 7, seed: int = 0) -> dict:
+def fitted_vs_baseline(
+    design: Design, reps: int, correction: bool, layers: int = 7, seed: int = 0
+) -> dict:
     """The layer-vs-wording tests with probes fitted by the book's CV: ``layers`` layers as good
     as the baseline (one more equal feature matrix), each tested against it by
     :func:`lib.core.stats.paired_seed_test` with Holm over the layers, as notebook 05 counts
-    "beats text": the family-wise rate of any layer called different from it."""
+    "beats text": the family-wise rate of any layer called different from it. ``correction``
+    as in :func:`fitted_best_set`."""
     rng = np.random.default_rng(seed)
     mode = "scenario" if design.clusters > 1 else "stratified"
     hits = 0
@@ -148,9 +151,15 @@ def fitted_vs_baseline(design: Design, reps: int, layers: int = 7, seed: int = 0
         clusters = cluster if mode == "scenario" else None
         folds = cv_folds(y, clusters, mode, r)
         S = [oof_scores_many(x, y, folds)[:, 0] for x in X]
-        p = [stats.paired_seed_test(y, s, S[0], 1000, r, clusters)["p_value"] for s in S[1:]]
+        f = stats.cv_fit_inflation(len(np.unique(folds))) if correction else 1.0
+        p = [
+            stats.paired_seed_test(y, s, S[0], 1000, r, clusters, fit_inflation=f)["p_value"]
+            for s in S[1:]
+        ]
         hits += bool(np.any(stats.holm(p) < ALPHA))
-    name = f"{layers} layers vs the baseline, fitted probes, Holm"
+    name = f"{layers} layers vs the baseline, fitted probes, Holm, " + (
+        "Nadeau-Bengio" if correction else "no fit variance"
+    )
     return _row(
         "layer vs wording", design, name, 0.0, "family-wise false-positive rate", hits, reps
     )
@@ -358,19 +367,30 @@ def simulation_table(reps: int = 400, progress: Callable[[str], None] | None = N
     strat = Design(clusters=1, per_cluster=360, probe_scenario_sd=0.0)
     jobs.append(("below peak stratified", lambda: below_peak_null(strat, "best_set", reps // 2)))
     fitted = Design(clusters=9, per_cluster=33)  # n ~ 300, as the organism's and SmolLM2's runs
-    n = max(reps // 4, 20)  # each replication fits 40 probes: a quarter of the rows' count
+    # the rows whose rates decide whether a test may report significance: 5x the replications,
+    # so that their Monte-Carlo error is a few tenths of a point
+    fit_reps = max(5 * reps, 20)
     for d in (Design(clusters=1, per_cluster=300, probe_scenario_sd=0.0), fitted):
         for corr in (False, True):
             jobs.append(
-                (f"fitted {d.clusters} {corr}", lambda d=d, c=corr: fitted_best_set(d, n, c))
+                (
+                    f"fitted {d.clusters} {corr}",
+                    lambda d=d, c=corr, n=fit_reps: fitted_best_set(d, n, c),
+                )
             )
             jobs.append(
                 (
                     f"fitted power {d.clusters} {corr}",
-                    lambda d=d, c=corr: fitted_best_set(d, n, c, [1.0] * 4 + [2.0] * 4),
+                    lambda d=d, c=corr, n=fit_reps: fitted_best_set(d, n, c, [1.0] * 4 + [2.0] * 4),
                 )
             )
-        jobs.append((f"fitted wording {d.clusters}", lambda d=d: fitted_vs_baseline(d, n)))
+        for corr in (False, True):
+            jobs.append(
+                (
+                    f"fitted wording {d.clusters} {corr}",
+                    lambda d=d, c=corr, n=fit_reps: fitted_vs_baseline(d, n, c),
+                )
+            )
     jobs.append(("sae null", lambda: sae_family(1.0, max(reps // 8, 20))))
     for effect in (0.7, 0.5):
         jobs.append((f"sae {effect}", lambda e=effect: sae_family(e, max(reps // 8, 20))))

@@ -1,6 +1,6 @@
 """The simulation table of the book's verdicts: power, false-positive rates and coverage
-(:mod:`lib.probing.power`), 400 replications a row (100 for the rows that fit probes), about
-15 minutes on 2 cores.
+(:mod:`lib.probing.power`), 400 replications a row (2,000 for the rows that fit probes), about
+an hour on 2 cores (the rows that fit probes take most of it).
 
 Writes ``tests/benchmarks/results/power.csv`` (the table ``docs/method.md`` quotes) and prints it
 as markdown. Prints, never asserts: the fast known-answer versions are ``tests/unit/test_power.py``.

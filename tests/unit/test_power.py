@@ -99,6 +99,20 @@ def test_the_fit_variance_factor_is_nadeau_and_bengios_and_only_widens():
         assert p2[3] < 0.05  # a layer this much worse still leaves the set
 
 
+def test_the_fit_variance_factor_widens_the_paired_test_by_its_square_root():
+    """Both designs of the paired test: the interval's half-width grows by sqrt(factor), the
+    point estimate does not move, and the p-value grows."""
+    rng = np.random.default_rng(11)
+    y, cluster, (a, b) = power.simulate(power.Design(clusters=30), rng, [1.0, 1.3])
+    for clusters in (None, cluster):
+        t1 = stats.paired_seed_test(y, a, b, 2000, 3, clusters)
+        t2 = stats.paired_seed_test(y, a, b, 2000, 3, clusters, fit_inflation=2.25)
+        assert t2["delta"] == t1["delta"]
+        for lo, hi in (("ci_low", "ci_high"), ("eq_low", "eq_high")):
+            assert t2[hi] - t2[lo] == pytest.approx(1.5 * (t1[hi] - t1[lo]), rel=1e-9)
+        assert t2["p_value"] > t1["p_value"]
+
+
 def test_the_split_sample_peak_finds_a_planted_layer_and_loses_the_maximums_optimism():
     rng = np.random.default_rng(3)
     design = power.Design(clusters=30, probe_scenario_sd=0.1, probe_sd=1.0)
