@@ -212,6 +212,12 @@ class RunDir:
     def config(self) -> Path:
         return self.root / "config.yaml"
 
+    def read_config(self) -> RunConfig:
+        """The config this run was made with (its ``config.yaml``, provenance left out)."""
+        data = yaml.safe_load(self.config.read_text()) or {}
+        data.pop("_provenance", None)
+        return RunConfig.model_validate(data)
+
     @property
     def completions(self) -> Path:
         return self.root / "completions.jsonl"

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from lib.core.config import RunConfig, load_config
 from lib.core.rundir import RunDir
@@ -133,9 +132,7 @@ def reference_run(root: Path) -> Reference:
     """The seconds each notebook of a finished grid run took (its markers under
     ``notebooks/.done/``), with the run's config and decisive completions."""
     run = RunDir(root)
-    data = yaml.safe_load(run.config.read_text())
-    data.pop("_provenance", None)
-    cfg = RunConfig.model_validate(data)
+    cfg = run.read_config()
     seconds: dict[str, float] = {}
     for marker in sorted((run.notebooks / ".done").glob("*.json")):
         stem = marker.stem.split("__")[0]

@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from lib.core.config import RunConfig, load_config
 from lib.core.fileio import read_json, read_jsonl
@@ -156,9 +155,7 @@ def _run_config(run: RunDir) -> RunConfig:
         raise CostsError(
             f"{run.config}: missing; the costs CSV must sit in <run>/results/ of a grid run"
         )
-    data = yaml.safe_load(run.config.read_text()) or {}
-    data.pop("_provenance", None)
-    return RunConfig.model_validate(data)
+    return run.read_config()
 
 
 def measured_facts(run: RunDir, cfg: RunConfig) -> RunFacts:

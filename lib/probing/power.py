@@ -97,6 +97,25 @@ def simulate_features(
     return y, cluster, out
 
 
+def _fitted(
+    design: Design, rng: np.random.Generator, layers: list[float], r: int, correction: bool
+):
+    """One simulated experiment with probes fitted by the book's CV: ``(y, clusters, S, f)``, the
+    out-of-fold scores ``S`` ``[L, n]`` of every layer of :func:`simulate_features`, the clusters
+    under held-out folds (else None) and the fit-variance factor ``f`` the book would use (1.0
+    without ``correction``)."""
+    y, cluster, X = simulate_features(design, rng, layers)
+    clusters = cluster if design.clusters > 1 else None
+    folds = cv_folds(y, clusters, "scenario" if clusters is not None else "stratified", r)
+    S = np.stack([oof_scores_many(x, y, folds)[:, 0] for x in X])
+    f = stats.cv_fit_inflation(len(np.unique(folds))) if correction else 1.0
+    return y, clusters, S, f
+
+
+def _correction_name(correction: bool) -> str:
+    return "Nadeau-Bengio" if correction else "no fit variance"
+
+
 def fitted_best_set(
     design: Design, reps: int, correction: bool, layers: list[float] | None = None, seed: int = 0
 ) -> dict:
@@ -110,29 +129,23 @@ def fitted_best_set(
     layers = layers or [1.0] * 8
     worse = np.asarray(layers) > min(layers)
     rng = np.random.default_rng(seed)
-    mode = "scenario" if design.clusters > 1 else "stratified"
     hits, found, gap = 0, 0.0, 0.0
     for r in range(reps):
-        y, cluster, X = simulate_features(design, rng, layers)
-        clusters = cluster if mode == "scenario" else None
-        folds = cv_folds(y, clusters, mode, r)
-        S = np.stack([oof_scores_many(x, y, folds)[:, 0] for x in X])
-        f = stats.cv_fit_inflation(len(np.unique(folds))) if correction else 1.0
+        y, clusters, S, f = _fitted(design, rng, layers, r, correction)
         below = stats.best_set_pvalues(y, S, clusters, n_boot=1000, seed=r, fit_inflation=f) < ALPHA
         hits += bool(np.any(below[~worse]))
         if worse.any():
             found += below[worse].mean()
             acc = np.array([stats.balanced_accuracy(y, s) for s in S])
             gap += acc[~worse].mean() - acc[worse].mean()
-    name = "best set, fitted probes, " + ("Nadeau-Bengio" if correction else "no fit variance")
+    name = "best set, fitted probes, " + _correction_name(correction)
     if not worse.any():
         return _row("layer below peak", design, name, 0.0, "false-positive rate", hits, reps)
     effect = round(float(100 * gap / reps), 1)  # points of balanced accuracy, mean over runs
-    rate = found / reps
-    row = _row("layer below peak", design, name, effect, "power (share of worse layers)", 0, reps)
-    row["value"] = round(100 * float(rate), 1)
-    row["mc_error"] = round(100 * float(np.sqrt(max(rate * (1 - rate), 1 / reps) / reps)), 1)
-    return row
+    # the mean share of worse layers found, with the binomial Monte-Carlo error of _row's rates
+    return _row(
+        "layer below peak", design, name, effect, "power (share of worse layers)", found, reps
+    )
 
 
 def fitted_vs_baseline(
@@ -144,22 +157,15 @@ def fitted_vs_baseline(
     "beats text": the family-wise rate of any layer called different from it. ``correction``
     as in :func:`fitted_best_set`."""
     rng = np.random.default_rng(seed)
-    mode = "scenario" if design.clusters > 1 else "stratified"
     hits = 0
     for r in range(reps):
-        y, cluster, X = simulate_features(design, rng, [1.0] * (layers + 1))
-        clusters = cluster if mode == "scenario" else None
-        folds = cv_folds(y, clusters, mode, r)
-        S = [oof_scores_many(x, y, folds)[:, 0] for x in X]
-        f = stats.cv_fit_inflation(len(np.unique(folds))) if correction else 1.0
+        y, clusters, S, f = _fitted(design, rng, [1.0] * (layers + 1), r, correction)
         p = [
             stats.paired_seed_test(y, s, S[0], 1000, r, clusters, fit_inflation=f)["p_value"]
             for s in S[1:]
         ]
         hits += bool(np.any(stats.holm(p) < ALPHA))
-    name = f"{layers} layers vs the baseline, fitted probes, Holm, " + (
-        "Nadeau-Bengio" if correction else "no fit variance"
-    )
+    name = f"{layers} layers vs the baseline, fitted probes, Holm, " + _correction_name(correction)
     return _row(
         "layer vs wording", design, name, 0.0, "family-wise false-positive rate", hits, reps
     )
@@ -171,7 +177,7 @@ def _first(sim):
     return y, scores[0]
 
 
-def _rate(hits: int, reps: int) -> tuple[float, float]:
+def _rate(hits: float, reps: int) -> tuple[float, float]:
     p = hits / reps
     return p, float(np.sqrt(max(p * (1 - p), 1 / reps) / reps))
 
@@ -335,7 +341,7 @@ def equivalence_rate(n: int, reps: int, seed: int = 0) -> dict:
     }
 
 
-def _row(family, design: Design, method: str, effect, measure, hits: int, reps: int) -> dict:
+def _row(family, design: Design, method: str, effect, measure, hits: float, reps: int) -> dict:
     rate, mc = _rate(hits, reps)
     where = f"held-out, {design.clusters} scenarios" if design.clusters > 1 else "stratified"
     return {

@@ -50,17 +50,12 @@ VARIANTS = {  # name -> (ste overrides, sae overrides, steps)
 
 def training_tokens():
     """The grid's config and the layer-5 `mixed` training tokens of the organism run."""
-    import yaml
-
     from lib.capture.labelled import labelled_rows, read_layer, training_vectors
-    from lib.core.config import RunConfig
     from lib.core.rundir import RunDir
     from lib.sae.train_grid import split_condition
 
-    data = yaml.safe_load((RUN / "config.yaml").read_text())
-    data.pop("_provenance", None)
-    cfg = RunConfig.model_validate(data)
     run = RunDir(RUN)
+    cfg = run.read_config()
     labelled = labelled_rows(run, cfg)
     pos, _ = split_condition(labelled, "mixed", cfg.sae.heldout_fraction, cfg.seed)
     return cfg, training_vectors(read_layer(run, LAYER), labelled.rows[pos], cfg.sae.train_on)

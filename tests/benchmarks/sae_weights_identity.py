@@ -76,20 +76,15 @@ def random_set() -> None:
 
 
 def organism_set() -> None:
-    import yaml
-
     from lib.capture.labelled import labelled_rows, read_layer, training_vectors
-    from lib.core.config import RunConfig
     from lib.core.rundir import RunDir
     from lib.sae.train_grid import split_condition
 
     if not (RUN / "activations" / "index.json").exists():
         print("# no organism run at", RUN)
         return
-    data = yaml.safe_load((RUN / "config.yaml").read_text())
-    data.pop("_provenance", None)
-    cfg = RunConfig.model_validate(data)
     run = RunDir(RUN)
+    cfg = run.read_config()
     labelled = labelled_rows(run, cfg)
     cells = sorted({(layer, arch) for layer, arch, _ in cfg.sae_grid()})
     for layer in sorted({c[0] for c in cells}):
@@ -105,15 +100,10 @@ def organism_set() -> None:
 
 def stage(copy: Path) -> None:
     """Notebook 04's SAE stage, forced, on the run copy ``copy`` (one process)."""
-    import yaml
-
-    from lib.core.config import RunConfig
     from lib.core.rundir import RunDir
     from lib.sae.train_grid import train_grid
 
-    data = yaml.safe_load((copy / "config.yaml").read_text())
-    data.pop("_provenance", None)
-    cfg = RunConfig.model_validate(data)
+    cfg = RunDir(copy).read_config()
     cfg = cfg.model_copy(update={"sae": cfg.sae.model_copy(update={"n_jobs": 1})})
     for path in train_grid(RunDir(copy), cfg, progress=False, force=True):
         print(path.name, sha(path / "sae_weights.safetensors"), flush=True)
